@@ -1,0 +1,52 @@
+"""A generic, append-only, hash-chained event log. Knows nothing about clouds."""
+
+from __future__ import annotations
+
+from eventstore._chain import GENESIS_HASH, row_hash
+from eventstore._events import (
+    ANY,
+    NO_STREAM,
+    Appended,
+    Event,
+    EventRegistry,
+    RecordedEvent,
+    StreamBatch,
+    UnknownEvent,
+)
+from eventstore._exceptions import (
+    BackendError,
+    EventEncodingError,
+    EventStoreError,
+    LogCorruptedError,
+    StoreClosedError,
+    WrongExpectedVersion,
+)
+from eventstore._store import EventStore, format_timestamp, parse_timestamp
+from eventstore._store_types import ChainBreak, RawRow, VerifyReport
+from eventstore.sqlite import SQLiteEventStore
+
+__all__ = [
+    "ANY",
+    "GENESIS_HASH",
+    "NO_STREAM",
+    "Appended",
+    "BackendError",
+    "ChainBreak",
+    "Event",
+    "EventEncodingError",
+    "EventRegistry",
+    "EventStore",
+    "EventStoreError",
+    "LogCorruptedError",
+    "RawRow",
+    "RecordedEvent",
+    "SQLiteEventStore",
+    "StoreClosedError",
+    "StreamBatch",
+    "UnknownEvent",
+    "VerifyReport",
+    "WrongExpectedVersion",
+    "format_timestamp",
+    "parse_timestamp",
+    "row_hash",
+]

@@ -1,0 +1,129 @@
+"""Event types, their registry, and the records the log hands back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import msgspec
+
+from eventstore._exceptions import EventEncodingError
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "Appended",
+    "Event",
+    "EventRegistry",
+    "RecordedEvent",
+    "StreamBatch",
+    "UnknownEvent",
+]
+
+#: ``expected_version`` value: append whatever the stream's current version.
+ANY: None = None
+#: ``expected_version`` value: the stream must not exist yet.
+NO_STREAM = 0
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """Base class of every event. The event's type name is its class name."""
+
+
+class UnknownEvent(msgspec.Struct, frozen=True):
+    """An event the reader cannot decode: an unregistered (older or newer) type,
+    or data that no longer matches its registered type. Kept verbatim."""
+
+    type: str
+    data: msgspec.Raw
+    reason: str = "unregistered event type"
+
+
+class StreamBatch(msgspec.Struct, frozen=True):
+    """Events to append to one stream, guarded by an expected version.
+
+    ``expected_version``: :data:`ANY` (no check), :data:`NO_STREAM` (the stream
+    must be empty) or the exact current version of the stream.
+    """
+
+    stream: str
+    events: tuple[Event, ...]
+    expected_version: int | None = ANY
+
+
+class Appended(msgspec.Struct, frozen=True):
+    """What one append wrote: its positions and each stream's new version."""
+
+    first_position: int
+    last_position: int
+    versions: dict[str, int]
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    """One row of the log, decoded."""
+
+    position: int
+    stream: str
+    stream_version: int
+    type: str
+    recorded_at: datetime
+    instance_id: str
+    event: Any  # Event | UnknownEvent; ``Any`` keeps msgspec from building a union schema
+    hash: str
+
+
+E = TypeVar("E", bound=type[Event])
+
+
+class EventRegistry:
+    """Maps type names to event classes, and encodes/decodes event data."""
+
+    def __init__(self, types: Iterable[type[Event]] = ()) -> None:
+        self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
+        self._types: dict[str, type[Event]] = {}
+        self._encoder = msgspec.json.Encoder()
+        for cls in types:
+            self.register(cls)
+
+    def register(self, cls: E) -> E:
+        """Register an event class (usable as a decorator)."""
+        name = cls.__name__
+        known = self._types.get(name)
+        if known is not None and known is not cls:
+            raise ValueError(f"event type name {name!r} is already registered by {known!r}")
+        self._types[name] = cls
+        self._decoders[name] = msgspec.json.Decoder(cls)
+        return cls
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self._types)
+
+    def encode(self, event: Event) -> tuple[str, str]:
+        """Return ``(type name, JSON text)`` for an event.
+
+        :raises EventEncodingError: if the type is not registered or a value can't be encoded.
+        """
+        name = type(event).__name__
+        if self._types.get(name) is not type(event):
+            raise EventEncodingError(f"event type {name!r} is not registered")
+        try:
+            return name, self._encoder.encode(event).decode()
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            raise EventEncodingError(f"cannot encode {name}: {exc}") from exc
+
+    def decode(self, name: str, data: str | bytes) -> Event | UnknownEvent:
+        """Decode one event's data; never raises for unknown or mismatched data."""
+        decoder = self._decoders.get(name)
+        raw = data.encode() if isinstance(data, str) else data
+        if decoder is None:
+            return UnknownEvent(name, msgspec.Raw(raw))
+        try:
+            event: Event = decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            return UnknownEvent(name, msgspec.Raw(raw), f"does not match {name}: {exc}")
+        return event

@@ -1,0 +1,63 @@
+"""Errors raised by the event store.
+
+Every error an adapter can raise derives from :class:`EventStoreError`; driver
+exceptions (``sqlite3.Error``, ``msgspec`` errors, …) are translated at the
+boundary and chained with ``from``::
+
+    EventStoreError
+     ├── WrongExpectedVersion   optimistic concurrency: the stream moved on
+     ├── EventEncodingError     an event could not be encoded (unregistered type, bad value)
+     ├── LogCorruptedError      the log's hash chain or head is inconsistent; appends refused
+     ├── StoreClosedError       the store was used after ``aclose()``
+     └── BackendError           the database failed (I/O error, lock timeout, …)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "EventEncodingError",
+    "EventStoreError",
+    "LogCorruptedError",
+    "StoreClosedError",
+    "WrongExpectedVersion",
+]
+
+
+class EventStoreError(Exception):
+    """Root of every error the event store raises."""
+
+
+class WrongExpectedVersion(EventStoreError):
+    """The stream's current version is not the one the caller expected.
+
+    Nothing of the append that raised it was written.
+    """
+
+    def __init__(self, stream: str, expected: int | None, actual: int) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        wanted = "no stream" if expected == 0 else f"version {expected}"
+        super().__init__(f"stream {stream!r}: expected {wanted}, found version {actual}")
+
+
+class EventEncodingError(EventStoreError):
+    """An event could not be turned into a log row."""
+
+
+class LogCorruptedError(EventStoreError):
+    """The log is not what its hash chain says; nothing is appended after it."""
+
+    def __init__(self, position: int, reason: str) -> None:
+        self.position = position
+        self.reason = reason
+        super().__init__(f"event log corrupted at position {position}: {reason}")
+
+
+class StoreClosedError(EventStoreError):
+    """The store was used after it was closed (or before it was opened)."""
+
+
+class BackendError(EventStoreError):
+    """The storage backend failed; the operation had no effect."""

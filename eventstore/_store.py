@@ -1,0 +1,336 @@
+"""The backend-neutral event store contract.
+
+:class:`EventStore` documents the contract once; backends (``SQLiteEventStore``,
+later ``PostgresEventStore``) implement a handful of primitives (commit a
+group of encoded appends, page raw rows, read the head) and inherit the rest:
+encoding, group commit, decoding, following and chain verification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+from eventstore._chain import ChainVerifier, check_batches
+from eventstore._events import ANY, Appended, Event, EventRegistry, RecordedEvent, StreamBatch
+from eventstore._exceptions import StoreClosedError, WrongExpectedVersion
+from eventstore._store_types import EncodedBatch, RawRow, VerifyReport
+
+__all__ = ["EventStore", "ReadFilter", "format_timestamp", "parse_timestamp"]
+
+GroupResult = Appended | WrongExpectedVersion
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO-8601 UTC text with fixed width, so that text order is time order."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ReadFilter:
+    """The filters of one read, in the form backends turn into a query."""
+
+    __slots__ = ("before", "since", "stream", "types", "until")
+
+    def __init__(
+        self,
+        *,
+        until: int | None,
+        types: Collection[str] | None,
+        stream: str | None,
+        since: datetime | None,
+        before: datetime | None,
+    ) -> None:
+        self.until = until
+        self.types = tuple(types) if types is not None else None
+        self.stream = stream
+        self.since = format_timestamp(since) if since is not None else None
+        self.before = format_timestamp(before) if before is not None else None
+
+
+class _PendingAppend:
+    __slots__ = ("batches", "future")
+
+    def __init__(self, batches: tuple[EncodedBatch, ...], future: asyncio.Future[Appended]) -> None:
+        self.batches = batches
+        self.future = future
+
+
+class EventStore(ABC):
+    """An append-only, hash-chained log of events in streams.
+
+    Every event has a global ``position`` (gap-free, in commit order: the MVCC
+    revision) and a ``stream_version`` within its stream. Use as an async
+    context manager, or call :meth:`open` and :meth:`aclose`.
+
+    Appends from many tasks are committed together (group commit): each caller
+    awaits its own durable commit, and a group costs one transaction.
+    """
+
+    #: events read per round trip; bounds memory of every read
+    page_size = 1000
+
+    def __init__(
+        self,
+        registry: EventRegistry,
+        *,
+        instance_id: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.instance_id = instance_id or default_instance_id()
+        self._clock = clock or _utc_now
+        self._queue: list[_PendingAppend] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._appended = asyncio.Event()
+        self._open = False
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self) -> Self:
+        """Open the backend, creating its schema if needed."""
+        await self._open_backend()
+        self._open = True
+        return self
+
+    async def aclose(self) -> None:
+        """Wait for commits in flight, then release the backend."""
+        if not self._open:
+            return
+        self._open = False
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._close_backend()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- writing ---------------------------------------------------------
+
+    async def append(
+        self, stream: str, events: Sequence[Event], *, expected_version: int | None = ANY
+    ) -> Appended:
+        """Append events to one stream, atomically and durably.
+
+        :param expected_version: ``ANY`` (no check), ``NO_STREAM`` (0: the stream
+            must be empty) or the stream's exact current version.
+        :raises WrongExpectedVersion: if the expectation does not hold; nothing written.
+        :raises EventEncodingError: if an event can't be encoded; nothing written.
+        :raises LogCorruptedError: if the log's head does not match its rows.
+        :raises BackendError: if the database fails; nothing written.
+        """
+        return await self.append_streams([StreamBatch(stream, tuple(events), expected_version)])
+
+    async def append_streams(self, batches: Iterable[StreamBatch]) -> Appended:
+        """Append to several streams in one atomic transaction.
+
+        Either every batch's expectation holds and all events are written, or
+        nothing is. Raises as :meth:`append`.
+        """
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+        batches = tuple(batches)
+        check_batches(batches)
+        encode = self.registry.encode
+        encoded = tuple(
+            EncodedBatch(b.stream, b.expected_version, tuple(encode(e) for e in b.events))
+            for b in batches
+        )
+        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._queue.append(_PendingAppend(encoded, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        # One flusher at a time drains the queue: whatever piled up while a
+        # commit was in flight goes into the next commit together.
+        while self._queue:
+            group, self._queue = self._queue, []
+            try:
+                results = await self._commit_group(
+                    [p.batches for p in group], format_timestamp(self._clock())
+                )
+            except BaseException as exc:
+                for pending in group:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for pending, result in zip(group, results, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(result, WrongExpectedVersion):
+                    pending.future.set_exception(result)
+                else:
+                    pending.future.set_result(result)
+            self._notify_appended()
+
+    def _notify_appended(self) -> None:
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+    # -- reading ---------------------------------------------------------
+
+    async def read(
+        self,
+        *,
+        after: int = 0,
+        until: int | None = None,
+        types: Collection[str] | None = None,
+        stream: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Stream events with ``after < position ≤ until``, in position order.
+
+        ``types`` and ``stream`` filter by type name and stream;
+        ``since ≤ recorded_at < before`` by time. Memory stays bounded by
+        :attr:`page_size` whatever the size of the log.
+        """
+        decode = self.registry.decode
+        last_text = ""
+        last_time = datetime.min
+        async for page in self.read_raw(
+            after=after, until=until, types=types, stream=stream,
+            since=since, before=before, limit=limit,
+        ):
+            for position, stream_, version, type_, recorded_at, instance_id, data, _, hash_ in page:
+                if recorded_at != last_text:
+                    last_text, last_time = recorded_at, parse_timestamp(recorded_at)
+                yield RecordedEvent(
+                    position, stream_, version, type_, last_time, instance_id,
+                    decode(type_, data), hash_,
+                )
+
+    async def read_raw(
+        self,
+        *,
+        after: int = 0,
+        until: int | None = None,
+        types: Collection[str] | None = None,
+        stream: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[list[RawRow]]:
+        """Like :meth:`read` but yields pages of undecoded rows."""
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+        filters = ReadFilter(until=until, types=types, stream=stream, since=since, before=before)
+        remaining = limit
+        position = after
+        while remaining is None or remaining > 0:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            page = await self._read_page(position, size, filters)
+            if not page:
+                return
+            yield page
+            if remaining is not None:
+                remaining -= len(page)
+            if len(page) < size:
+                return
+            position = page[-1][0]
+
+    async def follow(
+        self,
+        *,
+        after: int = 0,
+        types: Collection[str] | None = None,
+        stream: str | None = None,
+        poll_interval: float = 0.5,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield matching events after ``after``, then keep tailing new ones.
+
+        Appends through this store wake the follower at once; appends by other
+        processes are seen within ``poll_interval`` seconds. Never returns:
+        cancel the iterating task (or break) to stop.
+        """
+        position = after
+        while True:
+            waiter = self._appended
+            head = await self.last_position()
+            if head > position:
+                async for event in self.read(after=position, until=head, types=types,
+                                             stream=stream):
+                    yield event
+                position = head
+                continue
+            try:
+                await asyncio.wait_for(waiter.wait(), poll_interval)
+            except TimeoutError:
+                pass
+
+    async def verify(self) -> VerifyReport:
+        """Walk the whole log and report the first position where it is broken."""
+        verifier = ChainVerifier()
+        head_position, head_hash = await self._read_head()
+        async for page in self.read_raw():
+            if not verifier.feed(page):
+                break
+        return verifier.finish(head_position, head_hash)
+
+    # -- backend primitives ---------------------------------------------
+
+    @abstractmethod
+    async def last_position(self) -> int:
+        """Position of the newest event, 0 for an empty log."""
+
+    @abstractmethod
+    async def stream_version(self, stream: str) -> int:
+        """Current version of a stream, 0 when it has no events."""
+
+    @abstractmethod
+    async def _open_backend(self) -> None: ...
+
+    @abstractmethod
+    async def _close_backend(self) -> None: ...
+
+    @abstractmethod
+    async def _commit_group(
+        self, group: list[tuple[EncodedBatch, ...]], recorded_at: str
+    ) -> list[GroupResult]:
+        """Write every request of ``group`` whose expectations hold, in one
+        durable transaction, chaining hashes; return per request what it wrote
+        or the version conflict that kept it out.
+
+        :raises LogCorruptedError: if the head does not match the rows.
+        :raises BackendError: if the transaction failed (then nothing was written).
+        """
+
+    @abstractmethod
+    async def _read_page(self, after: int, limit: int, filters: ReadFilter) -> list[RawRow]:
+        """Up to ``limit`` matching rows with position > ``after``, ordered."""
+
+    @abstractmethod
+    async def _read_head(self) -> tuple[int, str]:
+        """The recorded head: last position and hash."""

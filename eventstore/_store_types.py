@@ -1,0 +1,39 @@
+"""Plain values shared by the store contract and its backends."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["ChainBreak", "EncodedBatch", "RawRow", "VerifyReport"]
+
+#: A log row as stored: position, stream, stream_version, type, recorded_at,
+#: instance_id, data, prev_hash, hash.
+RawRow = tuple[int, str, int, str, str, str, str, str, str]
+
+
+class EncodedBatch(msgspec.Struct, frozen=True):
+    """One stream's events, already encoded to ``(type, JSON text)`` pairs."""
+
+    stream: str
+    expected_version: int | None
+    items: tuple[tuple[str, str], ...]
+
+
+class ChainBreak(msgspec.Struct, frozen=True):
+    """The first position where the log is not what its chain says, and why."""
+
+    position: int
+    reason: str
+
+
+class VerifyReport(msgspec.Struct, frozen=True):
+    """Result of walking the whole hash chain."""
+
+    events_checked: int
+    last_position: int
+    head_position: int
+    problem: ChainBreak | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
