@@ -34,7 +34,13 @@ from eventstore._exceptions import (
 from eventstore._store import EventStore, GroupResult, ReadFilter
 from eventstore._store_types import EncodedBatch, RawRow
 
-__all__ = ["SCHEMA_VERSION", "SQLiteEventStore", "connect", "create_private_file", "run_in_connection_thread"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SQLiteEventStore",
+    "connect",
+    "create_private_file",
+    "run_in_connection_thread",
+]
 
 SCHEMA_VERSION = 1
 

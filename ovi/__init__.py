@@ -1,0 +1,1 @@
+"""Ovi: keeps an AWS estate aligned with a YAML file, event-sourced."""
