@@ -116,6 +116,27 @@ class EventRegistry:
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             raise EventEncodingError(f"cannot encode {name}: {exc}") from exc
 
+    def _encode_many(self, events: Iterable[Event]) -> tuple[tuple[str, str], ...]:
+        """:meth:`encode` for many events, without a Python call per event."""
+        if not isinstance(events, list | tuple):
+            events = tuple(events)
+        types = self._types
+        encode = self._encoder.encode
+        encoded: list[tuple[str, str]] = []
+        try:
+            for event in events:
+                cls = type(event)
+                name = cls.__name__
+                if types.get(name) is not cls:
+                    break
+                encoded.append((name, encode(event).decode()))
+            else:
+                return tuple(encoded)
+        except (TypeError, ValueError, msgspec.EncodeError):
+            pass
+        # Something is wrong: let encode() find the event and word the error.
+        return tuple(self.encode(event) for event in events)
+
     def decode(self, name: str, data: str | bytes) -> Event | UnknownEvent:
         """Decode one event's data; never raises for unknown or mismatched data."""
         decoder = self._decoders.get(name)

@@ -12,19 +12,22 @@ import asyncio
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
+
+import msgspec
 
 from eventstore._chain import ChainVerifier, check_batches
 from eventstore._events import ANY, Appended, Event, EventRegistry, RecordedEvent, StreamBatch
 from eventstore._exceptions import StoreClosedError, WrongExpectedVersion
-from eventstore._store_types import EncodedBatch, RawRow, VerifyReport
+from eventstore._store_types import ChainBreak, EncodedBatch, EventRow, RawRow, VerifyReport
 
 __all__ = ["EventStore", "ReadFilter", "format_timestamp", "parse_timestamp"]
 
 GroupResult = Appended | WrongExpectedVersion
+_Row = TypeVar("_Row", bound=tuple[Any, ...])
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -158,10 +161,9 @@ class EventStore(ABC):
             raise StoreClosedError("the event store is not open")
         batches = tuple(batches)
         check_batches(batches)
-        encode = self.registry.encode
+        encode = self.registry._encode_many
         encoded = tuple(
-            EncodedBatch(b.stream, b.expected_version, tuple(encode(e) for e in b.events))
-            for b in batches
+            EncodedBatch(b.stream, b.expected_version, encode(b.events)) for b in batches
         )
         future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
         self._queue.append(_PendingAppend(encoded, future))
@@ -217,19 +219,30 @@ class EventStore(ABC):
         ``since ≤ recorded_at < before`` by time. Memory stays bounded by
         :attr:`page_size` whatever the size of the log.
         """
-        decode = self.registry.decode
+        registry = self.registry
+        # Straight to the type's msgspec decoder (it takes the column's str as
+        # is); registry.decode only for what that can't handle.
+        decoders = registry._decoders
+        fallback = registry.decode
         last_text = ""
         last_time = datetime.min
-        async for page in self.read_raw(
-            after=after, until=until, types=types, stream=stream,
+        async for page in self._pages(
+            self._read_event_page, after=after, until=until, types=types, stream=stream,
             since=since, before=before, limit=limit,
         ):
-            for position, stream_, version, type_, recorded_at, instance_id, data, _, hash_ in page:
+            for position, stream_, version, type_, recorded_at, instance_id, data, hash_ in page:
                 if recorded_at != last_text:
                     last_text, last_time = recorded_at, parse_timestamp(recorded_at)
+                decoder = decoders.get(type_)
+                if decoder is None:
+                    event = fallback(type_, data)
+                else:
+                    try:
+                        event = decoder.decode(data)
+                    except msgspec.DecodeError:
+                        event = fallback(type_, data)
                 yield RecordedEvent(
-                    position, stream_, version, type_, last_time, instance_id,
-                    decode(type_, data), hash_,
+                    position, stream_, version, type_, last_time, instance_id, event, hash_
                 )
 
     async def read_raw(
@@ -244,6 +257,24 @@ class EventStore(ABC):
         limit: int | None = None,
     ) -> AsyncIterator[list[RawRow]]:
         """Like :meth:`read` but yields pages of undecoded rows."""
+        async for page in self._pages(
+            self._read_page, after=after, until=until, types=types, stream=stream,
+            since=since, before=before, limit=limit,
+        ):
+            yield page
+
+    async def _pages(
+        self,
+        fetch: Callable[[int, int, ReadFilter], Awaitable[list[_Row]]],
+        *,
+        after: int,
+        until: int | None,
+        types: Collection[str] | None,
+        stream: str | None,
+        since: datetime | None,
+        before: datetime | None,
+        limit: int | None,
+    ) -> AsyncIterator[list[_Row]]:
         if not self._open:
             raise StoreClosedError("the event store is not open")
         filters = ReadFilter(until=until, types=types, stream=stream, since=since, before=before)
@@ -251,7 +282,7 @@ class EventStore(ABC):
         position = after
         while remaining is None or remaining > 0:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            page = await self._read_page(position, size, filters)
+            page = await fetch(position, size, filters)
             if not page:
                 return
             yield page
@@ -294,9 +325,19 @@ class EventStore(ABC):
         """Walk the whole log and report the first position where it is broken."""
         verifier = ChainVerifier()
         head_position, head_hash = await self._read_head()
-        async for page in self.read_raw():
+        # Walk only up to the head read first: rows committed while we walk are
+        # not foreign rows. Those are found by reading the newest position and
+        # *then* the head: an honest commit in between only moves the head on.
+        async for page in self.read_raw(until=head_position):
             if not verifier.feed(page):
                 break
+        if verifier.problem is None and verifier.last_position == head_position:
+            newest = await self.last_position()
+            head_now, _ = await self._read_head()
+            if newest > head_now:
+                verifier.problem = ChainBreak(
+                    head_now + 1, "rows beyond the recorded head (written outside the store)"
+                )
         return verifier.finish(head_position, head_hash)
 
     # -- backend primitives ---------------------------------------------
@@ -330,6 +371,17 @@ class EventStore(ABC):
     @abstractmethod
     async def _read_page(self, after: int, limit: int, filters: ReadFilter) -> list[RawRow]:
         """Up to ``limit`` matching rows with position > ``after``, ordered."""
+
+    async def _read_event_page(
+        self, after: int, limit: int, filters: ReadFilter
+    ) -> list[EventRow]:
+        """:meth:`_read_page` without ``prev_hash``: the rows :meth:`read`
+        decodes. Backends override it when not fetching the column saves time."""
+        return [
+            (position, stream, version, type_, recorded_at, instance_id, data, hash_)
+            for position, stream, version, type_, recorded_at, instance_id, data, _, hash_
+            in await self._read_page(after, limit, filters)
+        ]
 
     @abstractmethod
     async def _read_head(self) -> tuple[int, str]:

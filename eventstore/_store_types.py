@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["ChainBreak", "EncodedBatch", "RawRow", "VerifyReport"]
+__all__ = ["ChainBreak", "EncodedBatch", "EventRow", "RawRow", "VerifyReport"]
 
 #: A log row as stored: position, stream, stream_version, type, recorded_at,
 #: instance_id, data, prev_hash, hash.
 RawRow = tuple[int, str, int, str, str, str, str, str, str]
+#: A log row as :meth:`EventStore.read` decodes it: a :data:`RawRow` without
+#: ``prev_hash``.
+EventRow = tuple[int, str, int, str, str, str, str, str]
 
 
 class EncodedBatch(msgspec.Struct, frozen=True):

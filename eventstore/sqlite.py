@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -32,7 +32,7 @@ from eventstore._exceptions import (
     StoreClosedError,
 )
 from eventstore._store import EventStore, GroupResult, ReadFilter
-from eventstore._store_types import EncodedBatch, RawRow
+from eventstore._store_types import EncodedBatch, EventRow, RawRow
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -72,6 +72,7 @@ PRAGMA user_version = {SCHEMA_VERSION};
 
 _INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _COLUMNS = "position, stream, stream_version, type, recorded_at, instance_id, data, prev_hash, hash"
+_EVENT_COLUMNS = "position, stream, stream_version, type, recorded_at, instance_id, data, hash"
 # SQLite's default limit on host parameters is 32766; stay well below it.
 _MAX_PARAMS = 500
 
@@ -190,7 +191,10 @@ class SQLiteEventStore(EventStore):
                                (last[0], last[8]))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (disk full, I/O);
+                # a second ROLLBACK would then hide the real error.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             return results
 
@@ -200,6 +204,17 @@ class SQLiteEventStore(EventStore):
             raise _translate(exc, f"append to {self.path} failed, nothing written") from exc
 
     async def _read_page(self, after: int, limit: int, filters: ReadFilter) -> list[RawRow]:
+        return cast(list[RawRow], await self._select(_COLUMNS, after, limit, filters))
+
+    async def _read_event_page(
+        self, after: int, limit: int, filters: ReadFilter
+    ) -> list[EventRow]:
+        # Not fetching prev_hash makes a full read ~7% faster.
+        return cast(list[EventRow], await self._select(_EVENT_COLUMNS, after, limit, filters))
+
+    async def _select(
+        self, columns: str, after: int, limit: int, filters: ReadFilter
+    ) -> Iterable[sqlite3.Row]:
         clauses = ["position > ?"]
         params: list[object] = [after]
         if filters.until is not None:
@@ -217,13 +232,12 @@ class SQLiteEventStore(EventStore):
         if filters.before is not None:
             clauses.append("recorded_at < ?")
             params.append(filters.before)
-        sql = (f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
+        sql = (f"SELECT {columns} FROM events WHERE {' AND '.join(clauses)} "
                f"ORDER BY position LIMIT {int(limit)}")
         try:
-            rows = await self._conn(self._reader).execute_fetchall(sql, params)
+            return await self._conn(self._reader).execute_fetchall(sql, params)
         except sqlite3.Error as exc:
             raise _translate(exc, f"reading {self.path}") from exc
-        return cast(list[RawRow], rows)
 
     async def _read_head(self) -> tuple[int, str]:
         rows = await self._query("SELECT position, hash FROM log_head WHERE id = 1")
@@ -262,7 +276,8 @@ def _create_schema(db: sqlite3.Connection) -> None:
                 db.execute(statement)
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
 
 
@@ -289,15 +304,21 @@ def _checked_head(db: sqlite3.Connection) -> tuple[int, str]:
 
 
 def _stream_versions(db: sqlite3.Connection, streams: set[str]) -> dict[str, int]:
+    # One correlated max() per stream: SQLite answers each with a single seek
+    # on the (stream, stream_version) index. ``... WHERE stream IN (...) GROUP
+    # BY stream`` instead walks every row of every stream, so appends to a long
+    # stream got slower with each event (~150 µs at 1,000 events).
     versions = dict.fromkeys(streams, 0)
     ordered = sorted(streams)
     for start in range(0, len(ordered), _MAX_PARAMS):
         chunk = ordered[start:start + _MAX_PARAMS]
-        marks = ", ".join("?" * len(chunk))
+        values = ", ".join(["(?)"] * len(chunk))
         for stream, version in db.execute(
-            f"SELECT stream, max(stream_version) FROM events WHERE stream IN ({marks})"
-            " GROUP BY stream",
+            f"WITH wanted(stream) AS (VALUES {values}) SELECT stream,"
+            " (SELECT max(stream_version) FROM events WHERE events.stream = wanted.stream)"
+            " FROM wanted",
             chunk,
         ):
-            versions[stream] = version
+            if version is not None:
+                versions[stream] = version
     return versions
