@@ -1,0 +1,98 @@
+"""From diffs to decisions: the base rules, then a chain of policies.
+
+Base rules (DESIGN.md): missing → create; drifted → update, except a change
+that needs a replacement (type, provider, region; size unless
+``allow_resize``) → notify; unmanaged → notify; unwanted → delete, except
+blessed → notify and ``skip_destructive`` → notify. Policies then hold
+decisions back (see :mod:`ovi.policies`); they can never make one bolder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ovi._exceptions import PolicyError
+from ovi.config import Rules
+from ovi.model import Action, Decision, DecisionStatus, Diff, DiffType, decision_id_for
+from ovi.policies import DecisionContext, Policy, default_policies
+
+if TYPE_CHECKING:
+    from ovi.config import Config
+
+__all__ = ["DecisionContext", "DecisionMaker", "Policy"]
+
+_REPLACEMENT_FIELDS = frozenset({"type", "provider", "region"})
+
+
+class DecisionMaker:
+    """Decides what to do about each diff. ``policies=None`` builds the default
+    chain from ``rules``; pass a sequence to replace it (``[]`` for none)."""
+
+    def __init__(self, rules: Rules, policies: Sequence[Policy] | None = None) -> None:
+        self.rules = rules
+        self.policies: tuple[Policy, ...] = tuple(
+            default_policies(rules) if policies is None else policies
+        )
+
+    @classmethod
+    def from_config(cls, config: Config) -> DecisionMaker:
+        """The decision maker a config asks for, with the default policy chain."""
+        return cls(config.rules)
+
+    def decide(self, diffs: Sequence[Diff], ctx: DecisionContext) -> list[Decision]:
+        """One decision per diff, in the order of ``diffs``.
+
+        :raises PolicyError: if a policy relaxed, dropped or reordered a decision.
+        """
+        decisions = [self._base(diff, ctx) for diff in diffs]
+        for policy in self.policies:
+            after = policy.apply(list(decisions), ctx)
+            _check_more_cautious(policy, decisions, after)
+            decisions = after
+        return decisions
+
+    def _base(self, diff: Diff, ctx: DecisionContext) -> Decision:
+        action, status, rule, reason = self._rule(diff)
+        return Decision(
+            decision_id=decision_id_for(diff, action, ctx.detected(diff.resource_id)),
+            action=action, resource_id=diff.resource_id, resource_type=diff.resource_type,
+            reason=reason, status=status, rule=rule, diff=diff, cloud_id=diff.cloud_id,
+        )
+
+    def _rule(self, diff: Diff) -> tuple[Action, DecisionStatus, str, str]:
+        ready, info = DecisionStatus.READY, DecisionStatus.INFORMATIONAL
+        if diff.type is DiffType.MISSING:
+            return Action.CREATE, ready, "missing→create", diff.reason
+        if diff.type is DiffType.UNMANAGED:
+            return Action.NOTIFY, info, "unmanaged→notify", diff.reason
+        if diff.type is DiffType.DRIFTED:
+            fields = {c.field for c in diff.changes}
+            if needs := sorted(fields & _REPLACEMENT_FIELDS):
+                why = f"{diff.reason}; reported, not done: {', '.join(needs)} needs a replacement"
+                return Action.NOTIFY, info, "drift-needs-replacement", why
+            if "size" in fields and not self.rules.allow_resize:
+                why = (f"{diff.reason}; reported, not done: a resize may replace the resource "
+                       "(rules.allow_resize is off)")
+                return Action.NOTIFY, info, "resize-needs-replacement", why
+            return Action.UPDATE, ready, "drifted→update", diff.reason
+        if diff.observed is not None and diff.observed.blessed:
+            why = f"{diff.reason}; blessed (ovi:blessed=true), so reported, never deleted"
+            return Action.NOTIFY, info, "blessed", why
+        if self.rules.skip_destructive:
+            why = f"{diff.reason}; reported, not deleted (rules.skip_destructive is on)"
+            return Action.NOTIFY, info, "skip_destructive", why
+        return Action.DELETE, ready, "unwanted→delete", diff.reason
+
+
+def _check_more_cautious(policy: Policy, before: list[Decision], after: list[Decision]) -> None:
+    name = getattr(policy, "name", type(policy).__name__)
+    if len(after) != len(before):
+        raise PolicyError(name, f"returned {len(after)} decisions for {len(before)}")
+    for b, a in zip(before, after, strict=True):
+        if (a.decision_id, a.action, a.resource_id) != (b.decision_id, b.action, b.resource_id):
+            raise PolicyError(name, f"changed or reordered decision {b.decision_id}")
+        if a.status is DecisionStatus.READY and b.status is not DecisionStatus.READY:
+            raise PolicyError(name, f"released held decision {b.decision_id} ({b.status})")
+        if (a.status is DecisionStatus.INFORMATIONAL) != (b.status is DecisionStatus.INFORMATIONAL):
+            raise PolicyError(name, f"changed whether {b.decision_id} is informational")

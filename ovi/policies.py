@@ -1,0 +1,199 @@
+"""Policies: the gates a decision passes after the base rules.
+
+A policy takes the decisions of a cycle and may only make them more cautious:
+it can hold a ``READY`` decision back (grace period, approval, maintenance
+window, blast-radius cap) and say why, but it never releases a held decision,
+never changes an action and never turns a notify into an action. The
+:class:`~ovi.decisions.DecisionMaker` enforces that contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import msgspec
+
+from ovi.config import Rules, TimeWindow
+from ovi.model import Action, Decision, DecisionStatus
+
+__all__ = [
+    "ApprovalForSizes",
+    "BlastRadius",
+    "DecisionContext",
+    "GracePeriod",
+    "MaintenanceWindow",
+    "Policy",
+    "RequireApproval",
+    "default_policies",
+    "hold",
+]
+
+
+class DecisionContext(msgspec.Struct, frozen=True):
+    """What the decision maker knows besides the diffs; supplied by the engine.
+
+    ``detected_at`` maps a resource id to when its current finding was first
+    recorded in the log (a finding new this cycle is absent or ``now``);
+    ``approved`` holds the decision ids with a valid approval.
+    """
+
+    now: datetime
+    detected_at: Mapping[str, datetime] = {}
+    approved: frozenset[str] = frozenset()
+
+    def detected(self, resource_id: str) -> datetime:
+        """When the finding behind ``resource_id`` was first recorded."""
+        return self.detected_at.get(resource_id, self.now)
+
+
+class Policy(Protocol):
+    """One gate in the chain. ``apply`` returns the decisions in the same order,
+    each unchanged or held back (status, rule and reason changed only)."""
+
+    name: str
+
+    def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
+        """The decisions after this policy."""
+        ...
+
+
+def hold(decision: Decision, status: DecisionStatus, rule: str, why: str) -> Decision:
+    """``decision`` held back with ``status`` by ``rule``, ``why`` added to its reason."""
+    return msgspec.structs.replace(
+        decision, status=status, rule=rule, reason=f"{decision.reason}; {why}"
+    )
+
+
+def _ready(decision: Decision, *actions: Action) -> bool:
+    return decision.status is DecisionStatus.READY and decision.action in actions
+
+
+def _when(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+class GracePeriod:
+    """A delete waits until its resource has been unwanted for ``period``,
+    measured from when the finding was first recorded in the log."""
+
+    name = "grace_period"
+
+    def __init__(self, period: timedelta) -> None:
+        self.period = period
+
+    def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
+        """Hold deletes whose grace period has not run out."""
+        out: list[Decision] = []
+        for d in decisions:
+            ends = ctx.detected(d.resource_id) + self.period
+            if _ready(d, Action.DELETE) and ctx.now < ends:
+                why = f"grace period until {_when(ends)}"
+                d = hold(d, DecisionStatus.GRACE_PERIOD, self.name, why)
+            out.append(d)
+        return out
+
+
+class RequireApproval:
+    """A delete waits for ``ovi approve <decision-id>``."""
+
+    name = "require_approval"
+
+    def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
+        """Hold deletes that have no approval."""
+        return [
+            hold(d, DecisionStatus.AWAITING_APPROVAL, self.name,
+                 f"needs approval: ovi approve {d.decision_id}")
+            if _ready(d, Action.DELETE) and d.decision_id not in ctx.approved else d
+            for d in decisions
+        ]
+
+
+class ApprovalForSizes:
+    """Creating a resource of one of ``sizes``, or resizing one to it, waits for
+    an approval (expensive sizes are a human's call)."""
+
+    name = "approval_for_sizes"
+
+    def __init__(self, sizes: Collection[str]) -> None:
+        self.sizes = frozenset(sizes)
+
+    def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
+        """Hold creates and resizes to a listed size that have no approval."""
+        return [
+            hold(d, DecisionStatus.AWAITING_APPROVAL, self.name,
+                 f"size {self._size(d)} needs approval: ovi approve {d.decision_id}")
+            if self._size(d) is not None and d.decision_id not in ctx.approved else d
+            for d in decisions
+        ]
+
+    def _size(self, d: Decision) -> str | None:
+        """The listed size ``d`` would bring about, if any."""
+        desired = d.diff.desired
+        if not _ready(d, Action.CREATE, Action.UPDATE) or desired is None:
+            return None
+        if desired.size not in self.sizes:
+            return None
+        # A tag-only update of a resource already that size brings nothing new about.
+        if d.action is Action.UPDATE and all(c.field != "size" for c in d.diff.changes):
+            return None
+        return desired.size
+
+
+class MaintenanceWindow:
+    """Deletes happen only inside the weekly ``window`` (UTC)."""
+
+    name = "maintenance_window"
+
+    def __init__(self, window: TimeWindow) -> None:
+        self.window = window
+
+    def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
+        """Hold deletes while ``ctx.now`` is outside the window."""
+        if self.window.contains(ctx.now):
+            return decisions
+        return [
+            hold(d, DecisionStatus.MAINTENANCE_WINDOW, self.name,
+                 "outside the maintenance window")
+            if _ready(d, Action.DELETE) else d
+            for d in decisions
+        ]
+
+
+class BlastRadius:
+    """At most ``limit`` deletes are ready in one cycle; the rest are capped,
+    chosen in a fixed order (scope key, resource id) so every instance agrees."""
+
+    name = "blast_radius"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
+        """Cap the ready deletes beyond the limit."""
+        ready = sorted(
+            (i for i, d in enumerate(decisions) if _ready(d, Action.DELETE)),
+            key=lambda i: (decisions[i].diff.scope.key, decisions[i].resource_id),
+        )
+        capped = set(ready[self.limit:])
+        why = f"over the cap of {self.limit} deletes per cycle"
+        return [
+            hold(d, DecisionStatus.CAPPED, self.name, why) if i in capped else d
+            for i, d in enumerate(decisions)
+        ]
+
+
+def default_policies(rules: Rules) -> list[Policy]:
+    """The chain the rules ask for, in order: grace period, approval, approval
+    for sizes, maintenance window, blast radius (last, so it counts only the
+    deletes that would really run)."""
+    chain: list[Policy] = [GracePeriod(rules.grace_period)]
+    if rules.require_approval:
+        chain.append(RequireApproval())
+    if rules.approval_for_sizes:
+        chain.append(ApprovalForSizes(rules.approval_for_sizes))
+    if rules.maintenance_window is not None:
+        chain.append(MaintenanceWindow(rules.maintenance_window))
+    chain.append(BlastRadius(rules.max_deletes_per_cycle))
+    return chain

@@ -1,0 +1,216 @@
+"""The comparator: one test per identity and diff rule of DESIGN.md."""
+
+from __future__ import annotations
+
+import random
+
+from ovi.comparator import Comparator, DefaultComparator
+from ovi.config import parse_config
+from ovi.model import (
+    BLESSED_TAG,
+    ID_TAG,
+    MANAGED_TAG,
+    OWNER_TAG,
+    DesiredResource,
+    Diff,
+    DiffType,
+    FieldChange,
+    Resource,
+    ResourceType,
+    Scope,
+)
+
+EC2 = ResourceType.EC2
+US = Scope("aws", "us-east-1", EC2)
+EU = Scope("aws", "eu-west-1", EC2)
+
+
+def want(rid: str, *, region: str = "us-east-1", size: str | None = "t3.micro",
+         tags: dict[str, str] | None = None, type: ResourceType = EC2) -> DesiredResource:
+    return DesiredResource(id=rid, type=type, provider="aws", region=region, size=size,
+                           tags=tags or {})
+
+
+def ours(rid: str, cloud_id: str, *, owner: str = "ovi", region: str = "us-east-1",
+         size: str | None = "t3.micro", tags: dict[str, str] | None = None,
+         type: ResourceType = EC2) -> Resource:
+    all_tags = {ID_TAG: rid, MANAGED_TAG: "true", OWNER_TAG: owner, **(tags or {})}
+    return Resource(id=rid, cloud_id=cloud_id, type=type, provider="aws", region=region,
+                    size=size, status="running", tags=all_tags)
+
+
+def foreign(cloud_id: str, *, tags: dict[str, str] | None = None,
+            region: str = "us-east-1") -> Resource:
+    return Resource(id=cloud_id, cloud_id=cloud_id, type=EC2, provider="aws", region=region,
+                    size="t3.micro", tags=tags or {})
+
+
+def compare(desired: list[DesiredResource], observed: list[Resource],
+            unknown: tuple[Scope, ...] = (), comparator: Comparator | None = None) -> list[Diff]:
+    comparator = comparator or DefaultComparator()
+    return comparator.compare(desired, observed, unknown_scopes=unknown)
+
+
+def kinds(diffs: list[Diff]) -> list[tuple[DiffType, str]]:
+    return [(d.type, d.resource_id) for d in diffs]
+
+
+def test_in_sync_estate_has_no_diffs() -> None:
+    assert compare([want("web-0")], [ours("web-0", "i-1", tags={"extra": "x"})]) == []
+
+
+def test_missing_when_desired_not_observed() -> None:
+    [diff] = compare([want("web-0")], [])
+    assert (diff.type, diff.resource_id, diff.scope, diff.cloud_id) == (
+        DiffType.MISSING, "web-0", US, None,
+    )
+    assert diff.desired == want("web-0")
+    assert diff.reason == "web-0 is desired but was not observed"
+
+
+def test_unwanted_when_managed_but_not_desired() -> None:
+    [diff] = compare([], [ours("web-9", "i-9")])
+    assert kinds([diff]) == [(DiffType.UNWANTED, "web-9")]
+    assert diff.cloud_id == "i-9"
+    assert diff.observed == ours("web-9", "i-9")
+    assert "no longer desired" in diff.reason
+
+
+def test_unmanaged_when_not_managed_and_not_desired() -> None:
+    [diff] = compare([], [foreign("i-5")])
+    assert kinds([diff]) == [(DiffType.UNMANAGED, "i-5")]
+    assert diff.reason == "i-5 is not managed by Ovi"
+
+
+def test_match_by_ovi_id_never_cloud_id() -> None:
+    # A resource whose cloud id equals a desired id is no match without the tag …
+    diffs = compare([want("web-0")], [foreign("web-0")])
+    assert kinds(diffs) == [(DiffType.MISSING, "web-0"), (DiffType.UNMANAGED, "web-0")]
+    # … and one whose cloud id is anything at all matches by its ovi:id tag.
+    assert compare([want("web-0")], [ours("web-0", "i-0123")]) == []
+    renamed = ours("web-1", "web-0")
+    assert kinds(compare([want("web-0")], [renamed])) == [
+        (DiffType.MISSING, "web-0"), (DiffType.UNWANTED, "web-1"),
+    ]
+
+
+def test_managed_means_managed_tag_or_owner() -> None:
+    only_managed = Resource(id="a", cloud_id="i-a", type=EC2, provider="aws",
+                            region="us-east-1", tags={ID_TAG: "a", MANAGED_TAG: "true"})
+    only_owner = Resource(id="b", cloud_id="i-b", type=EC2, provider="aws",
+                          region="us-east-1", tags={ID_TAG: "b", OWNER_TAG: "ovi"})
+    managed_false = Resource(id="i-c", cloud_id="i-c", type=EC2, provider="aws",
+                             region="us-east-1", tags={ID_TAG: "c", MANAGED_TAG: "false"})
+    diffs = compare([], [only_managed, only_owner, managed_false])
+    assert kinds(diffs) == [
+        (DiffType.UNWANTED, "a"), (DiffType.UNWANTED, "b"), (DiffType.UNMANAGED, "i-c"),
+    ]
+
+
+def test_another_owners_resources_are_unmanaged_here() -> None:
+    theirs = ours("web-0", "i-theirs", owner="team-b")
+    diffs = compare([want("web-0")], [theirs])
+    # Their web-0 is not ours: ours is still missing, theirs reported by cloud id.
+    assert kinds(diffs) == [(DiffType.UNMANAGED, "i-theirs"), (DiffType.MISSING, "web-0")]
+    assert diffs[0].reason == "i-theirs belongs to Ovi owner 'team-b', not 'ovi'"
+    mine = DefaultComparator(owner="team-b")
+    assert compare([want("web-0")], [theirs], comparator=mine) == []
+
+
+def test_drift_on_type_provider_region_or_size() -> None:
+    have = ours("db-0", "i-1", region="eu-west-1", size="t3.large")
+    [diff] = compare([want("db-0", type=ResourceType.RDS, size="db.t3.micro")], [have])
+    assert diff.type is DiffType.DRIFTED
+    assert diff.changes == (
+        FieldChange("type", "rds", "ec2"),
+        FieldChange("region", "us-east-1", "eu-west-1"),
+        FieldChange("size", "db.t3.micro", "t3.large"),
+    )
+    assert (diff.resource_id, diff.cloud_id, diff.scope) == ("db-0", "i-1", EU)
+    assert diff.desired is not None and diff.observed == have
+
+
+def test_declared_tag_that_differs_or_is_absent_is_drift() -> None:
+    desired = want("web-0", tags={"team": "platform", "env": "prod"})
+    [diff] = compare([desired], [ours("web-0", "i-1", tags={"team": "data"})])
+    assert diff.changes == (
+        FieldChange("tags.env", "prod", None),
+        FieldChange("tags.team", "platform", "data"),
+    )
+    assert diff.reason == "web-0 differs from the config: tags.env (absent) → prod, " \
+        "tags.team data → platform"
+
+
+def test_extra_undeclared_tags_are_not_drift() -> None:
+    have = ours("web-0", "i-1", tags={"team": "platform", "cost-centre": "42", "Name": "x"})
+    assert compare([want("web-0", tags={"team": "platform"})], [have]) == []
+
+
+def test_ignore_tags_globs() -> None:
+    desired = want("web-0", tags={"team": "platform", "aws:cloudformation:stack": "s"})
+    have = ours("web-0", "i-1", tags={"team": "other"})
+    lenient = DefaultComparator(ignore_tags=["t*", "aws:*"])
+    assert compare([desired], [have], comparator=lenient) == []
+    [diff] = compare([desired], [have])  # default ["aws:*"]: team still counts
+    assert [c.field for c in diff.changes] == ["tags.team"]
+
+
+def test_no_size_in_config_is_not_drift() -> None:
+    assert compare([want("web-0", size=None)], [ours("web-0", "i-1", size="m5.large")]) == []
+
+
+def test_spec_region_defaults_to_config_region() -> None:
+    config = parse_config(
+        "version: v1\nprovider: aws\nregion: eu-west-1\nresources: [{type: ec2, name: web}]\n",
+        "ovi.yaml",
+    )
+    comparator = DefaultComparator.from_config(config)
+    observed = [ours("web-0", "i-1", region="eu-west-1")]
+    assert comparator.compare(config.desired_resources(), observed) == []
+
+
+def test_duplicate_ovi_id_smallest_cloud_id_is_matched() -> None:
+    diffs = compare([want("web-0")], [ours("web-0", "i-c"), ours("web-0", "i-a"),
+                                      ours("web-0", "i-b", size="t3.large")])
+    assert kinds(diffs) == [(DiffType.UNWANTED, "i-b"), (DiffType.UNWANTED, "i-c")]
+    assert {d.reason for d in diffs} == {"duplicate of web-0"}
+    assert [d.cloud_id for d in diffs] == ["i-b", "i-c"]
+
+
+def test_managed_resource_without_ovi_id_is_unwanted_by_cloud_id() -> None:
+    stray = Resource(id="web-0", cloud_id="web-0", type=ResourceType.S3, provider="aws",
+                     region="us-east-1", tags={MANAGED_TAG: "true"})
+    diffs = compare([want("web-0", type=ResourceType.S3, size=None)], [stray])
+    assert kinds(diffs) == [(DiffType.MISSING, "web-0"), (DiffType.UNWANTED, "web-0")]
+    assert "has no ovi:id tag" in diffs[1].reason
+
+
+def test_unknown_scope_gets_no_diffs() -> None:
+    desired = [want("web-0"), want("web-1"), want("eu-0", region="eu-west-1")]
+    observed = [
+        ours("web-9", "i-9"),  # unwanted, in the failed scope
+        foreign("i-5"),  # unmanaged, in the failed scope
+        ours("web-1", "i-eu", region="eu-west-1"),  # desired in the failed scope, seen elsewhere
+    ]
+    diffs = compare(desired, observed, unknown=(US,))
+    assert kinds(diffs) == [(DiffType.MISSING, "eu-0")]
+
+
+def test_blessed_tag_does_not_hide_a_finding() -> None:
+    # Blessing changes the decision (notify), not the finding.
+    [diff] = compare([], [ours("web-9", "i-9", tags={BLESSED_TAG: "true"})])
+    assert diff.type is DiffType.UNWANTED and diff.observed is not None and diff.observed.blessed
+
+
+def test_output_order_is_deterministic() -> None:
+    desired = [want(f"w-{i}", region=r) for i in range(5) for r in ("us-east-1", "eu-west-1")]
+    observed = [ours(f"x-{i}", f"i-{i}", region="eu-west-1") for i in range(5)]
+    observed += [foreign(f"i-f{i}") for i in range(5)]
+    expected = compare(desired, observed)
+    rng = random.Random(7)
+    for _ in range(5):
+        rng.shuffle(desired)
+        rng.shuffle(observed)
+        assert compare(desired, observed) == expected
+    keys = [(d.scope.key, d.resource_id) for d in expected]
+    assert keys == sorted(keys)
