@@ -1,0 +1,55 @@
+"""The contract every projection implements."""
+
+from __future__ import annotations
+
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from eventstore import RecordedEvent
+
+__all__ = ["Projection"]
+
+
+class Projection(ABC):
+    """A read model folded from the event log into tables it owns.
+
+    A :class:`~projections.ProjectionRunner` calls :meth:`create` when the
+    projection is new or rebuilt, then :meth:`apply` with batches of events in
+    position order. Both run on the runner's database thread *inside the
+    runner's transaction*, which also moves the projection's checkpoint: so
+    they must use plain ``execute``/``executemany`` calls and must never
+    ``COMMIT``, ``ROLLBACK``, ``BEGIN`` or call ``executescript`` (which
+    commits). Whatever they raise rolls the whole batch back.
+
+    A projection must be a pure fold of the events it is given: rebuilding it
+    from position 0 must give the same rows as applying the log batch by batch,
+    whatever the batch boundaries. It must not read other projections' tables
+    (their checkpoints may differ from its own).
+    """
+
+    #: unique name; the key of the checkpoint row
+    name: ClassVar[str]
+    #: bump when the tables or the fold change: the runner then rebuilds the
+    #: projection from the log the next time it is opened
+    schema_version: ClassVar[int]
+    #: the tables (and only those) the projection owns; dropped on rebuild,
+    #: with their indexes
+    tables: ClassVar[tuple[str, ...]]
+    #: the event type names folded; ``None`` folds every event. The checkpoint
+    #: still advances over events of other types.
+    event_types: ClassVar[frozenset[str] | None] = None
+
+    @abstractmethod
+    def create(self, db: sqlite3.Connection) -> None:
+        """Create the projection's tables and indexes (they do not exist yet)."""
+
+    @abstractmethod
+    def apply(self, db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+        """Fold a non-empty batch of events, in position order, into the tables.
+
+        Only events of :attr:`event_types` are passed (every event when it is
+        ``None``). Aggregating the batch in memory and writing with one
+        ``executemany`` is much faster than a statement per event.
+        """

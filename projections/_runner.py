@@ -1,0 +1,457 @@
+"""The runner that folds the log into projections, exactly once.
+
+Each projection has one row in ``projection_checkpoints`` (the position of the
+last event it folded, and its schema version). The rows a batch of events
+produces and the checkpoint move are written in one ``BEGIN IMMEDIATE …
+COMMIT`` transaction, and that transaction first checks the checkpoint is
+still where the runner read it; so a batch is applied once whatever crashes,
+cancellations or other runners on the same file do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import aiosqlite
+import msgspec
+
+from eventstore import EventStore, RecordedEvent
+from eventstore.sqlite import connect, create_private_file, run_in_connection_thread
+from projections._exceptions import (
+    CheckpointError,
+    ProjectionApplyError,
+    ProjectionDatabaseError,
+    RunnerClosedError,
+    UnknownProjectionError,
+)
+from projections._projection import Projection
+
+__all__ = ["CHECKPOINTS_TABLE", "Checkpoint", "ProjectionRunner"]
+
+T = TypeVar("T")
+
+CHECKPOINTS_TABLE = "projection_checkpoints"
+# Never owned by a projection: the checkpoints, and the SQLite log's own tables
+# (projections usually share the log's file, and DROP TABLE ignores triggers).
+# Windows of the log being read at once.
+_READ_AHEAD = 3
+_RESERVED_TABLES = frozenset({CHECKPOINTS_TABLE, "events", "log_head"})
+
+_CREATE_CHECKPOINTS = f"""CREATE TABLE IF NOT EXISTS {CHECKPOINTS_TABLE} (
+    name           TEXT PRIMARY KEY,
+    position       INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL
+)"""
+_SELECT_CHECKPOINTS = f"SELECT name, position, schema_version FROM {CHECKPOINTS_TABLE}"
+_SELECT_CHECKPOINT = f"SELECT position, schema_version FROM {CHECKPOINTS_TABLE} WHERE name = ?"
+_MOVE_CHECKPOINT = f"UPDATE {CHECKPOINTS_TABLE} SET position = ? WHERE name = ?"
+_RESET_CHECKPOINT = (
+    f"INSERT INTO {CHECKPOINTS_TABLE} (name, position, schema_version) VALUES (?, 0, ?)"
+    " ON CONFLICT (name) DO UPDATE SET position = 0, schema_version = excluded.schema_version"
+)
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """Where a projection stands: the last position folded and its schema version."""
+
+    name: str
+    position: int
+    schema_version: int
+
+
+class _Progress:
+    __slots__ = ("applied",)
+
+    def __init__(self) -> None:
+        self.applied = 0
+
+
+class _CheckpointMoved(Exception):
+    """Another runner moved the checkpoint since it was read; nothing was written."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(db)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _check_projections(projections: Iterable[Projection]) -> tuple[Projection, ...]:
+    found = tuple(projections)
+    names: set[str] = set()
+    owners: dict[str, str] = {}
+    for projection in found:
+        name = getattr(projection, "name", "")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{type(projection).__name__}.name: expected a non-empty string")
+        if name in names:
+            raise ValueError(f"two projections are named {name!r}")
+        names.add(name)
+        if not isinstance(getattr(projection, "schema_version", None), int):
+            raise ValueError(f"{type(projection).__name__}.schema_version: expected an integer")
+        for table in projection.tables:
+            if table.lower() in _RESERVED_TABLES:
+                raise ValueError(f"projection {name!r} may not own table {table!r}: reserved")
+            if table.lower() in owners:
+                raise ValueError(
+                    f"table {table!r} is owned by both {owners[table.lower()]!r} and {name!r}"
+                )
+            owners[table.lower()] = name
+    return found
+
+
+class ProjectionRunner:
+    """Folds an event store into projections stored in a SQLite file.
+
+    ``db_path`` may be the SQLite log's own file (the default layout) or a
+    separate one. Use as an async context manager, or call :meth:`open` and
+    :meth:`aclose`. The store is not opened or closed by the runner.
+
+    On open, a projection without a checkpoint, or whose stored schema version
+    differs from its class's, is reset: its tables are dropped and created
+    anew and its checkpoint set to 0, so the next :meth:`catch_up` replays the
+    whole log into it (:attr:`reset_on_open` names them).
+
+    :param batch_size: events folded per transaction (default: the store's page size).
+    :param synchronous: SQLite ``synchronous`` pragma. ``NORMAL`` suffices:
+        a commit lost to power failure loses rows and checkpoint together, and
+        they are re-applied from the log.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        db_path: str | os.PathLike[str],
+        projections: Iterable[Projection],
+        *,
+        batch_size: int | None = None,
+        busy_timeout: float = 10.0,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        self.store = store
+        self.path = Path(db_path)
+        self.projections = _check_projections(projections)
+        self.batch_size = batch_size if batch_size is not None else store.page_size
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer ≥ 1, got {self.batch_size}")
+        self.reset_on_open: tuple[str, ...] = ()
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous
+        self._conn: aiosqlite.Connection | None = None
+        self._by_name = {p.name: p for p in self.projections}
+        # One fold at a time per runner; other runners are detected by checkpoint.
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self) -> Self:
+        """Open the projections database and create or reset projections as needed.
+
+        :raises ProjectionApplyError: if a projection's ``create()`` failed (nothing reset).
+        :raises ProjectionDatabaseError: if the database can't be opened or written.
+        """
+        if self._conn is not None:
+            return self
+        try:
+            create_private_file(self.path)
+            conn = await connect(
+                self.path, busy_timeout=self._busy_timeout, synchronous=self._synchronous
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise ProjectionDatabaseError(
+                f"cannot open projections database {self.path}: {exc}"
+            ) from exc
+        self._conn = conn
+        try:
+            self.reset_on_open = await self._run(self._prepare, "preparing projections")
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def aclose(self) -> None:
+        """Close the projections database (waiting for a transaction in flight)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _prepare(self, db: sqlite3.Connection) -> tuple[str, ...]:
+        def body(db: sqlite3.Connection) -> tuple[str, ...]:
+            db.execute(_CREATE_CHECKPOINTS)
+            stored = {name: version for name, _, version in db.execute(_SELECT_CHECKPOINTS)}
+            stale = [p for p in self.projections if stored.get(p.name) != p.schema_version]
+            for projection in stale:
+                _reset(db, projection)
+            return tuple(p.name for p in stale)
+
+        return _transaction(db, body)
+
+    # -- folding ---------------------------------------------------------
+
+    async def catch_up(self) -> int:
+        """Fold every event up to the log's current head into each projection.
+
+        Each projection resumes after its checkpoint; the events of each batch
+        and the checkpoint move commit together. Afterwards every checkpoint
+        equals the head read at the start, even for a projection that had no
+        event of its types to fold. Returns the number of events folded,
+        summed over the projections.
+
+        :raises ProjectionApplyError: if a projection's ``apply()`` raised; that
+            batch was rolled back (earlier batches and projections stay committed).
+        :raises CheckpointError: if a checkpoint is beyond the head (the
+            projections were built from another log: :meth:`rebuild` them) or its
+            schema version was changed by another process.
+        :raises ProjectionDatabaseError: if the projections database failed.
+        :raises eventstore.EventStoreError: if reading the log failed.
+        """
+        async with self._lock:
+            return await self._catch_up(self.projections)
+
+    async def rebuild(self, name: str | None = None) -> int:
+        """Drop a projection's tables and checkpoint, create them anew and
+        replay the whole log into it (every projection when ``name`` is None).
+
+        The reset is one transaction; the replay then commits batch by batch
+        like :meth:`catch_up`, so an interrupted rebuild resumes where it
+        stopped. Returns the number of events folded.
+
+        :raises UnknownProjectionError: if no projection has that name.
+        Otherwise raises as :meth:`catch_up`.
+        """
+        if name is None:
+            chosen = self.projections
+        else:
+            found = self._by_name.get(name)
+            if found is None:
+                known = ", ".join(sorted(self._by_name)) or "none"
+                raise UnknownProjectionError(f"no projection named {name!r} (known: {known})")
+            chosen = (found,)
+
+        def reset(db: sqlite3.Connection) -> None:
+            def body(db: sqlite3.Connection) -> None:
+                for projection in chosen:
+                    _reset(db, projection)
+
+            _transaction(db, body)
+
+        async with self._lock:
+            await self._run(reset, "resetting projections")
+            return await self._catch_up(chosen)
+
+    async def checkpoint(self, name: str) -> Checkpoint:
+        """The stored checkpoint of a projection of this runner.
+
+        :raises UnknownProjectionError: if no projection has that name.
+        """
+        if name not in self._by_name:
+            raise UnknownProjectionError(f"no projection named {name!r}")
+        row = await self._run(
+            lambda db: db.execute(_SELECT_CHECKPOINT, (name,)).fetchone(), "reading checkpoint"
+        )
+        if row is None:
+            raise CheckpointError(f"projection {name!r} has no checkpoint row in {self.path}")
+        return Checkpoint(name, int(row[0]), int(row[1]))
+
+    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` with the projections connection, on its worker thread.
+
+        For reading projection tables consistently (wrap several statements in
+        ``BEGIN``/``COMMIT`` for one snapshot). ``sqlite3`` errors become
+        :class:`ProjectionDatabaseError`.
+        """
+        return await self._run(fn, "querying projections")
+
+    async def _catch_up(self, projections: Sequence[Projection]) -> int:
+        # Checkpoints first, then the head: a checkpoint can never pass the
+        # head read after it unless it was folded from another log.
+        stored = {
+            name: (position, version)
+            for name, position, version in await self._run(
+                lambda db: db.execute(_SELECT_CHECKPOINTS).fetchall(), "reading checkpoints"
+            )
+        }
+        head = await self.store.last_position()
+        applied = 0
+        for projection in projections:
+            position, version = stored.get(projection.name, (None, None))
+            if position is None or version != projection.schema_version:
+                raise CheckpointError(
+                    f"projection {projection.name!r}: checkpoint row missing or changed by"
+                    " another process; reopen the runner to reset it"
+                )
+            if position > head:
+                raise CheckpointError(
+                    f"projection {projection.name!r} is at position {position} but the log's"
+                    f" head is {head}: it was built from another log; rebuild it"
+                )
+            applied += await self._fold(projection, position, head)
+        return applied
+
+    async def _fold(self, projection: Projection, position: int, head: int) -> int:
+        applied = 0
+        while position < head:
+            progress = _Progress()
+            try:
+                await self._fold_pass(projection, position, head, progress)
+                position = head
+            except _CheckpointMoved as moved:
+                # Another runner committed (or reset) in between; resume from there.
+                position = moved.position
+            applied += progress.applied
+        return applied
+
+    async def _fold_pass(
+        self, projection: Projection, after: int, head: int, progress: _Progress
+    ) -> None:
+        types = projection.event_types
+        if types is not None and not types:
+            await self._commit(projection, after, [], head, progress)
+            return
+        # The log is read in windows of ``batch_size`` positions, a few
+        # windows ahead: while one window is decoded (event loop) the next is
+        # fetched (the store's thread) and the previous batch commits (ours).
+        step = self.batch_size
+        windows = iter(range(after, head, step))
+        reads: deque[asyncio.Future[tuple[list[RecordedEvent], int]]] = deque()
+        commit: asyncio.Future[None] | None = None
+        checkpoint = after
+        batch: list[RecordedEvent] = []
+        try:
+            while True:
+                while len(reads) < _READ_AHEAD and (low := next(windows, None)) is not None:
+                    reads.append(asyncio.ensure_future(
+                        self._read_window(low, min(low + step, head), types)
+                    ))
+                if not reads:
+                    break
+                events, high = await reads.popleft()
+                batch.extend(events)
+                # Sparse projections gather several windows per transaction;
+                # the last one carries the checkpoint to the head regardless.
+                if len(batch) >= step or high == head:
+                    if commit is not None:
+                        await commit
+                    commit = asyncio.ensure_future(
+                        self._commit(projection, checkpoint, batch, high, progress)
+                    )
+                    checkpoint, batch = high, []
+            if commit is not None:
+                await commit
+        finally:
+            for task in (*reads, commit):
+                if task is not None:
+                    await _settle(task)
+
+    async def _read_window(
+        self, after: int, until: int, types: frozenset[str] | None
+    ) -> tuple[list[RecordedEvent], int]:
+        # Positions are unique, so the limit saves the query that would find
+        # the window exhausted.
+        events = self.store.read(after=after, until=until, types=types, limit=until - after)
+        return [event async for event in events], until
+
+    async def _commit(
+        self,
+        projection: Projection,
+        expected: int,
+        events: list[RecordedEvent],
+        to: int,
+        progress: _Progress,
+    ) -> None:
+        name = projection.name
+        version = projection.schema_version
+
+        def body(db: sqlite3.Connection) -> None:
+            row = db.execute(_SELECT_CHECKPOINT, (name,)).fetchone()
+            if row is None or row[1] != version:
+                raise CheckpointError(
+                    f"projection {name!r}: checkpoint row removed or reset to another schema"
+                    " version by another process"
+                )
+            if row[0] != expected:
+                raise _CheckpointMoved(int(row[0]))
+            if events:
+                _call_projection(db, projection, events)
+            db.execute(_MOVE_CHECKPOINT, (to, name))
+
+        await self._run(lambda db: _transaction(db, body), f"folding into {name!r}")
+        progress.applied += len(events)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], doing: str) -> T:
+        conn = self._conn
+        if conn is None:
+            raise RunnerClosedError("the projection runner is not open")
+        try:
+            return await run_in_connection_thread(conn, fn)
+        except sqlite3.Error as exc:
+            raise ProjectionDatabaseError(f"{self.path}: {doing}: {exc}") from exc
+
+
+def _reset(db: sqlite3.Connection, projection: Projection) -> None:
+    for table in reversed(projection.tables):
+        db.execute(f"DROP TABLE IF EXISTS {_quote(table)}")
+    try:
+        projection.create(db)
+    except Exception as exc:
+        raise ProjectionApplyError(projection.name, 0, 0, f"{type(exc).__name__}: {exc}") from exc
+    if not db.in_transaction:
+        raise ProjectionApplyError(projection.name, 0, 0, "create() ended the runner's transaction")
+    db.execute(_RESET_CHECKPOINT, (projection.name, projection.schema_version))
+
+
+def _call_projection(
+    db: sqlite3.Connection, projection: Projection, events: list[RecordedEvent]
+) -> None:
+    first, last = events[0].position, events[-1].position
+    try:
+        projection.apply(db, events)
+    except Exception as exc:
+        raise ProjectionApplyError(
+            projection.name, first, last, f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not db.in_transaction:
+        raise ProjectionApplyError(
+            projection.name, first, last, "apply() ended the runner's transaction"
+        )
+
+
+async def _settle(task: asyncio.Future[Any]) -> None:
+    """Stop waiting for a commit (its transaction completes or rolls back on
+    its own) and mark its outcome retrieved; the caller raises what matters."""
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()
