@@ -162,10 +162,16 @@ class Diff(msgspec.Struct, frozen=True):
     @property
     def fingerprint(self) -> str:
         """Identity of the finding: same fingerprint = same finding, so it is
-        not recorded again. Observed status and undeclared tags are left out."""
+        not recorded again. Observed status is left out, and so are undeclared
+        tags, except for an unwanted resource, whose every tag is part of what
+        an approval to delete it approves."""
+        observed: tuple[str | None, list[tuple[str, str]]] | None = None
+        if self.type == DiffType.UNWANTED and self.observed is not None:
+            # What an operator approves deleting is the resource as it was seen.
+            observed = (self.observed.size, sorted(self.observed.tags.items()))
         parts = msgspec.json.encode(
             (self.type, self.resource_id, self.cloud_id, self.resource_type, self.scope.key,
-             self.changes, self.desired)
+             self.changes, self.desired, observed)
         )
         return hashlib.sha256(parts).hexdigest()[:16]
 

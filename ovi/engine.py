@@ -1,0 +1,275 @@
+"""One reconcile cycle: observe, record, compare, decide, record.
+
+The engine takes its store, projections, provider and clock as arguments, so
+tests drive it with a fake provider and a controllable clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from eventstore import NO_STREAM, Event, EventStore, StreamBatch
+from ovi.comparator import Comparator, DefaultComparator
+from ovi.config import Config
+from ovi.coordinator import Coordinator
+from ovi.decisions import DecisionContext, DecisionMaker
+from ovi.events import (
+    ConfigLoaded,
+    CycleFinished,
+    CycleStarted,
+    DecisionMade,
+    DiffDetected,
+    DiffResolved,
+    cycle_stream,
+    resource_stream,
+)
+from ovi.executor import Execution, Executor
+from ovi.model import Action, Decision, Diff, ResourceType, Scope
+from ovi.observer import KnownResource, Observation, observe
+from ovi.providers.base import Provider
+from ovi.recovery import recover_in_doubt
+from ovi.retry import RetryPolicy
+from projections import ProjectionRunner
+from projections.findings import (
+    OpenFinding,
+    approved_decisions,
+    latest_config_hash,
+    open_findings,
+)
+
+__all__ = ["CycleResult", "Engine", "new_cycle_id"]
+
+
+class CycleResult(msgspec.Struct, frozen=True):
+    """What one cycle saw and decided (the seed's result fields, and more)."""
+
+    cycle_id: str
+    timestamp: datetime
+    resources_found: int
+    diffs_detected: int
+    decisions_made: int
+    execution_errors: int
+    duration: float  # seconds
+    decisions: tuple[Decision, ...]
+    diffs: tuple[Diff, ...]
+    failed_scopes: tuple[str, ...]
+    executions: tuple[Execution, ...] = ()
+    recovered: int = 0  # actions in doubt resolved at the start of this cycle
+
+    @property
+    def in_sync(self) -> bool:
+        """Nothing but notifications: no create, update or delete pending."""
+        return all(d.action == Action.NOTIFY for d in self.decisions)
+
+
+class _State(msgspec.Struct):
+    known: dict[str, dict[str, KnownResource]]
+    findings: dict[str, OpenFinding]
+    approved: frozenset[str]
+    config_hash: str | None
+
+
+def new_cycle_id(now: datetime) -> str:
+    """Sortable and unique across hosts: time, then randomness."""
+    return now.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Engine:
+    """Runs reconcile cycles against one store and one provider."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        views: ProjectionRunner,
+        provider: Provider,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        comparator: Callable[[Config], Comparator] = DefaultComparator.from_config,
+        decision_maker: Callable[[Config], DecisionMaker] = DecisionMaker.from_config,
+        retry: RetryPolicy | None = None,
+        claim_ttl: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self.store = store
+        self.views = views
+        self.provider = provider
+        self._clock = clock
+        self._comparator = comparator
+        self._decision_maker = decision_maker
+        self.coordinator = Coordinator(store, views, clock=clock, ttl=claim_ttl)
+        self.executor = Executor(store, views, provider, self.coordinator, retry=retry)
+
+    async def run_cycle(
+        self,
+        config: Config,
+        *,
+        source: str,
+        mode: str = "plan",
+        dry_run: bool = False,
+        max_concurrency: int | None = None,
+    ) -> CycleResult:
+        """Observe, compare, decide and record one cycle; unless ``mode`` is
+        ``plan``, also resolve actions left in doubt and execute (or, with
+        ``dry_run``, record what would have run)."""
+        execute = mode != "plan"
+        concurrency = max_concurrency or config.rules.max_concurrency
+        started = self._clock()
+        clock_start = time.perf_counter()
+        cycle_id = new_cycle_id(started)
+        stream = cycle_stream(cycle_id)
+        config_hash = config.config_hash
+
+        await self.views.catch_up()
+        state = await self.views.query(_load_state)
+        opening: list[Event] = [CycleStarted(cycle_id=cycle_id, mode=mode,
+                                             config_hash=config_hash, started_at=started)]
+        if state.config_hash != config_hash:
+            opening.append(ConfigLoaded(cycle_id=cycle_id, config_hash=config_hash,
+                                        source=source, config=msgspec.to_builtins(config)))
+        await self.store.append(stream, opening, expected_version=NO_STREAM)
+        recovered = []
+        if execute and not dry_run:
+            recovered = await recover_in_doubt(self.store, self.views, self.provider,
+                                               self.coordinator, cycle_id=cycle_id,
+                                               clock=self._clock)
+            if recovered:
+                await self.views.catch_up()
+                state = await self.views.query(_load_state)
+
+        observation = await observe(
+            self.store, self.provider, _scopes(config, state.known), state.known,
+            cycle_id=cycle_id, max_concurrency=concurrency,
+        )
+        diffs = self._comparator(config).compare(
+            config.desired_resources(), observation.resources,
+            unknown_scopes=tuple(observation.failed),
+        )
+        detected_at = {
+            d.resource_id: _detected_at(state.findings.get(d.resource_id), d, started)
+            for d in diffs
+        }
+        context = DecisionContext(now=started, detected_at=detected_at, approved=state.approved)
+        decisions = self._decision_maker(config).decide(diffs, context)
+
+        await self._record_findings(cycle_id, config_hash, diffs, decisions, state.findings,
+                                    observation, started)
+        executions: list[Execution] = []
+        if execute:
+            await self.views.catch_up()
+            executions = await self.executor.execute(
+                decisions, observation, cycle_id=cycle_id, owner=config.owner,
+                max_concurrency=concurrency, dry_run=dry_run,
+            )
+        failed = tuple(sorted(s.key for s in observation.failed))
+        result = CycleResult(
+            cycle_id=cycle_id, timestamp=started,
+            resources_found=len(observation.resources), diffs_detected=len(diffs),
+            decisions_made=len(decisions),
+            execution_errors=sum(e.outcome == "failed" for e in executions),
+            duration=time.perf_counter() - clock_start,
+            decisions=tuple(decisions), diffs=tuple(diffs), failed_scopes=failed,
+            executions=tuple(executions), recovered=len(recovered),
+        )
+        await self.store.append(stream, [CycleFinished(
+            cycle_id=cycle_id, resources_found=result.resources_found,
+            diffs_detected=result.diffs_detected, decisions_made=result.decisions_made,
+            execution_errors=result.execution_errors, duration_ms=result.duration * 1000,
+            failed_scopes=failed,
+        )])
+        return result
+
+    async def _record_findings(
+        self,
+        cycle_id: str,
+        config_hash: str,
+        diffs: list[Diff],
+        decisions: list[Decision],
+        findings: dict[str, OpenFinding],
+        observation: Observation,
+        now: datetime,
+    ) -> None:
+        """Record what is new: findings not already open, decisions whose
+        status moved, and findings that no longer hold."""
+        events: dict[str, list[Event]] = {}
+        current = {d.resource_id for d in diffs}
+        for diff in diffs:
+            fingerprint = diff.fingerprint
+            open_finding = findings.get(diff.resource_id)
+            if open_finding is None or open_finding.fingerprint != fingerprint:
+                events.setdefault(resource_stream(diff.resource_id), []).append(DiffDetected(
+                    cycle_id=cycle_id, diff=diff, fingerprint=fingerprint,
+                    detected_at=_detected_at(open_finding, diff, now)))
+        failed = {s.key for s in observation.failed}
+        for resource_id, open_finding in findings.items():
+            if resource_id not in current and open_finding.scope not in failed:
+                events.setdefault(resource_stream(resource_id), []).append(DiffResolved(
+                    cycle_id=cycle_id, resource_id=resource_id,
+                    fingerprint=open_finding.fingerprint, reason="resolved"))
+        for decision in decisions:
+            previous = findings.get(decision.resource_id)
+            last = previous.decision if previous is not None else None
+            if (last is not None and last.decision_id == decision.decision_id
+                    and last.status == decision.status):
+                continue
+            events.setdefault(resource_stream(decision.resource_id), []).append(DecisionMade(
+                cycle_id=cycle_id, decision=decision, config_hash=config_hash,
+                rule=decision.rule, evidence=_evidence(decision.diff, observation)))
+        if events:
+            await self.store.append_streams(
+                StreamBatch(stream, tuple(batch)) for stream, batch in events.items()
+            )
+
+
+def _detected_at(open_finding: OpenFinding | None, diff: Diff, now: datetime) -> datetime:
+    if open_finding is not None and open_finding.fingerprint == diff.fingerprint:
+        return open_finding.detected_at
+    return now
+
+
+def _evidence(diff: Diff, observation: Observation) -> tuple[int, ...]:
+    """Positions of the observation events a decision relies on: the scope's
+    ``ObservationCompleted`` of this cycle and the resource's latest
+    ``ResourceObserved``."""
+    scope = observation.scopes.get(diff.scope)
+    if scope is None:
+        return ()
+    positions = [scope.completed_position]
+    observed = scope.observed_positions.get(diff.resource_id)
+    if observed is not None:
+        positions.insert(0, observed)
+    return tuple(positions)
+
+
+def _scopes(config: Config, known: dict[str, dict[str, KnownResource]]) -> list[Scope]:
+    """Every type in the config's region (to find unmanaged resources), every
+    scope a spec names, and every scope where resources were seen before (so
+    that unwanted ones elsewhere are found)."""
+    scopes = {Scope(config.provider, config.region, t) for t in ResourceType}
+    scopes.update(d.scope for d in config.desired_resources())
+    for key, resources in known.items():
+        if resources:
+            provider, region, type_ = key.split("/", 2)
+            scopes.add(Scope(provider, region, ResourceType(type_)))
+    return sorted(scopes)
+
+
+def _load_state(db: sqlite3.Connection) -> _State:
+    known: dict[str, dict[str, KnownResource]] = {}
+    rows = db.execute(
+        'SELECT scope, resource_id, cloud_id, fingerprint, '
+        ' (SELECT max(rev) FROM resource_versions v WHERE v.resource_id = r.resource_id)'
+        ' FROM resources r WHERE "exists" = 1'
+    )
+    for scope, resource_id, cloud_id, fingerprint, rev in rows:
+        known.setdefault(scope, {})[resource_id] = KnownResource(resource_id, cloud_id,
+                                                                 fingerprint, rev or 0)
+    return _State(known, open_findings(db), approved_decisions(db), latest_config_hash(db))

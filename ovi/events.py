@@ -1,0 +1,239 @@
+"""Ovi's events: the audit contract. Type names never change once released.
+
+Streams: ``cycle/<cycle_id>`` holds a cycle's own events; ``resource/<id>``
+everything about one resource (observations, findings, decisions, approvals,
+executions); ``claim/<id>`` the claims on it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from eventstore import Event, EventRegistry
+from ovi.model import Action, Decision, Diff, Resource, Scope
+
+__all__ = [
+    "OVI_EVENTS",
+    "ActionExecuted",
+    "ActionExecuting",
+    "ActionFailed",
+    "ActionSkipped",
+    "ApprovalGranted",
+    "ClaimAcquired",
+    "ClaimReleased",
+    "ConfigLoaded",
+    "CycleFinished",
+    "CycleStarted",
+    "DecisionMade",
+    "DiffDetected",
+    "DiffResolved",
+    "ObservationCompleted",
+    "ObservationFailed",
+    "ResourceDisappeared",
+    "ResourceObserved",
+    "claim_stream",
+    "cycle_stream",
+    "registry",
+    "resource_stream",
+]
+
+
+def cycle_stream(cycle_id: str) -> str:
+    return f"cycle/{cycle_id}"
+
+
+def resource_stream(resource_id: str) -> str:
+    return f"resource/{resource_id}"
+
+
+def claim_stream(resource_id: str) -> str:
+    return f"claim/{resource_id}"
+
+
+class CycleStarted(Event, frozen=True):
+    cycle_id: str
+    mode: str  # plan | apply | run
+    config_hash: str
+    started_at: datetime
+
+
+class ConfigLoaded(Event, frozen=True):
+    """A config version seen for the first time (or again after another one)."""
+
+    cycle_id: str
+    config_hash: str
+    source: str
+    config: dict[str, object]  # the parsed config, canonical form
+
+
+class ResourceObserved(Event, frozen=True):
+    """A resource seen for the first time, or with changed attributes."""
+
+    cycle_id: str
+    scope: Scope
+    resource: Resource
+    fingerprint: str
+
+
+class ResourceDisappeared(Event, frozen=True):
+    """A resource seen before is no longer in its (successfully observed) scope."""
+
+    cycle_id: str
+    scope: Scope
+    resource_id: str
+    cloud_id: str
+
+
+class ObservationCompleted(Event, frozen=True):
+    """A scope observed in full: with the change events, enough to rebuild and
+    check the exact observed set of this cycle."""
+
+    cycle_id: str
+    scope: Scope
+    count: int
+    digest: str
+    # The log's last position when the provider call started: an action on one
+    # of these resources recorded after it is news this observation may miss.
+    observed_after: int = 0
+
+
+class ObservationFailed(Event, frozen=True):
+    """A scope could not be observed: no decision is taken for it this cycle."""
+
+    cycle_id: str
+    scope: Scope
+    error: str
+
+
+class DiffDetected(Event, frozen=True):
+    cycle_id: str
+    diff: Diff
+    fingerprint: str
+    detected_at: datetime
+
+
+class DiffResolved(Event, frozen=True):
+    cycle_id: str
+    resource_id: str
+    fingerprint: str
+    reason: str
+
+
+class DecisionMade(Event, frozen=True):
+    """A decision, recorded when new or when its status changes."""
+
+    cycle_id: str
+    decision: Decision
+    config_hash: str
+    rule: str
+    evidence: tuple[int, ...]  # positions of the observation events it relied on
+
+
+class ApprovalGranted(Event, frozen=True):
+    decision_id: str
+    resource_id: str
+    by: str
+    at: datetime
+
+
+class ClaimAcquired(Event, frozen=True):
+    """An instance holds a resource until ``expires_at``. ``token`` is the claim
+    stream's version after this event: the fencing token."""
+
+    resource_id: str
+    instance_id: str
+    claimed_at: datetime
+    expires_at: datetime
+    token: int
+    takeover_of: str | None = None  # the instance whose expired claim this replaces
+
+
+class ClaimReleased(Event, frozen=True):
+    resource_id: str
+    instance_id: str
+    token: int
+
+
+class ActionExecuting(Event, frozen=True):
+    """Written durably before the provider is called (write-ahead)."""
+
+    cycle_id: str
+    decision_id: str
+    action: Action
+    resource_id: str
+    cloud_id: str | None
+    token: int  # the claim's fencing token
+
+
+class ActionExecuted(Event, frozen=True):
+    cycle_id: str
+    decision_id: str
+    action: Action
+    resource_id: str
+    cloud_id: str | None
+    token: int
+    attempts: int = 1
+    recovered: bool = False  # resolved at start-up from what the cloud shows
+    stale_token: bool = False  # the claim was lost mid-action: flagged, not hidden
+
+
+class ActionFailed(Event, frozen=True):
+    cycle_id: str
+    decision_id: str
+    action: Action
+    resource_id: str
+    cloud_id: str | None
+    token: int
+    error: str
+    retryable: bool
+    attempts: int = 1
+    interrupted: bool = False  # found in doubt at start-up
+    stale_token: bool = False
+
+
+class ActionSkipped(Event, frozen=True):
+    """An action not attempted: dry-run, stale, claimed elsewhere, or waiting
+    (approval, grace period, maintenance window, blast-radius cap)."""
+
+    cycle_id: str
+    decision_id: str
+    action: Action
+    resource_id: str
+    reason: str
+    detail: str = ""
+
+
+class CycleFinished(Event, frozen=True):
+    cycle_id: str
+    resources_found: int
+    diffs_detected: int
+    decisions_made: int
+    execution_errors: int
+    duration_ms: float
+    failed_scopes: tuple[str, ...] = ()
+
+
+OVI_EVENTS: tuple[type[Event], ...] = (
+    CycleStarted,
+    ConfigLoaded,
+    ResourceObserved,
+    ResourceDisappeared,
+    ObservationCompleted,
+    ObservationFailed,
+    DiffDetected,
+    DiffResolved,
+    DecisionMade,
+    ApprovalGranted,
+    ClaimAcquired,
+    ClaimReleased,
+    ActionExecuting,
+    ActionExecuted,
+    ActionFailed,
+    ActionSkipped,
+    CycleFinished,
+)
+
+
+def registry() -> EventRegistry:
+    """A registry that knows every Ovi event type."""
+    return EventRegistry(OVI_EVENTS)

@@ -1,0 +1,231 @@
+"""What the AWS resource modules share: the call boundary (lazily created
+aiobotocore clients, every botocore exception translated into
+:class:`ProviderError`) and tag helpers.
+
+Everything that reaches the network goes through :class:`AWSCalls`, so no
+botocore exception escapes the provider and every error names the API call
+(``ec2:RunInstances``), the resource and the region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from typing import Any
+
+import aiohttp
+import anyio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+    WaiterError,
+)
+
+from ovi.model import DECISION_TAG, ID_TAG, MANAGED_TAG, OWNER_TAG, DesiredResource, Resource
+from ovi.providers.base import ProviderError
+
+__all__ = [
+    "AWSCalls",
+    "Page",
+    "creation_tags",
+    "label",
+    "tag_dict",
+    "tag_list",
+    "translate_error",
+    "translated",
+]
+
+Page = dict[str, Any]  # one parsed AWS response: shapes are the SDK's, not ours
+
+# Codes AWS uses for "slow down" across services; botocore's adaptive mode
+# already retried these, so reaching us means the executor should back off.
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "RequestThrottled", "RequestLimitExceeded", "SlowDown", "TooManyRequestsException",
+    "ProvisionedThroughputExceededException", "BandwidthLimitExceeded",
+    "EC2ThrottledException", "PriorRequestNotComplete",
+})
+# Transient server-side or state-transition failures: worth another try later.
+TRANSIENT_CODES = frozenset({
+    "InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable",
+    "RequestTimeout", "RequestTimeoutException", "OperationAborted",
+    "IncorrectInstanceState", "InvalidDBInstanceState", "IDPCommunicationError",
+})
+
+# A dead endpoint must fail in seconds: botocore's default 60 s timeouts with
+# retries would stall a whole reconcile cycle for minutes.
+CONNECT_TIMEOUT = 3.0
+READ_TIMEOUT = 15.0
+MAX_ATTEMPTS = 3
+# Waiting for an EC2 instance to stop: at most 5 minutes.
+WAIT_DELAY = 5
+WAIT_ATTEMPTS = 60
+
+
+def translate_error(exc: Exception, operation: str, where: str) -> ProviderError:
+    """The :class:`ProviderError` for ``exc`` raised by ``operation``
+    (``ec2:RunInstances``) about ``where`` (``web-0 in us-east-1``)."""
+    prefix = f"{operation} {where}"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code") or "Unknown")
+        message = str(error.get("Message") or "").strip()
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        retryable = (
+            code in THROTTLING_CODES or code in TRANSIENT_CODES or status >= 500 or status == 429
+        )
+        text = f"{prefix}: {code}: {message}" if message else f"{prefix}: {code}"
+        return ProviderError(text, retryable=retryable, operation=operation, code=code)
+    if isinstance(exc, WaiterError):
+        # The resource did not reach the state in time: it may still get there.
+        return ProviderError(f"{prefix}: {exc}", retryable=True, operation=operation,
+                             code="WaiterError")
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError):
+        return ProviderError(f"{prefix}: cannot reach AWS: {exc}", retryable=True,
+                             operation=operation, code=type(exc).__name__)
+    if isinstance(exc, ReadTimeoutError | HTTPClientError):
+        return ProviderError(f"{prefix}: no answer from AWS: {exc}", retryable=True,
+                             operation=operation, code=type(exc).__name__)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return ProviderError(
+            f"{prefix}: no usable AWS credentials ({exc}); set AWS_PROFILE or the "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables",
+            operation=operation, code=type(exc).__name__,
+        )
+    if isinstance(exc, BotoCoreError):
+        return ProviderError(f"{prefix}: {exc}", operation=operation, code=type(exc).__name__)
+    # Below botocore: the HTTP stack or the socket itself.
+    return ProviderError(f"{prefix}: cannot reach AWS: {type(exc).__name__}: {exc}",
+                         retryable=True, operation=operation, code=type(exc).__name__)
+
+
+# What translate_error accepts; anything else (bugs, cancellation) propagates.
+_TRANSLATED = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
+
+
+@contextmanager
+def translated(operation: str, where: str) -> Iterator[None]:
+    """Re-raise SDK and network exceptions of the block as :class:`ProviderError`."""
+    try:
+        yield
+    except _TRANSLATED as exc:
+        raise translate_error(exc, operation, where) from exc
+
+
+class AWSCalls:
+    """aiobotocore clients per (service, region), created on first use and
+    closed by :meth:`aclose`, plus translated call helpers.
+
+    The environment is read exactly as botocore reads it (``AWS_ENDPOINT_URL``,
+    ``AWS_PROFILE``, the credential chain); only the region is passed, per
+    client.
+    """
+
+    def __init__(self, session: Any = None) -> None:
+        self._session: Any = session if session is not None else get_session()
+        self._config = AioConfig(
+            retries={"mode": "adaptive", "max_attempts": MAX_ATTEMPTS},
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+        )
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._stack = AsyncExitStack()
+        self._lock = anyio.Lock()
+
+    async def client(self, service: str, region: str) -> Any:
+        """The client for ``service`` in ``region`` (created once, then shared)."""
+        key = (service, region)
+        found = self._clients.get(key)
+        if found is not None:
+            return found
+        async with self._lock:
+            found = self._clients.get(key)
+            if found is None:
+                with translated(f"{service}:CreateClient", f"in {region}"):
+                    found = await self._stack.enter_async_context(
+                        self._session.create_client(service, region_name=region,
+                                                    config=self._config)
+                    )
+                self._clients[key] = found
+            return found
+
+    async def call(
+        self, service: str, region: str, method: str, target: str | None = None, **params: Any
+    ) -> Page:
+        """``client.method(**params)``; errors name the call, ``target`` and region."""
+        client = await self.client(service, region)
+        with translated(_operation(client, method), _where(target, region)):
+            result: Page = await getattr(client, method)(**params)
+        return result
+
+    async def pages(
+        self, service: str, region: str, method: str, target: str | None = None, **params: Any
+    ) -> list[Page]:
+        """Every page of the paginated ``method`` (never just the first)."""
+        client = await self.client(service, region)
+        with translated(_operation(client, method), _where(target, region)):
+            paginator = client.get_paginator(method)
+            return [page async for page in paginator.paginate(**params)]
+
+    async def wait(
+        self, service: str, region: str, waiter: str, target: str | None = None, **params: Any
+    ) -> None:
+        """Block until the waiter's condition holds (polls every ``WAIT_DELAY`` s)."""
+        client = await self.client(service, region)
+        operation = f"{service}:wait:{waiter}"
+        with translated(operation, _where(target, region)):
+            await client.get_waiter(waiter).wait(
+                WaiterConfig={"Delay": WAIT_DELAY, "MaxAttempts": WAIT_ATTEMPTS}, **params
+            )
+
+    async def aclose(self) -> None:
+        """Close every client; later calls open new ones."""
+        stack, self._stack = self._stack, AsyncExitStack()
+        self._clients.clear()
+        with translated("aws:CloseClients", "(all regions)"):
+            await stack.aclose()
+
+
+def _operation(client: Any, method: str) -> str:
+    api = client.meta.method_to_api_mapping.get(method, method)
+    return f"{client.meta.service_model.service_name}:{api}"
+
+
+def _where(target: str | None, region: str) -> str:
+    return f"{target} in {region}" if target else f"in {region}"
+
+
+def tag_dict(tags: list[Any] | None) -> dict[str, str]:
+    """``[{"Key": k, "Value": v}, …]`` → ``{k: v}``, sorted by key so that an
+    unchanged resource always has the same fingerprint."""
+    pairs = ((str(t["Key"]), str(t.get("Value", ""))) for t in tags or ())
+    return dict(sorted(pairs))
+
+
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    """``{k: v}`` → ``[{"Key": k, "Value": v}, …]``."""
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def creation_tags(desired: DesiredResource, decision_id: str, owner: str) -> dict[str, str]:
+    """Every tag a created resource carries: the declared ones and Ovi's own."""
+    return dict(sorted({
+        **desired.tags, ID_TAG: desired.id, MANAGED_TAG: "true", OWNER_TAG: owner,
+        DECISION_TAG: decision_id,
+    }.items()))
+
+
+def label(resource: Resource) -> str:
+    """``web-0 (i-0abc)`` for error messages; just the id when both are one."""
+    if resource.id == resource.cloud_id:
+        return resource.id
+    return f"{resource.id} ({resource.cloud_id})"

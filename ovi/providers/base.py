@@ -1,0 +1,77 @@
+"""The provider contract: observe a scope, create, update, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ovi._exceptions import OviError
+from ovi.model import DesiredResource, FieldChange, Resource, Scope
+
+__all__ = ["Provider", "ProviderError"]
+
+
+class ProviderError(OviError):
+    """A provider call failed. ``retryable`` tells transient (throttling, 5xx,
+    timeouts) from permanent failures (access denied, validation).
+
+    ``operation`` names the cloud API call when there was one
+    (``ec2:RunInstances``) and ``code`` the cloud's error code
+    (``UnauthorizedOperation``); both are ``None`` when they do not apply.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        operation: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.operation = operation
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments are lost by the default exception pickling.
+        return (
+            _rebuild_provider_error,
+            (str(self), self.retryable, self.operation, self.code),
+        )
+
+
+def _rebuild_provider_error(
+    message: str, retryable: bool, operation: str | None, code: str | None
+) -> ProviderError:
+    return ProviderError(message, retryable=retryable, operation=operation, code=code)
+
+
+class Provider(Protocol):
+    """What the engine and executor need from a cloud.
+
+    Every method may raise :class:`ProviderError`; nothing else escapes an
+    implementation.
+    """
+
+    name: str
+
+    async def observe(self, scope: Scope) -> Sequence[Resource]:
+        """Every live resource of ``scope`` (terminated/deleting ones left out)."""
+        ...
+
+    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str) -> Resource:
+        """Create ``desired`` tagged with ``ovi:id``, ``ovi:managed``, ``ovi:owner``,
+        ``ovi:decision`` and its declared tags; ``decision_id`` doubles as the
+        idempotency token."""
+        ...
+
+    async def update(
+        self, desired: DesiredResource, current: Resource, changes: Sequence[FieldChange]
+    ) -> Resource:
+        """Bring ``current`` in line with ``desired`` for the given changes."""
+        ...
+
+    async def delete(self, current: Resource) -> None:
+        """Delete ``current``."""
+        ...

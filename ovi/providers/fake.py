@@ -1,0 +1,157 @@
+"""In-memory (or file-shared) providers with injectable latency and failures,
+for tests and benchmarks. They also measure how many calls were in flight."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import msgspec
+
+from ovi.model import (
+    DECISION_TAG,
+    ID_TAG,
+    MANAGED_TAG,
+    OWNER_TAG,
+    DesiredResource,
+    FieldChange,
+    Resource,
+    Scope,
+)
+from ovi.providers.base import ProviderError
+
+__all__ = ["FakeProvider", "SharedFakeProvider"]
+
+T = TypeVar("T")
+Estate = dict[str, Resource]
+
+
+class FakeProvider:
+    """A cloud in a dict (cloud id → resource).
+
+    ``latency`` seconds are slept in every call; scopes in ``failing_scopes``
+    fail to observe; ``fail_next`` holds errors raised by the next calls of
+    create/update/delete, in order. Creates are idempotent on the decision id,
+    as an idempotency token makes them in a real cloud.
+    """
+
+    name = "aws"
+
+    def __init__(self, resources: Iterable[Resource] = (), *, latency: float = 0.0) -> None:
+        self.resources: Estate = {r.cloud_id: r for r in resources}
+        self.latency = latency
+        self.failing_scopes: set[Scope] = set()
+        self.fail_next: list[ProviderError] = []
+        self.calls: list[tuple[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def _state(self, change: Callable[[Estate], T]) -> T:
+        """Apply ``change`` to the estate (a file-backed fake overrides this)."""
+        return change(self.resources)
+
+    async def _call(self, kind: str, target: str) -> None:
+        self.calls.append((kind, target))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await anyio.sleep(self.latency)
+        finally:
+            self.in_flight -= 1
+        if kind != "observe" and self.fail_next:
+            raise self.fail_next.pop(0)
+
+    async def observe(self, scope: Scope) -> Sequence[Resource]:
+        await self._call("observe", scope.key)
+        if scope in self.failing_scopes:
+            raise ProviderError(f"cannot observe {scope.key}: injected failure", retryable=True)
+        return await self._state(lambda estate: [r for r in estate.values() if r.scope == scope])
+
+    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str) -> Resource:
+        await self._call("create", desired.id)
+
+        def create(estate: Estate) -> Resource:
+            for existing in estate.values():
+                if existing.tags.get(DECISION_TAG) == decision_id:
+                    return existing
+            cloud_id = f"{desired.type}-{secrets.token_hex(6)}"
+            tags = {**desired.tags, ID_TAG: desired.id, MANAGED_TAG: "true", OWNER_TAG: owner,
+                    DECISION_TAG: decision_id}
+            resource = Resource(
+                id=desired.id, cloud_id=cloud_id, type=desired.type, provider=desired.provider,
+                region=desired.region, size=desired.size, status="running", tags=tags,
+            )
+            estate[cloud_id] = resource
+            return resource
+
+        return await self._state(create)
+
+    async def update(
+        self, desired: DesiredResource, current: Resource, changes: Sequence[FieldChange]
+    ) -> Resource:
+        await self._call("update", current.cloud_id)
+
+        def update(estate: Estate) -> Resource:
+            existing = estate.get(current.cloud_id)
+            if existing is None:
+                raise ProviderError(f"{current.cloud_id} does not exist")
+            tags = dict(existing.tags)
+            size = existing.size
+            for change in changes:
+                if change.field.startswith("tags.") and change.desired is not None:
+                    tags[change.field.removeprefix("tags.")] = change.desired
+                elif change.field == "size":
+                    size = change.desired
+            updated = msgspec.structs.replace(existing, size=size, tags=tags)
+            estate[current.cloud_id] = updated
+            return updated
+
+        return await self._state(update)
+
+    async def delete(self, current: Resource) -> None:
+        await self._call("delete", current.cloud_id)
+
+        def delete(estate: Estate) -> None:
+            if estate.pop(current.cloud_id, None) is None:
+                raise ProviderError(f"{current.cloud_id} does not exist")
+
+        await self._state(delete)
+
+
+_estate_codec = msgspec.json.Decoder(dict[str, Resource])
+
+
+class SharedFakeProvider(FakeProvider):
+    """A fake cloud kept in a JSON file, shared by every process that opens it
+    (each change runs under an exclusive ``flock``): for multi-process tests."""
+
+    def __init__(self, path: str | os.PathLike[str], *, latency: float = 0.0) -> None:
+        super().__init__(latency=latency)
+        self.path = Path(path)
+
+    def seed(self, resources: Iterable[Resource]) -> None:
+        """Write an initial estate."""
+        self.path.write_bytes(msgspec.json.encode({r.cloud_id: r for r in resources}))
+
+    def snapshot(self) -> Estate:
+        return self._locked(dict)
+
+    async def _state(self, change: Callable[[Estate], T]) -> T:
+        return await anyio.to_thread.run_sync(self._locked, change)
+
+    def _locked(self, change: Callable[[Estate], T]) -> T:
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            raw = self.path.read_bytes() if self.path.exists() else b"{}"
+            estate = _estate_codec.decode(raw)
+            result = change(estate)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_bytes(msgspec.json.encode(estate))
+            tmp.replace(self.path)
+            return result

@@ -1,0 +1,105 @@
+"""A reconcile environment on real SQLite files: store, projections, engine,
+fake provider and a clock the test moves by hand."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from eventstore import RecordedEvent, SQLiteEventStore
+from ovi.config import Config, parse_config
+from ovi.engine import CycleResult, Engine
+from ovi.events import registry
+from ovi.model import ID_TAG, MANAGED_TAG, OWNER_TAG, Resource, ResourceType
+from ovi.providers.fake import FakeProvider
+from projections import ProjectionRunner
+from projections.claims import ClaimsProjection
+from projections.findings import FindingsProjection
+from projections.resources import ResourcesProjection
+
+
+class Clock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+class Env:
+    """Everything a cycle needs, wired together."""
+
+    def __init__(self, store: SQLiteEventStore, views: ProjectionRunner,
+                 provider: FakeProvider, clock: Clock) -> None:
+        self.store = store
+        self.views = views
+        self.provider = provider
+        self.clock = clock
+        self.engine = Engine(store, views, provider, clock=clock)
+
+    async def cycle(self, config: Config | str) -> CycleResult:
+        """One plan cycle (nothing executed)."""
+        if isinstance(config, str):
+            config = parse_config(config, "test.yaml")
+        return await self.engine.run_cycle(config, source="test.yaml")
+
+    async def apply(self, config: Config | str, *, dry_run: bool = False,
+                    max_concurrency: int | None = None) -> CycleResult:
+        """One apply cycle."""
+        if isinstance(config, str):
+            config = parse_config(config, "test.yaml")
+        return await self.engine.run_cycle(config, source="test.yaml", mode="apply",
+                                           dry_run=dry_run, max_concurrency=max_concurrency)
+
+    async def events(self, after: int = 0) -> list[RecordedEvent]:
+        return [e async for e in self.store.read(after=after)]
+
+    async def types(self, after: int = 0) -> list[str]:
+        return [e.type for e in await self.events(after)]
+
+
+@asynccontextmanager
+async def environment(tmp_path: Path, *resources: Resource,
+                      log_name: str = "ovi.db") -> AsyncIterator[Env]:
+    clock = Clock()
+    path = tmp_path / log_name
+    async with SQLiteEventStore(path, registry(), instance_id="test", clock=clock) as store, \
+            ProjectionRunner(
+                store, path, [ResourcesProjection(), FindingsProjection(), ClaimsProjection()]
+            ) as views:
+        yield Env(store, views, FakeProvider(resources), clock)
+
+
+def managed(resource_id: str, cloud_id: str, *, type_: ResourceType = ResourceType.EC2,
+            region: str = "us-east-1", size: str | None = "t3.micro", owner: str = "ovi",
+            **tags: str) -> Resource:
+    """A resource as Ovi would have created it."""
+    return Resource(
+        id=resource_id, cloud_id=cloud_id, type=type_, provider="aws", region=region,
+        size=size if type_ != ResourceType.S3 else None, status="running",
+        tags={ID_TAG: resource_id, MANAGED_TAG: "true", OWNER_TAG: owner, **tags},
+    )
+
+
+def unmanaged(cloud_id: str, *, type_: ResourceType = ResourceType.EC2,
+              region: str = "us-east-1", **tags: str) -> Resource:
+    return Resource(id=cloud_id, cloud_id=cloud_id, type=type_, provider="aws", region=region,
+                    size="t3.micro" if type_ == ResourceType.EC2 else None,
+                    status="running", tags=dict(tags))
+
+
+def config_text(*specs: str, rules: str = "") -> str:
+    body = "".join(f"  - {spec}\n" for spec in specs)
+    text = f"version: v1\nprovider: aws\nregion: us-east-1\nresources:\n{body}"
+    if not specs:
+        text = "version: v1\nprovider: aws\nregion: us-east-1\nresources: []\n"
+    if rules:
+        text += "rules:\n" + "".join(f"  {line}\n" for line in rules.splitlines())
+    return text
