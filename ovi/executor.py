@@ -1,0 +1,252 @@
+"""Turn decisions into provider calls: claimed, write-ahead, bounded, fenced.
+
+Per action: claim → ``ActionExecuting`` (durable; if it can't be written the
+provider is not called) → provider call with retries → ``ActionExecuted`` or
+``ActionFailed`` appended together with the claim's release (expecting the
+claim's token, so a lost claim is flagged). Decisions that must wait record
+``ActionSkipped`` with their reason once, not every cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import msgspec
+
+from eventstore import Event, EventStore, EventStoreError, StreamBatch, WrongExpectedVersion
+from ovi.coordinator import Claim, Coordinator
+from ovi.events import (
+    ActionExecuted,
+    ActionExecuting,
+    ActionFailed,
+    ActionSkipped,
+    resource_stream,
+)
+from ovi.model import Action, Decision, DecisionStatus, Resource
+from ovi.observer import Observation
+from ovi.providers.base import Provider, ProviderError
+from ovi.retry import Attempted, RetryPolicy, call_with_retries
+from projections import ProjectionRunner
+from projections.findings import DecisionOutcome, decision_outcomes
+
+__all__ = ["Execution", "Executor"]
+
+
+class Execution(msgspec.Struct, frozen=True):
+    """What became of one action this cycle."""
+
+    decision_id: str
+    action: Action
+    resource_id: str
+    cloud_id: str | None
+    outcome: str  # executed | failed | skipped
+    reason: str = ""  # why skipped
+    error: str | None = None
+
+
+def _execution(decision: Decision, outcome: str, *, reason: str = "",
+               error: str | None = None, cloud_id: str | None = None) -> Execution:
+    return Execution(decision.decision_id, decision.action, decision.resource_id,
+                     cloud_id or decision.cloud_id, outcome, reason, error)
+
+
+class Executor:
+    """Executes a cycle's ready decisions, at most ``max_concurrency`` at once."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        views: ProjectionRunner,
+        provider: Provider,
+        coordinator: Coordinator,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.views = views
+        self.provider = provider
+        self.coordinator = coordinator
+        self.retry = retry or RetryPolicy()
+
+    async def execute(
+        self,
+        decisions: Sequence[Decision],
+        observation: Observation,
+        *,
+        cycle_id: str,
+        owner: str,
+        max_concurrency: int,
+        dry_run: bool = False,
+    ) -> list[Execution]:
+        """Execute what may run now; record why the rest waits."""
+        actionable = [d for d in decisions if d.action != Action.NOTIFY]
+        if not actionable:
+            return []
+        ids = [d.decision_id for d in actionable]
+        outcomes = await self.views.query(lambda db: decision_outcomes(db, decision_ids=ids))
+        executions: list[Execution] = []
+        skips: list[tuple[Decision, str, str]] = []
+        ready: list[Decision] = []
+        for decision in actionable:
+            waiting = _why_not_now(decision, outcomes.get(decision.decision_id))
+            if waiting is None:
+                ready.append(decision)
+                continue
+            reason, record = waiting
+            executions.append(_execution(decision, "skipped", reason=reason))
+            if record:
+                skips.append((decision, reason, ""))
+        if dry_run:
+            for decision in ready:
+                executions.append(_execution(decision, "skipped", reason="dry-run"))
+                skips.append((decision, "dry-run", ""))
+            await self._record_skips(cycle_id, skips)
+            return executions
+
+        claims = await self.coordinator.claim(d.resource_id for d in ready)
+        for decision in ready:
+            holder = claims.blocked.get(decision.resource_id)
+            if holder is not None:
+                executions.append(_execution(decision, "skipped", reason="claimed"))
+                last = outcomes.get(decision.decision_id)
+                if not (last and last.outcome == "skipped" and last.reason == "claimed"):
+                    skips.append((decision, "claimed", f"held by {holder}"))
+        held = [d for d in ready if d.resource_id in claims.held]
+        stale = await self._acted_since_observation(held, observation)
+        for decision in held:
+            if decision.resource_id in stale:
+                executions.append(_execution(decision, "skipped", reason="stale"))
+                skips.append((decision, "stale", "another action on this resource was"
+                               " recorded after the observation this decision relied on"))
+        await self._record_skips(cycle_id, skips)
+        for decision in held:
+            if decision.resource_id in stale:
+                await self.coordinator.release(claims.held[decision.resource_id])
+
+        limiter = anyio.CapacityLimiter(max_concurrency)
+        results: list[Execution] = []
+
+        async def run(decision: Decision) -> None:
+            async with limiter:
+                results.append(await self._run(decision, claims.held[decision.resource_id],
+                                               cycle_id, owner))
+
+        async with anyio.create_task_group() as group:
+            for decision in held:
+                if decision.resource_id not in stale:
+                    group.start_soon(run, decision)
+        return executions + results
+
+    async def _acted_since_observation(
+        self, decisions: list[Decision], observation: Observation
+    ) -> set[str]:
+        """Resources on which an action was recorded after the observation the
+        decision relied on: another instance already acted, so the decision is
+        stale."""
+        baseline = {d.resource_id: observation.scopes[d.diff.scope].observed_after
+                    for d in decisions if d.diff.scope in observation.scopes}
+        if not baseline:
+            return set()
+        stale: set[str] = set()
+        async for recorded in self.store.read(
+            after=min(baseline.values()), types=("ActionExecuting", "ActionExecuted")
+        ):
+            event = recorded.event
+            if isinstance(event, ActionExecuting | ActionExecuted):
+                since = baseline.get(event.resource_id)
+                if since is not None and recorded.position > since:
+                    stale.add(event.resource_id)
+        return stale
+
+    async def _record_skips(self, cycle_id: str, skips: list[tuple[Decision, str, str]]) -> None:
+        if not skips:
+            return
+        events: dict[str, list[Event]] = {}
+        for decision, reason, detail in skips:
+            events.setdefault(resource_stream(decision.resource_id), []).append(ActionSkipped(
+                cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
+                resource_id=decision.resource_id, reason=reason, detail=detail))
+        await self.store.append_streams(StreamBatch(s, tuple(e)) for s, e in events.items())
+
+    async def _run(self, decision: Decision, claim: Claim, cycle_id: str,
+                   owner: str) -> Execution:
+        stream = resource_stream(decision.resource_id)
+        try:
+            await self.store.append(stream, [ActionExecuting(
+                cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
+                resource_id=decision.resource_id, cloud_id=decision.cloud_id,
+                token=claim.token)])
+        except EventStoreError as exc:
+            # Write-ahead failed: the provider is not called.
+            await self._release_quietly(claim)
+            return _execution(decision, "failed", error=f"not attempted: cannot record"
+                              f" ActionExecuting: {exc}")
+        attempted = Attempted()
+        outcome: ActionExecuted | ActionFailed
+        try:
+            resource = await call_with_retries(lambda: self._call(decision, owner),
+                                               self.retry, attempted)
+        except ProviderError as exc:
+            outcome = ActionFailed(
+                cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
+                resource_id=decision.resource_id, cloud_id=decision.cloud_id,
+                token=claim.token, error=str(exc), retryable=exc.retryable,
+                attempts=attempted.count)
+            execution = _execution(decision, "failed", error=str(exc))
+        else:
+            cloud_id = resource.cloud_id if resource is not None else decision.cloud_id
+            outcome = ActionExecuted(
+                cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
+                resource_id=decision.resource_id, cloud_id=cloud_id, token=claim.token,
+                attempts=attempted.count)
+            execution = _execution(decision, "executed", cloud_id=cloud_id)
+        await self._record_outcome(stream, outcome, claim)
+        return execution
+
+    async def _record_outcome(self, stream: str, outcome: ActionExecuted | ActionFailed,
+                              claim: Claim) -> None:
+        try:
+            await self.store.append_streams([StreamBatch(stream, (outcome,)),
+                                             self.coordinator.release_batch(claim)])
+        except WrongExpectedVersion:
+            # The claim moved on while we acted: record the outcome, flagged.
+            await self.store.append(stream, [msgspec.structs.replace(outcome, stale_token=True)])
+
+    async def _release_quietly(self, claim: Claim) -> None:
+        try:
+            await self.coordinator.release(claim)
+        except EventStoreError:
+            pass  # the claim expires on its own
+
+    async def _call(self, decision: Decision, owner: str) -> Resource | None:
+        diff = decision.diff
+        if decision.action == Action.CREATE and diff.desired is not None:
+            return await self.provider.create(diff.desired, decision_id=decision.decision_id,
+                                              owner=owner)
+        if decision.action == Action.UPDATE and diff.desired is not None and diff.observed:
+            return await self.provider.update(diff.desired, diff.observed, diff.changes)
+        if decision.action == Action.DELETE and diff.observed is not None:
+            await self.provider.delete(diff.observed)
+            return None
+        raise ProviderError(f"{decision.action} {decision.resource_id}: the decision lacks"
+                            " the resource it acts on")
+
+
+def _why_not_now(decision: Decision, last: DecisionOutcome | None) -> tuple[str, bool] | None:
+    """Why a decision is not executed now (reason, whether to record it), or
+    None when it should be. A wait is recorded once, not every cycle."""
+    reason: str | None = None
+    if decision.status != DecisionStatus.READY:
+        reason = decision.status.value
+    elif last is not None and last.outcome == "executed":
+        return "already-executed", False
+    elif last is not None and last.outcome == "executing":
+        return "in-doubt", False
+    elif last is not None and last.outcome == "failed" and last.retryable is False:
+        return "failed-permanently", False
+    if reason is None:
+        return None
+    repeat = last is not None and last.outcome == "skipped" and last.reason == reason
+    return reason, not repeat
+
