@@ -60,6 +60,7 @@ class CycleResult(msgspec.Struct, frozen=True):
     diffs: tuple[Diff, ...]
     failed_scopes: tuple[str, ...]
     executions: tuple[Execution, ...] = ()
+    scope_errors: tuple[tuple[str, str], ...] = ()  # (scope, why its observation failed)
     recovered: int = 0  # actions in doubt resolved at the start of this cycle
 
     @property
@@ -178,6 +179,7 @@ class Engine:
             duration=time.perf_counter() - clock_start,
             decisions=tuple(decisions), diffs=tuple(diffs), failed_scopes=failed,
             executions=tuple(executions), recovered=len(recovered),
+            scope_errors=tuple(sorted((s.key, e) for s, e in observation.failed.items())),
         )
         await self.store.append(stream, [CycleFinished(
             cycle_id=cycle_id, resources_found=result.resources_found,

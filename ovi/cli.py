@@ -1,0 +1,185 @@
+"""The ``ovi`` command (also ``python -m ovi``).
+
+Exit codes: ``plan`` 0 in sync, 2 changes pending, 1 error; ``apply`` 0 when
+no action failed, 1 otherwise; every command 1 on bad input or a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NoReturn
+
+import anyio
+import msgspec
+
+from eventstore import EventStoreError
+from ovi._exceptions import OviError
+from ovi._output import result_json, result_text
+from ovi.config import load_config
+from ovi.engine import CycleResult, Engine
+from ovi.events import ApprovalGranted, resource_stream
+from ovi.runtime import default_store_path, open_runtime
+from projections import ProjectionError
+from projections.findings import find_decision, open_findings
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags exit 1 like every other bad input (argparse's default is 2,
+    which ``plan`` uses for "changes pending")."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ovi", description="Keep an AWS estate aligned with a YAML file.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def store_flag(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--store", type=Path, default=None,
+                         help="SQLite event log (default: $OVI_STORE, else ./ovi.db)")
+
+    plan = commands.add_parser("plan", help="one cycle without execution")
+    apply = commands.add_parser("apply", help="one cycle with execution")
+    for sub in (plan, apply):
+        sub.add_argument("--config", type=Path, required=True, help="the desired state (YAML)")
+        store_flag(sub)
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+    apply.add_argument("--dry-run", action="store_true",
+                       help="record what would run, change nothing")
+    apply.add_argument("--max-concurrency", type=_positive_int, default=None,
+                       help="actions in flight at once (default: rules.max_concurrency)")
+
+    approve = commands.add_parser("approve", help="approve a decision that waits for it")
+    approve.add_argument("decision_id")
+    store_flag(approve)
+    approve.add_argument("--by", default=None, help="who approves (default: the user name)")
+
+    demo = commands.add_parser("demo", help="plan and apply against an embedded AWS emulator")
+    demo.add_argument("--dir", type=Path, default=None,
+                      help="keep the demo's config and log here (default: a temporary folder)")
+    return parser
+
+
+def _tty(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and "NO_COLOR" not in os.environ
+
+
+def _progress(message: str) -> None:
+    if _tty(sys.stderr):
+        sys.stderr.write(f"ovi: {message}\n")
+
+
+async def run_cycle_command(
+    config_path: Path, store_path: Path, *, mode: str, dry_run: bool = False,
+    max_concurrency: int | None = None,
+) -> CycleResult:
+    """Load the config (nothing happens if it is invalid), then run one cycle."""
+    from ovi.providers.aws import AWSProvider  # the only path that needs the AWS SDK
+
+    config = load_config(config_path)
+    _progress(f"{mode}: {len(config.desired_resources())} desired resources, "
+              f"log {store_path}")
+    async with open_runtime(store_path) as runtime, AWSProvider.from_config(config) as provider:
+        engine = Engine(runtime.store, runtime.views, provider)
+        return await engine.run_cycle(config, source=str(config_path), mode=mode,
+                                      dry_run=dry_run, max_concurrency=max_concurrency)
+
+
+def _print_result(result: CycleResult, *, as_json: bool, executions: bool) -> None:
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(result_json(result, executions=executions))
+                         .decode() + "\n")
+    else:
+        sys.stdout.write(result_text(result, executions=executions, colour=_tty(sys.stdout)))
+    for scope, error in result.scope_errors:
+        sys.stderr.write(f"ovi: could not observe {scope}: {error}\n")
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    result = await run_cycle_command(args.config, args.store, mode="plan")
+    _print_result(result, as_json=args.json, executions=False)
+    if result.failed_scopes:
+        return 1
+    return 0 if result.in_sync else 2
+
+
+async def _apply(args: argparse.Namespace) -> int:
+    result = await run_cycle_command(args.config, args.store, mode="apply",
+                                     dry_run=args.dry_run,
+                                     max_concurrency=args.max_concurrency)
+    _print_result(result, as_json=args.json, executions=True)
+    return 1 if result.execution_errors or result.failed_scopes else 0
+
+
+async def _approve(args: argparse.Namespace) -> int:
+    if not args.store.exists():
+        raise OviError(f"{args.store}: no event log here (run `ovi plan` first)")
+    async with open_runtime(args.store) as runtime:
+        await runtime.views.catch_up()
+        decision = await runtime.views.query(lambda db: find_decision(db, args.decision_id))
+        if decision is None:
+            raise OviError(f"unknown decision id {args.decision_id!r} in {args.store}"
+                           " (`ovi plan` lists the decisions in force)")
+        findings = await runtime.views.query(open_findings)
+        current = findings.get(decision.resource_id)
+        if current is None or current.decision is None or \
+                current.decision.decision_id != decision.decision_id:
+            raise OviError(f"decision {decision.decision_id} is no longer in force: the finding"
+                           f" behind it changed or was resolved (run `ovi plan` again)")
+        by = args.by or getpass.getuser()
+        await runtime.store.append(resource_stream(decision.resource_id), [ApprovalGranted(
+            decision_id=decision.decision_id, resource_id=decision.resource_id, by=by,
+            at=datetime.now(UTC))])
+    sys.stdout.write(f"approved {decision.decision_id}: {decision.action.value} "
+                     f"{decision.resource_id} (by {by}); the next apply may execute it\n")
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from ovi.demo import run_demo
+
+    return await run_demo(args.dir)
+
+
+_COMMANDS = {"plan": _plan, "apply": _apply, "approve": _approve, "demo": _demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ovi`` console script."""
+    args = _parser().parse_args(argv)
+    if getattr(args, "store", "absent") is None:
+        args.store = default_store_path()
+    command = _COMMANDS[args.command]
+
+    async def run() -> int:
+        return await command(args)
+
+    try:
+        return anyio.run(run, backend_options={"use_uvloop": True})
+    except (OviError, EventStoreError, ProjectionError) as exc:
+        sys.stderr.write(f"ovi: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("ovi: interrupted\n")
+        return 130

@@ -1,0 +1,42 @@
+"""Opening what every command needs: the log and its projections."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+
+from eventstore import SQLiteEventStore
+from ovi.events import registry
+from projections import Projection, ProjectionRunner
+from projections.claims import ClaimsProjection
+from projections.findings import FindingsProjection
+from projections.resources import ResourcesProjection
+
+__all__ = ["Runtime", "default_store_path", "open_runtime", "ovi_projections"]
+
+
+def default_store_path() -> Path:
+    """``$OVI_STORE``, else ``./ovi.db``."""
+    return Path(os.environ.get("OVI_STORE") or "ovi.db")
+
+
+def ovi_projections() -> list[Projection]:
+    """The projections the engine reads, in the log's own file."""
+    return [ResourcesProjection(), FindingsProjection(), ClaimsProjection()]
+
+
+class Runtime(msgspec.Struct):
+    store: SQLiteEventStore
+    views: ProjectionRunner
+
+
+@asynccontextmanager
+async def open_runtime(path: Path, *, instance_id: str | None = None) -> AsyncIterator[Runtime]:
+    """Open (creating if needed) the log at ``path`` with its projections."""
+    async with SQLiteEventStore(path, registry(), instance_id=instance_id) as store, \
+            ProjectionRunner(store, path, ovi_projections()) as views:
+        yield Runtime(store, views)
