@@ -89,11 +89,11 @@ def result_text(result: CycleResult, *, executions: bool, colour: bool) -> str:
                             (d.reason, None)) for d in result.diffs], paint))
     if result.decisions:
         out.append("\ndecisions")
-        rows = []
-        for d in result.decisions:
-            rows.append(((d.action.value, _ACTION_COLOUR[d.action]), (d.resource_id, "bold"),
-                         (d.status.value, None), (d.decision_id, "dim"), (d.reason, None)))
-        out.append(_table(rows, paint))
+        out.append(_table([
+            ((d.action.value, _ACTION_COLOUR[d.action]), (d.resource_id, "bold"),
+             (d.status.value, None), (d.decision_id, "dim"), (d.reason, None))
+            for d in result.decisions
+        ], paint))
     if executions and result.executions:
         out.append("\nexecutions")
         out.append(_table([

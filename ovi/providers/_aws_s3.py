@@ -80,6 +80,11 @@ class S3Buckets:
             raise errors[0]
         return [found[name] for name in sorted(found)]
 
+    async def get(self, region: str, name: str, target: str) -> Resource | None:
+        """The bucket ``name`` of ``region`` with its tags, or ``None`` if it is gone."""
+        tags = await self._tags(name, region)
+        return None if tags is None else _resource(name, region, tags)
+
     async def create(self, desired: DesiredResource, decision_id: str, owner: str) -> Resource:
         """Create the bucket and tag it; a retry adopts the bucket an earlier
         attempt created, tagged or not, but never anybody else's bucket."""

@@ -34,6 +34,7 @@ class _Kind(Protocol):
     """What each resource type's module offers (resize only where it applies)."""
 
     async def observe(self, region: str) -> list[Resource]: ...
+    async def get(self, region: str, cloud_id: str, target: str) -> Resource | None: ...
     async def create(self, desired: DesiredResource, decision_id: str, owner: str) -> Resource: ...
     async def set_tags(self, current: Resource, tags: dict[str, str]) -> None: ...
     async def delete(self, current: Resource) -> None: ...
@@ -179,11 +180,8 @@ class AWSProvider:
     ) -> Resource:
         """The resource as AWS now reports it (or as it must be, if AWS no
         longer lists it)."""
-        fresh: Resource | None = None
-        if current.type is ResourceType.EC2:
-            fresh = await self._ec2.get(current.region, current.cloud_id, label(current))
-        elif current.type is ResourceType.RDS:
-            fresh = await self._rds.get(current.region, current.cloud_id, label(current))
+        kind = self._kinds[current.type]
+        fresh = await kind.get(current.region, current.cloud_id, label(current))
         if fresh is not None:
             return fresh
         return Resource(
