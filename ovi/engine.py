@@ -61,7 +61,8 @@ class CycleResult(msgspec.Struct, frozen=True):
     failed_scopes: tuple[str, ...]
     executions: tuple[Execution, ...] = ()
     scope_errors: tuple[tuple[str, str], ...] = ()  # (scope, why its observation failed)
-    recovered: int = 0  # actions in doubt resolved at the start of this cycle
+    recovered: int = 0
+    execution_duration: float = 0.0  # seconds spent claiming and executing
 
     @property
     def in_sync(self) -> bool:
@@ -164,12 +165,16 @@ class Engine:
         await self._record_findings(cycle_id, config_hash, diffs, decisions, state.findings,
                                     observation, started)
         executions: list[Execution] = []
+        execution_start = time.perf_counter()
         if execute:
-            await self.views.catch_up()
+            # The projections were caught up at the start of the cycle: what
+            # the executor reads of them (earlier outcomes) cannot have moved
+            # since, except by other instances, which claims guard against.
             executions = await self.executor.execute(
                 decisions, observation, cycle_id=cycle_id, owner=config.owner,
                 max_concurrency=concurrency, dry_run=dry_run,
             )
+        execution_duration = time.perf_counter() - execution_start
         failed = tuple(sorted(s.key for s in observation.failed))
         result = CycleResult(
             cycle_id=cycle_id, timestamp=started,
@@ -180,6 +185,7 @@ class Engine:
             decisions=tuple(decisions), diffs=tuple(diffs), failed_scopes=failed,
             executions=tuple(executions), recovered=len(recovered),
             scope_errors=tuple(sorted((s.key, e) for s, e in observation.failed.items())),
+            execution_duration=execution_duration,
         )
         await self.store.append(stream, [CycleFinished(
             cycle_id=cycle_id, resources_found=result.resources_found,

@@ -128,9 +128,8 @@ class Executor:
         results: list[Execution] = []
 
         async def run(decision: Decision) -> None:
-            async with limiter:
-                results.append(await self._run(decision, claims.held[decision.resource_id],
-                                               cycle_id, owner))
+            results.append(await self._run(decision, claims.held[decision.resource_id],
+                                           cycle_id, owner, limiter))
 
         async with anyio.create_task_group() as group:
             for decision in held:
@@ -169,31 +168,39 @@ class Executor:
                 resource_id=decision.resource_id, reason=reason, detail=detail))
         await self.store.append_streams(StreamBatch(s, tuple(e)) for s, e in events.items())
 
-    async def _run(self, decision: Decision, claim: Claim, cycle_id: str,
-                   owner: str) -> Execution:
+    async def _run(self, decision: Decision, claim: Claim, cycle_id: str, owner: str,
+                   limiter: anyio.CapacityLimiter) -> Execution:
         stream = resource_stream(decision.resource_id)
-        try:
-            await self.store.append(stream, [ActionExecuting(
-                cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
-                resource_id=decision.resource_id, cloud_id=decision.cloud_id,
-                token=claim.token)])
-        except EventStoreError as exc:
-            # Write-ahead failed: the provider is not called.
-            await self._release_quietly(claim)
-            return _execution(decision, "failed", error=f"not attempted: cannot record"
-                              f" ActionExecuting: {exc}")
         attempted = Attempted()
+        resource: Resource | None = None
+        failure: ProviderError | None = None
         outcome: ActionExecuted | ActionFailed
-        try:
-            resource = await call_with_retries(lambda: self._call(decision, owner),
-                                               self.retry, attempted)
-        except ProviderError as exc:
+        # The slot covers the write-ahead record and the provider call; the
+        # outcome is recorded after it is freed, so the next action's call
+        # overlaps this one's commit.
+        async with limiter:
+            try:
+                await self.store.append(stream, [ActionExecuting(
+                    cycle_id=cycle_id, decision_id=decision.decision_id,
+                    action=decision.action, resource_id=decision.resource_id,
+                    cloud_id=decision.cloud_id, token=claim.token)])
+            except EventStoreError as exc:
+                # Write-ahead failed: the provider is not called.
+                await self._release_quietly(claim)
+                return _execution(decision, "failed", error=f"not attempted: cannot record"
+                                  f" ActionExecuting: {exc}")
+            try:
+                resource = await call_with_retries(lambda: self._call(decision, owner),
+                                                   self.retry, attempted)
+            except ProviderError as exc:
+                failure = exc
+        if failure is not None:
             outcome = ActionFailed(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
                 resource_id=decision.resource_id, cloud_id=decision.cloud_id,
-                token=claim.token, error=str(exc), retryable=exc.retryable,
+                token=claim.token, error=str(failure), retryable=failure.retryable,
                 attempts=attempted.count)
-            execution = _execution(decision, "failed", error=str(exc))
+            execution = _execution(decision, "failed", error=str(failure))
         else:
             cloud_id = resource.cloud_id if resource is not None else decision.cloud_id
             outcome = ActionExecuted(

@@ -4,6 +4,7 @@ for tests and benchmarks. They also measure how many calls were in flight."""
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import secrets
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +51,16 @@ class FakeProvider:
         self.calls: list[tuple[str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self._created = itertools.count(1)
+        self._by_decision: dict[str, str] = {}  # decision id → cloud id
+
+    def _new_cloud_id(self, desired: DesiredResource) -> str:
+        return f"{desired.type}-{next(self._created):012x}"
+
+    def _made_by(self, estate: Estate, decision_id: str) -> Resource | None:
+        """What an earlier attempt of this decision created, if anything."""
+        cloud_id = self._by_decision.get(decision_id)
+        return estate.get(cloud_id) if cloud_id is not None else None
 
     async def _state(self, change: Callable[[Estate], T]) -> T:
         """Apply ``change`` to the estate (a file-backed fake overrides this)."""
@@ -77,10 +88,11 @@ class FakeProvider:
         await self._call("create", desired.id)
 
         def create(estate: Estate) -> Resource:
-            for existing in estate.values():
-                if existing.tags.get(DECISION_TAG) == decision_id:
-                    return existing
-            cloud_id = f"{desired.type}-{secrets.token_hex(6)}"
+            existing = self._made_by(estate, decision_id)
+            if existing is not None:
+                return existing
+            cloud_id = self._new_cloud_id(desired)
+            self._by_decision[decision_id] = cloud_id
             tags = {**desired.tags, ID_TAG: desired.id, MANAGED_TAG: "true", OWNER_TAG: owner,
                     DECISION_TAG: decision_id}
             resource = Resource(
@@ -134,6 +146,16 @@ class SharedFakeProvider(FakeProvider):
     def __init__(self, path: str | os.PathLike[str], *, latency: float = 0.0) -> None:
         super().__init__(latency=latency)
         self.path = Path(path)
+
+    def _new_cloud_id(self, desired: DesiredResource) -> str:
+        return f"{desired.type}-{secrets.token_hex(6)}"  # unique across processes
+
+    def _made_by(self, estate: Estate, decision_id: str) -> Resource | None:
+        # Another process may have made it: look at the shared estate itself.
+        for existing in estate.values():
+            if existing.tags.get(DECISION_TAG) == decision_id:
+                return existing
+        return None
 
     def seed(self, resources: Iterable[Resource]) -> None:
         """Write an initial estate."""
