@@ -172,24 +172,31 @@ def state_at(db: sqlite3.Connection, revision: int, *,
              include_gone: bool = False) -> list[ResourceState]:
     """Every resource as it stood at ``revision`` (existing ones, unless
     ``include_gone``)."""
-    return _state(db, "v.rev <= ?", revision, include_gone)
+    return _state(db, "rev", revision, include_gone)
 
 
 def state_at_time(db: sqlite3.Connection, moment: datetime, *,
                   include_gone: bool = False) -> list[ResourceState]:
     """Every resource as it stood at ``moment``."""
-    return _state(db, "v.recorded_at <= ?", format_timestamp(moment), include_gone)
+    return _state(db, "recorded_at", format_timestamp(moment), include_gone)
 
 
-def _state(db: sqlite3.Connection, bound: str, value: object,
+def _state(db: sqlite3.Connection, column: str, value: object,
            include_gone: bool) -> list[ResourceState]:
-    inner = bound.replace("v.", "w.")
+    """The newest version of every resource with ``column <= value``."""
+    # Per resource, the newest version within the bound is the one with the
+    # greatest rev (versions and revs grow together, and one event makes one
+    # version, so (resource_id, rev) is unique): one grouped scan, then an
+    # index lookup per resource. A correlated max(version) per row instead
+    # took ~20x longer on 500k versions.
     rows = db.execute(
-        f'SELECT v.data, v."exists", v.rev, v.version, v.fingerprint FROM resource_versions v'
-        f" WHERE {bound} AND v.version = (SELECT max(w.version) FROM resource_versions w"
-        f" WHERE w.resource_id = v.resource_id AND {inner})"
+        'SELECT v.data, v."exists", v.rev, v.version, v.fingerprint'
+        " FROM (SELECT resource_id, max(rev) AS rev FROM resource_versions"
+        f"       WHERE {column} <= ? GROUP BY resource_id) AS newest"
+        " JOIN resource_versions v"
+        "   ON v.resource_id = newest.resource_id AND v.rev = newest.rev"
         " ORDER BY v.resource_id",
-        (value, value),
+        (value,),
     )
     return [
         ResourceState(_decode_resource(data), bool(exists), rev, version, fingerprint)

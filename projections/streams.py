@@ -23,6 +23,8 @@ from projections._projection import Projection
 
 __all__ = ["StreamsProjection"]
 
+# WITHOUT ROWID: one B-tree keyed by stream. No secondary index: each would
+# cost about as much again on every upsert, and the table is small to scan.
 _CREATE = """CREATE TABLE streams (
     stream           TEXT PRIMARY KEY,
     version          INTEGER NOT NULL,
@@ -72,7 +74,7 @@ class StreamsProjection(Projection):
                 row[3] = event.position
                 row[4] = event.type
                 row[5] = event.recorded_at
-        # Events of one commit share one datetime object: format each once.
+        # Events appended together share a timestamp: format each one once.
         texts: dict[datetime, str] = {}
         rows: list[tuple[Any, ...]] = []
         for stream, (version, count, first, last, type_, at) in acc.items():

@@ -404,3 +404,33 @@ async def test_projections_file_is_private(tmp_path: Path) -> None:
         async with ProjectionRunner(store, tmp_path / "p.db", [LedgerProjection()]):
             pass
     assert (tmp_path / "p.db").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.asyncio
+async def test_query_rolls_back_a_transaction_it_leaves_open(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "log.db") as store:
+        async with ProjectionRunner(store, tmp_path / "p.db", [LedgerProjection()]) as runner:
+
+            def forgetful(db: sqlite3.Connection) -> int:
+                db.execute("BEGIN")
+                return int(db.execute("SELECT count(*) FROM ledger").fetchone()[0])
+
+            assert await runner.query(forgetful) == 0
+            await store.append("a", [Opened(owner="x")])
+            assert await runner.catch_up() == 1
+
+
+class NoTables(Projection):
+    name: ClassVar[str] = "no-tables"
+    schema_version: ClassVar[int] = 1
+
+    def create(self, db: sqlite3.Connection) -> None:
+        pass
+
+    def apply(self, db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+        pass
+
+
+def test_a_projection_must_declare_its_tables(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"NoTables\.tables: expected a tuple"):
+        ProjectionRunner(open_store(tmp_path / "log.db"), tmp_path / "p.db", [NoTables()])
