@@ -13,22 +13,19 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
-import aiohttp
 import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
-    ReadTimeoutError,
+    SSLError,
     WaiterError,
 )
+from botocore.exceptions import ConnectionError as AWSConnectionError
 
 from ovi.model import DECISION_TAG, ID_TAG, MANAGED_TAG, OWNER_TAG, DesiredResource, Resource
 from ovi.providers.base import ProviderError
@@ -65,6 +62,8 @@ TRANSIENT_CODES = frozenset({
 # retries would stall a whole reconcile cycle for minutes.
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 15.0
+# Three calls at most, backing off up to 1 s then 2 s; the executor's own
+# backoff takes over from there.
 MAX_ATTEMPTS = 3
 # Waiting for an EC2 instance to stop: at most 5 minutes.
 WAIT_DELAY = 5
@@ -86,13 +85,18 @@ def translate_error(exc: Exception, operation: str, where: str) -> ProviderError
         text = f"{prefix}: {code}: {message}" if message else f"{prefix}: {code}"
         return ProviderError(text, retryable=retryable, operation=operation, code=code)
     if isinstance(exc, WaiterError):
-        # The resource did not reach the state in time: it may still get there.
-        return ProviderError(f"{prefix}: {exc}", retryable=True, operation=operation,
+        # Out of patience, the resource may still get there; in a terminal
+        # state (an instance terminated while we waited for it to stop) it won't.
+        terminal = "terminal failure" in str(exc.kwargs.get("reason", ""))
+        return ProviderError(f"{prefix}: {exc}", retryable=not terminal, operation=operation,
                              code="WaiterError")
-    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError):
+    if isinstance(exc, SSLError):  # a certificate problem does not fix itself
+        return ProviderError(f"{prefix}: TLS failure: {exc}", operation=operation,
+                             code=type(exc).__name__)
+    if isinstance(exc, AWSConnectionError):  # refused, connect timeout, proxy, closed
         return ProviderError(f"{prefix}: cannot reach AWS: {exc}", retryable=True,
                              operation=operation, code=type(exc).__name__)
-    if isinstance(exc, ReadTimeoutError | HTTPClientError):
+    if isinstance(exc, HTTPClientError):  # read timeout and other mid-request failures
         return ProviderError(f"{prefix}: no answer from AWS: {exc}", retryable=True,
                              operation=operation, code=type(exc).__name__)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
@@ -103,21 +107,26 @@ def translate_error(exc: Exception, operation: str, where: str) -> ProviderError
         )
     if isinstance(exc, BotoCoreError):
         return ProviderError(f"{prefix}: {exc}", operation=operation, code=type(exc).__name__)
-    # Below botocore: the HTTP stack or the socket itself.
+    if isinstance(exc, ValueError):  # botocore's word for a malformed AWS_ENDPOINT_URL
+        return ProviderError(f"{prefix}: {exc}", operation=operation, code="InvalidConfiguration")
+    # Below botocore (aiobotocore wraps nearly all of it): the socket itself.
     return ProviderError(f"{prefix}: cannot reach AWS: {type(exc).__name__}: {exc}",
                          retryable=True, operation=operation, code=type(exc).__name__)
 
 
 # What translate_error accepts; anything else (bugs, cancellation) propagates.
-_TRANSLATED = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
+_TRANSLATED: tuple[type[Exception], ...] = (ClientError, BotoCoreError, OSError)
 
 
 @contextmanager
-def translated(operation: str, where: str) -> Iterator[None]:
-    """Re-raise SDK and network exceptions of the block as :class:`ProviderError`."""
+def translated(
+    operation: str, where: str, *, also: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """Re-raise SDK and network exceptions of the block (and ``also``) as
+    :class:`ProviderError`."""
     try:
         yield
-    except _TRANSLATED as exc:
+    except (*_TRANSLATED, *also) as exc:
         raise translate_error(exc, operation, where) from exc
 
 
@@ -133,7 +142,9 @@ class AWSCalls:
     def __init__(self, session: Any = None) -> None:
         self._session: Any = session if session is not None else get_session()
         self._config = AioConfig(
-            retries={"mode": "adaptive", "max_attempts": MAX_ATTEMPTS},
+            # total_max_attempts counts the first call; botocore's older
+            # max_attempts counts retries only, one more than it reads.
+            retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
         )
@@ -150,7 +161,8 @@ class AWSCalls:
         async with self._lock:
             found = self._clients.get(key)
             if found is None:
-                with translated(f"{service}:CreateClient", f"in {region}"):
+                # A malformed endpoint or region in the environment shows here.
+                with translated(f"{service}:CreateClient", f"in {region}", also=(ValueError,)):
                     found = await self._stack.enter_async_context(
                         self._session.create_client(service, region_name=region,
                                                     config=self._config)
