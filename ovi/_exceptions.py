@@ -6,7 +6,9 @@ at the boundary and chained with ``from``::
 
     OviError
      ├── ConfigError    the config file is unreadable or invalid; nothing is executed
-     └── PolicyError    a decision policy broke its contract (relaxed a decision)
+     ├── PolicyError    a decision policy broke its contract (relaxed a decision)
+     └── ProviderError  a cloud call failed (ovi.providers.base); ``retryable`` tells
+                        throttling/5xx/timeouts from permanent refusals
 
 New branches (provider, coordination, …) hang directly off ``OviError``.
 """

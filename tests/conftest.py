@@ -1,4 +1,8 @@
-"""Shared test configuration: every async test runs on asyncio and on uvloop."""
+"""Shared test configuration.
+
+Every async test runs on asyncio and on uvloop. Tests that talk to "AWS" ask
+for ``moto_endpoint``: one moto server on loopback for the whole session.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from collections.abc import Callable, Mapping
 
 import pytest
 import uvloop
+
+from tests.moto_server import moto_endpoint as moto_endpoint
 
 
 def pytest_asyncio_loop_factories(

@@ -1,5 +1,0 @@
-"""End-to-end tests: the real ``ovi`` command against a moto server on loopback."""
-
-from __future__ import annotations
-
-from tests.moto_server import moto_endpoint as moto_endpoint
