@@ -1,0 +1,9 @@
+"""``python -m ovi.replay``."""
+
+from __future__ import annotations
+
+import sys
+
+from ovi.replay._cli import main
+
+sys.exit(main())

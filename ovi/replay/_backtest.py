@@ -1,0 +1,247 @@
+"""``backtest``: what another config would have decided, cycle by cycle.
+
+For every recorded cycle the observed set is rebuilt from the change events
+(checked against each scope's ``ObservationCompleted`` digest), together with
+the scopes that failed, the findings open and the approvals granted as of
+then. The comparator and decision maker of the new config run on it with
+``now`` = the cycle's start, and per resource the ``(action, status)`` they
+give is compared with the one recorded as in force at the end of that cycle.
+
+With the recorded config itself the backtest finds no difference: that is
+how it is tested. Detection times (grace periods, decision ids, hence
+approvals) come from the recorded finding when the new diff is the same
+finding, else from the backtest's own earlier cycles.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from eventstore import EventStore
+from ovi.comparator import DefaultComparator
+from ovi.config import Config
+from ovi.decisions import DecisionContext, DecisionMaker
+from ovi.events import (
+    ApprovalGranted,
+    CycleFinished,
+    CycleStarted,
+    DecisionMade,
+    DiffDetected,
+    DiffResolved,
+    ObservationCompleted,
+    ObservationFailed,
+    ResourceDisappeared,
+    ResourceObserved,
+)
+from ovi.model import Decision, Diff, Resource, ResourceType, Scope, observed_set_digest
+from ovi.replay._render import Progress
+
+__all__ = ["BacktestReport", "Difference", "DigestMismatch", "Verdict", "backtest"]
+
+_TYPES = ("CycleStarted", "CycleFinished", "ResourceObserved", "ResourceDisappeared",
+          "ObservationCompleted", "ObservationFailed", "DiffDetected", "DiffResolved",
+          "DecisionMade", "ApprovalGranted")
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    """A decision reduced to what the comparison looks at, plus why."""
+
+    action: str
+    status: str
+    rule: str
+    reason: str = ""
+
+    @classmethod
+    def of(cls, decision: Decision) -> Verdict:
+        return cls(decision.action.value, decision.status.value, decision.rule, decision.reason)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.action, self.status
+
+
+class Difference(msgspec.Struct, kw_only=True):
+    """One resource whose decision differed, over a run of consecutive cycles."""
+
+    resource_id: str
+    recorded: Verdict | None  # None: nothing was in force
+    backtest: Verdict | None  # None: the new config finds nothing to do
+    first_cycle: str
+    last_cycle: str
+    first_at: datetime
+    last_at: datetime
+    cycles: int = 1
+
+
+class DigestMismatch(msgspec.Struct, frozen=True):
+    """A scope whose rebuilt observed set is not the one its cycle recorded."""
+
+    cycle_id: str
+    scope: str
+    position: int
+    recorded_count: int
+    rebuilt_count: int
+
+
+class BacktestReport(msgspec.Struct, kw_only=True):
+    config_hash: str
+    cycles_replayed: int = 0
+    cycles_compared: int = 0
+    unfinished_cycles: int = 0
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+    differences: list[Difference] = []
+    digest_mismatches: list[DigestMismatch] = []
+
+
+class _Finding(msgspec.Struct):
+    fingerprint: str
+    detected_at: datetime
+    scope: str
+    verdict: Verdict | None = None
+
+
+class _Cycle(msgspec.Struct):
+    cycle_id: str
+    position: int
+    started_at: datetime
+    observed: dict[Scope, list[Resource]] = {}
+    failed: set[Scope] = set()
+
+
+class _Backtest:
+    def __init__(self, config: Config, since: datetime | None) -> None:
+        self.config = config
+        self.since = since
+        self.comparator = DefaultComparator.from_config(config)
+        self.maker = DecisionMaker.from_config(config)
+        self.desired = config.desired_resources()
+        self.scopes = {Scope(config.provider, config.region, t) for t in ResourceType}
+        self.scopes.update(d.scope for d in self.desired)
+        self.estate: dict[Scope, dict[str, tuple[Resource, str]]] = {}
+        self.recorded: dict[str, _Finding] = {}
+        self.simulated: dict[str, _Finding] = {}
+        self.approvals: dict[str, int] = {}
+        self.cycles: dict[str, _Cycle] = {}
+        self.runs: dict[str, Difference] = {}
+        self.report = BacktestReport(config_hash=config.config_hash)
+
+    def feed(self, position: int, event: object) -> None:
+        match event:
+            case CycleStarted():
+                self.cycles[event.cycle_id] = _Cycle(event.cycle_id, position, event.started_at)
+            case ResourceObserved():
+                scope = self.estate.setdefault(event.scope, {})
+                scope[event.resource.id] = (event.resource, event.fingerprint)
+            case ResourceDisappeared():
+                self.estate.get(event.scope, {}).pop(event.resource_id, None)
+            case ObservationCompleted():
+                self._completed(position, event)
+            case ObservationFailed():
+                if (cycle := self.cycles.get(event.cycle_id)) is not None:
+                    cycle.failed.add(event.scope)
+            case DiffDetected():
+                self.recorded[event.diff.resource_id] = _Finding(
+                    event.fingerprint, event.detected_at, event.diff.scope.key)
+            case DiffResolved():
+                self.recorded.pop(event.resource_id, None)
+            case DecisionMade():
+                found = self.recorded.get(event.decision.resource_id)
+                if found is not None:
+                    found.verdict = Verdict.of(event.decision)
+            case ApprovalGranted():
+                self.approvals.setdefault(event.decision_id, position)
+            case CycleFinished():
+                if (cycle := self.cycles.pop(event.cycle_id, None)) is not None:
+                    self._evaluate(cycle)
+
+    def _completed(self, position: int, event: ObservationCompleted) -> None:
+        members = self.estate.get(event.scope, {})
+        fingerprints = {rid: fp for rid, (_, fp) in members.items()}
+        if len(fingerprints) != event.count or observed_set_digest(fingerprints) != event.digest:
+            self.report.digest_mismatches.append(DigestMismatch(
+                event.cycle_id, event.scope.key, position, event.count, len(fingerprints)))
+        cycle = self.cycles.get(event.cycle_id)
+        if cycle is not None:
+            cycle.observed[event.scope] = sorted((r for r, _ in members.values()),
+                                                 key=lambda r: r.cloud_id)
+
+    def _detected(self, diff: Diff, now: datetime) -> datetime:
+        for findings in (self.recorded, self.simulated):
+            found = findings.get(diff.resource_id)
+            if found is not None and found.fingerprint == diff.fingerprint:
+                return found.detected_at
+        return now
+
+    def _evaluate(self, cycle: _Cycle) -> None:
+        report = self.report
+        report.cycles_replayed += 1
+        unknown = cycle.failed | (self.scopes - set(cycle.observed))
+        observed = [r for scope in sorted(cycle.observed) for r in cycle.observed[scope]]
+        diffs = self.comparator.compare(self.desired, observed, unknown_scopes=tuple(unknown))
+        detected = {d.resource_id: self._detected(d, cycle.started_at) for d in diffs}
+        approved = frozenset(d for d, p in self.approvals.items() if p < cycle.position)
+        context = DecisionContext(now=cycle.started_at, detected_at=detected, approved=approved)
+        decisions = self.maker.decide(diffs, context)
+        unknown_keys = {s.key for s in unknown}
+        current = {d.resource_id for d in diffs}
+        for diff in diffs:
+            self.simulated[diff.resource_id] = _Finding(diff.fingerprint,
+                                                        detected[diff.resource_id],
+                                                        diff.scope.key)
+        for gone in [r for r, f in self.simulated.items()
+                     if r not in current and f.scope not in unknown_keys]:
+            del self.simulated[gone]
+        if self.since is not None and cycle.started_at < self.since:
+            return
+        report.cycles_compared += 1
+        report.first_at = report.first_at or cycle.started_at
+        report.last_at = cycle.started_at
+        new = {d.resource_id: Verdict.of(d) for d in decisions}
+        old = {rid: f.verdict for rid, f in self.recorded.items()
+               if f.verdict is not None and f.scope not in unknown_keys}
+        differing = set()
+        for rid in sorted(new.keys() | old.keys()):
+            before, after = old.get(rid), new.get(rid)
+            if (before and before.key) != (after and after.key):
+                differing.add(rid)
+                self._differs(rid, before, after, cycle)
+        for rid in [r for r in self.runs if r not in differing]:
+            report.differences.append(self.runs.pop(rid))
+
+    def _differs(self, rid: str, before: Verdict | None, after: Verdict | None,
+                 cycle: _Cycle) -> None:
+        run = self.runs.get(rid)
+        if run is not None and (run.recorded and run.recorded.key) == (before and before.key) \
+                and (run.backtest and run.backtest.key) == (after and after.key):
+            run.last_cycle, run.last_at, run.cycles = (cycle.cycle_id, cycle.started_at,
+                                                       run.cycles + 1)
+            return
+        if run is not None:
+            self.report.differences.append(run)
+        self.runs[rid] = Difference(resource_id=rid, recorded=before, backtest=after,
+                                    first_cycle=cycle.cycle_id, last_cycle=cycle.cycle_id,
+                                    first_at=cycle.started_at, last_at=cycle.started_at)
+
+    def finish(self) -> BacktestReport:
+        report = self.report
+        report.differences.extend(self.runs.values())
+        report.differences.sort(key=lambda d: (d.first_at, d.resource_id))
+        report.unfinished_cycles = len(self.cycles)
+        return report
+
+
+async def backtest(store: EventStore, config: Config, *,
+                   since: datetime | None = None) -> BacktestReport:
+    """Replay every recorded cycle through ``config``'s comparator and
+    decision maker; report where its decisions differ from the recorded ones
+    (for cycles started at or after ``since``)."""
+    state = _Backtest(config, since)
+    progress = Progress("backtest", total=await store.last_position())
+    async for recorded in store.read(types=_TYPES):
+        state.feed(recorded.position, recorded.event)
+        progress.update(recorded.position)
+    progress.done()
+    return state.finish()

@@ -1,0 +1,229 @@
+"""``python -m ovi.replay``: the parser, the commands, the exit codes.
+
+Exit codes: 0 ok; 1 an error, or ``verify``/``rebuild`` found a problem;
+2 bad usage; 3 ``backtest`` found decisions that would have differed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import anyio
+import msgspec
+
+from eventstore import EventStoreError, SQLiteEventStore
+from ovi._exceptions import OviError
+from ovi.config import load_config
+from ovi.replay._args import expand_types, parse_at, parse_when
+from ovi.replay._backtest import backtest
+from ovi.replay._listing import Filters, follow_events, list_events
+from ovi.replay._rebuild import rebuild_and_compare, rebuild_in_place
+from ovi.replay._render import Output, is_tty, note
+from ovi.replay._reports import show_backtest, show_rebuild, show_verification
+from ovi.replay._state import show_state
+from ovi.replay._stats import collect_stats, render_stats
+from ovi.replay._store import open_log, resolve_resource
+from ovi.replay._verify import verify_log
+from ovi.replay._why import explain
+from ovi.replay._why_text import render_chain
+from ovi.runtime import default_store_path
+from projections import ProjectionError
+
+__all__ = ["main", "parser"]
+
+PROG = "python -m ovi.replay"
+EXIT_DIFFERENCES = 3
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+    return int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (also documented in docs/replay.md)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", type=Path, default=argparse.SUPPRESS,
+                        help="the event log (default: $OVI_STORE, else ./ovi.db)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="JSON lines for listings, one JSON object otherwise")
+    main = argparse.ArgumentParser(prog=PROG, parents=[common],
+                                   description="Audit and debug an Ovi event log.")
+    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def sub(name: str, help_: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=help_, description=help_)
+
+    def filters(p: argparse.ArgumentParser, *, until: bool = True) -> None:
+        p.add_argument("--since", type=parse_when, metavar="T",
+                       help="from time T: ISO-8601 or a duration ago (90m, 2d)")
+        if until:
+            p.add_argument("--until", type=parse_when, metavar="T", help="before time T")
+        p.add_argument("--type", action="extend", nargs="+", metavar="TYPE", dest="types",
+                       help="event types, or kinds: observed decided executing executed"
+                            " failed skipped")
+        p.add_argument("--resource", metavar="ID", help="an ovi:id or a cloud id")
+        p.add_argument("--cycle", metavar="ID", help="a cycle id")
+        p.add_argument("--limit", type=_limit, metavar="N", help="stop after N events")
+
+    filters(sub("log", "list events, filtered"))
+    timeline = sub("timeline", "every event about one resource, in order")
+    timeline.add_argument("resource", metavar="RESOURCE", help="an ovi:id or a cloud id")
+    why = sub("why", "the causal chain behind a resource's latest (or given) decision")
+    why.add_argument("resource", metavar="RESOURCE", help="an ovi:id or a cloud id")
+    why.add_argument("--decision", metavar="ID", help="this decision instead of the latest")
+    state = sub("state", "every resource at a revision or time (default: now)")
+    state.add_argument("--at", type=parse_at, metavar="REV|TIME",
+                       help="a log position, or a time (ISO-8601 or a duration ago)")
+    state.add_argument("--all", action="store_true", help="also resources gone by then")
+    stats = sub("stats", "counts, rates and cycle durations")
+    stats.add_argument("--since", type=parse_when, metavar="T", help="only events from T on")
+    sub("verify", "check the hash chain and the causal consistency of executions")
+    rebuild = sub("rebuild", "rebuild every projection from the log and compare")
+    rebuild.add_argument("--in-place", action="store_true",
+                         help="then also rebuild the log file's own projection tables")
+    filters(sub("follow", "print new events as they are appended (Ctrl-C stops)"),
+            until=False)
+    back = sub("backtest", "what another config would have decided on the recorded cycles")
+    back.add_argument("--config", type=Path, required=True, metavar="NEW.yaml")
+    back.add_argument("--since", type=parse_when, metavar="T", help="cycles started from T on")
+    return main
+
+
+Command = Callable[[argparse.Namespace, SQLiteEventStore, Output], Awaitable[int]]
+
+
+async def _filters(args: argparse.Namespace, store: SQLiteEventStore) -> Filters:
+    types, unknown = expand_types(args.types)
+    for name in unknown:
+        sys.stderr.write(f"{PROG}: note: {name!r} is not an event type this Ovi knows;"
+                         " listing it as recorded\n")
+    resource = await resolve_resource(store, args.resource) if args.resource else None
+    return Filters(since=args.since, until=getattr(args, "until", None), types=types,
+                   resource=resource, cycle=args.cycle, limit=args.limit)
+
+
+async def _log(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    await list_events(store, await _filters(args, store), out)
+    return 0
+
+
+async def _timeline(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    await list_events(store, Filters(resource=await resolve_resource(store, args.resource)),
+                      out)
+    return 0
+
+
+async def _why(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    chain = await explain(store, await resolve_resource(store, args.resource), args.decision)
+    if out.as_json:
+        out.json(msgspec.to_builtins(chain))
+    else:
+        render_chain(out, chain)
+    return 0
+
+
+async def _state(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    await show_state(store, out, args.at, include_gone=args.all)
+    return 0
+
+
+async def _stats(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    stats = await collect_stats(store, args.since)
+    if out.as_json:
+        out.json(stats)
+    else:
+        render_stats(out, stats)
+    return 0
+
+
+async def _verify(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    note(f"verifying {await store.last_position():,} events…")
+    verification = await verify_log(store)
+    show_verification(out, verification)
+    return 0 if verification.ok else 1
+
+
+async def _rebuild(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    note(f"rebuilding every projection from {await store.last_position():,} events…")
+    report = await rebuild_and_compare(store)
+    if args.in_place:
+        report.in_place_seconds = await rebuild_in_place(store)
+    show_rebuild(out, report)
+    return 0 if report.equal or args.in_place else 1
+
+
+async def _follow(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    f = await _filters(args, store)
+    after = await store.last_position()
+    if f.since is not None:
+        async for recorded in store.read(since=f.since, limit=1):
+            after = recorded.position - 1
+    if is_tty(sys.stderr):
+        sys.stderr.write(f"following {store.path} after position {after} (Ctrl-C stops)\n")
+    async with anyio.create_task_group() as group:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(stop_on_signal)
+        await follow_events(store, f, out, after=after)
+        group.cancel_scope.cancel()
+    return 0
+
+
+async def _backtest(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    config = load_config(args.config)
+    report = await backtest(store, config, since=args.since)
+    show_backtest(out, report, str(args.config))
+    return EXIT_DIFFERENCES if report.differences else 0
+
+
+_COMMANDS: dict[str, Command] = {
+    "log": _log, "timeline": _timeline, "why": _why, "state": _state, "stats": _stats,
+    "verify": _verify, "rebuild": _rebuild, "follow": _follow, "backtest": _backtest,
+}
+
+
+async def _run(command: Command, args: argparse.Namespace, path: Path, out: Output) -> int:
+    async with open_log(path) as store:
+        return await command(args, store, out)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; return its exit code."""
+    args = parser().parse_args(argv)
+    path: Path = getattr(args, "store", None) or default_store_path()
+    out = Output(as_json=getattr(args, "json", False))
+    try:
+        return anyio.run(partial(_run, _COMMANDS[args.command], args, path, out),
+                         backend_options={"use_uvloop": True})
+    except BaseException as raised:
+        exc = _leaf(raised)
+        if isinstance(exc, OviError | EventStoreError | ProjectionError):
+            sys.stderr.write(f"{PROG}: error: {exc}\n")
+            return 1
+        if isinstance(exc, BrokenPipeError):
+            # The reader went away (`| head`): stop quietly, like `cat` does.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        if isinstance(exc, KeyboardInterrupt):
+            return 0 if args.command == "follow" else 130
+        raise

@@ -1,0 +1,184 @@
+"""One line of plain words per event, and which resource an event concerns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from eventstore import UnknownEvent
+from ovi.events import (
+    ActionExecuted,
+    ActionExecuting,
+    ActionFailed,
+    ActionSkipped,
+    ApprovalGranted,
+    ClaimAcquired,
+    ClaimReleased,
+    ConfigLoaded,
+    CycleFinished,
+    CycleStarted,
+    DecisionMade,
+    DiffDetected,
+    DiffResolved,
+    ObservationCompleted,
+    ObservationFailed,
+    ResourceDisappeared,
+    ResourceObserved,
+)
+from ovi.model import Resource
+from ovi.replay._render import fmt_time
+
+__all__ = ["cycle_of", "describe", "describe_resource", "resource_of", "resource_of_raw"]
+
+_STREAM_PREFIXES = ("resource/", "claim/")
+
+
+class _Ref(msgspec.Struct):
+    resource_id: str | None = None
+
+
+class _ResourceRef(msgspec.Struct):
+    id: str | None = None
+
+
+class _Probe(msgspec.Struct):
+    """The few fields that say which cycle and resource an event concerns."""
+
+    cycle_id: str | None = None
+    resource_id: str | None = None
+    diff: _Ref | None = None
+    decision: _Ref | None = None
+    resource: _ResourceRef | None = None
+
+
+_decode_probe = msgspec.json.Decoder(_Probe).decode
+
+
+def probe(data: str) -> _Probe:
+    """The cycle and resource fields of an event's JSON, whatever its type."""
+    try:
+        return _decode_probe(data)
+    except msgspec.DecodeError:
+        return _Probe()
+
+
+def _probe_resource(found: _Probe) -> str | None:
+    if found.resource_id:
+        return found.resource_id
+    for ref in (found.diff, found.decision):
+        if ref is not None and ref.resource_id:
+            return ref.resource_id
+    return found.resource.id if found.resource is not None else None
+
+
+def resource_of_raw(stream: str, data: str) -> str | None:
+    """The resource an undecoded event concerns: its stream says so for the
+    resource and claim streams; other streams' events are probed."""
+    for prefix in _STREAM_PREFIXES:
+        if stream.startswith(prefix):
+            return stream[len(prefix):]
+    if stream.startswith("cycle/"):
+        return None  # cycle events concern a cycle or a scope, never one resource
+    return _probe_resource(probe(data))
+
+
+def resource_of(stream: str, event: Any) -> str | None:
+    """:func:`resource_of_raw` for a decoded event."""
+    for prefix in _STREAM_PREFIXES:
+        if stream.startswith(prefix):
+            return stream[len(prefix):]
+    if isinstance(event, ResourceObserved):
+        return event.resource.id
+    if isinstance(event, DiffDetected):
+        return event.diff.resource_id
+    if isinstance(event, DecisionMade):
+        return event.decision.resource_id
+    rid = getattr(event, "resource_id", None)
+    return rid if isinstance(rid, str) else None
+
+
+def cycle_of(stream: str, event: Any) -> str | None:
+    """The cycle an event belongs to (approvals and claims belong to none)."""
+    if stream.startswith("cycle/"):
+        return stream.removeprefix("cycle/")
+    if isinstance(event, UnknownEvent):
+        return probe(bytes(event.data).decode()).cycle_id
+    found = getattr(event, "cycle_id", None)
+    return found if isinstance(found, str) else None
+
+
+def describe_resource(r: Resource) -> str:
+    """``i-abc, ec2 t3.micro in us-east-1, running, owner ovi``."""
+    size = f" {r.size}" if r.size else ""
+    status = f", {r.status}" if r.status else ""
+    owner = f", owner {r.owner}" if r.owner else ", not managed by Ovi"
+    return f"{r.cloud_id}, {r.type}{size} in {r.region}{status}{owner}"
+
+
+def _flags(event: ActionExecuted | ActionFailed) -> str:
+    flags = []
+    if isinstance(event, ActionExecuted) and event.recovered:
+        flags.append("recovered at start-up")
+    if isinstance(event, ActionFailed) and event.interrupted:
+        flags.append("interrupted by a crash")
+    if event.stale_token:
+        flags.append("claim lost meanwhile (stale token)")
+    return f" [{'; '.join(flags)}]" if flags else ""
+
+
+def _attempts(n: int) -> str:
+    return f"{n} attempt" + ("" if n == 1 else "s")
+
+
+def describe(event: Any) -> str:
+    """What an event says, in one line a newcomer can read."""
+    match event:
+        case CycleStarted():
+            return f"cycle started ({event.mode}), config {event.config_hash[:12]}"
+        case ConfigLoaded():
+            return f"config {event.config_hash[:12]} loaded from {event.source}"
+        case ResourceObserved():
+            return f"observed {describe_resource(event.resource)}"
+        case ResourceDisappeared():
+            return f"{event.cloud_id} is gone from {event.scope.key}"
+        case ObservationCompleted():
+            return f"observed all of {event.scope.key}: {event.count} resources"
+        case ObservationFailed():
+            return f"could not observe {event.scope.key}: {event.error}"
+        case DiffDetected():
+            return f"finding {event.diff.type}: {event.diff.reason}"
+        case DiffResolved():
+            return f"finding closed ({event.reason})"
+        case DecisionMade():
+            d = event.decision
+            return f"decided {d.action}: {d.status} (rule {event.rule}) {d.decision_id}"
+        case ApprovalGranted():
+            return f"{event.decision_id} approved by {event.by} at {fmt_time(event.at)}"
+        case ClaimAcquired():
+            took = f", taking over from {event.takeover_of}" if event.takeover_of else ""
+            return (f"claimed by {event.instance_id} until {fmt_time(event.expires_at)},"
+                    f" token {event.token}{took}")
+        case ClaimReleased():
+            return f"claim released by {event.instance_id}, token {event.token}"
+        case ActionExecuting():
+            return f"executing {event.action} {event.decision_id} (token {event.token})"
+        case ActionExecuted():
+            return (f"{event.action} done {event.decision_id}, {_attempts(event.attempts)}"
+                    f"{_flags(event)}")
+        case ActionFailed():
+            again = "may retry" if event.retryable else "will not retry"
+            return (f"{event.action} failed {event.decision_id} after"
+                    f" {_attempts(event.attempts)} ({again}): {event.error}{_flags(event)}")
+        case ActionSkipped():
+            detail = f" ({event.detail})" if event.detail else ""
+            return f"{event.action} not run {event.decision_id}: {event.reason}{detail}"
+        case CycleFinished():
+            failed = (f", observation failed for {', '.join(event.failed_scopes)}"
+                      if event.failed_scopes else "")
+            return (f"cycle finished in {event.duration_ms:.0f} ms: {event.resources_found}"
+                    f" resources, {event.diffs_detected} diffs, {event.decisions_made}"
+                    f" decisions, {event.execution_errors} errors{failed}")
+        case UnknownEvent():
+            return f"(not readable by this Ovi: {event.reason})"
+    return type(event).__name__

@@ -1,0 +1,68 @@
+"""``state``: every resource as the MVCC projection saw it at a revision or time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from eventstore import SQLiteEventStore
+from ovi.replay._args import Revision
+from ovi.replay._errors import ReplayError
+from ovi.replay._render import Output, fmt_time
+from ovi.replay._store import open_views, revision_at_time
+from projections.resources import ResourceState, state_at
+
+__all__ = ["show_state", "state_of"]
+
+
+async def state_of(store: SQLiteEventStore, at: Revision | datetime | None, *,
+                   include_gone: bool = False) -> tuple[int, list[ResourceState]]:
+    """The revision meant by ``at`` (default: the head) and the resources then.
+
+    The projection tables in the log's file are brought up to date first.
+
+    :raises ReplayError: if ``at`` is a revision beyond the log's head.
+    """
+    async with open_views(store) as views:
+        await views.catch_up()
+        head = (await views.checkpoint("resources")).position
+        if at is None:
+            revision = head
+        elif isinstance(at, Revision):
+            if at > head:
+                raise ReplayError(f"revision {at} is beyond the log's head ({head})")
+            revision = int(at)
+        else:
+            revision = await revision_at_time(store, at, head)
+        resources = await views.query(lambda db: state_at(db, revision,
+                                                          include_gone=include_gone))
+    return revision, resources
+
+
+def state_record(state: ResourceState) -> dict[str, Any]:
+    r = state.resource
+    return {"id": r.id, "cloud_id": r.cloud_id, "type": r.type.value, "provider": r.provider,
+            "region": r.region, "size": r.size, "status": r.status, "owner": r.owner,
+            "tags": r.tags, "exists": state.exists, "rev": state.rev, "version": state.version}
+
+
+async def show_state(store: SQLiteEventStore, out: Output, at: Revision | datetime | None, *,
+                     include_gone: bool = False) -> None:
+    revision, resources = await state_of(store, at, include_gone=include_gone)
+    if out.as_json:
+        out.json({"revision": revision, "resources": [state_record(s) for s in resources]})
+        return
+    when = ""
+    if revision:
+        async for recorded in store.read(after=revision - 1, until=revision, limit=1):
+            when = f" ({fmt_time(recorded.recorded_at)})"
+    out.table(
+        [((s.resource.id, "bold"), (s.resource.cloud_id, None), (s.resource.type.value, None),
+          (s.resource.region, None), (s.resource.size or "-", None),
+          (s.resource.owner or "-", None),
+          ("yes" if s.exists else "gone", None if s.exists else "dim"), (str(s.rev), "dim"))
+         for s in resources],
+        header=("ID", "CLOUD ID", "TYPE", "REGION", "SIZE", "OWNER", "EXISTS", "REV"),
+    )
+    gone = "" if include_gone else " (--all adds the ones gone by then)"
+    out.write(f"{len(resources)} resources at revision {revision}{when}{gone}")
