@@ -105,7 +105,7 @@ class Coordinator:
     async def _plan(
         self, pending: set[str], result: ClaimResult
     ) -> list[tuple[Claim, StreamBatch]]:
-        await self.views.catch_up()
+        await self.views.catch_up("claims")
         states = await self.views.query(lambda db: claim_states(db, pending))
         now = self._clock()
         planned: list[tuple[Claim, StreamBatch]] = []
@@ -127,7 +127,7 @@ class Coordinator:
         return planned
 
     async def _holder(self, resource_id: str) -> str:
-        await self.views.catch_up()
+        await self.views.catch_up("claims")
         states = await self.views.query(lambda db: claim_states(db, [resource_id]))
         state = states.get(resource_id)
         return state.instance_id if state is not None else "unknown"

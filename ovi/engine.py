@@ -273,9 +273,8 @@ def _scopes(config: Config, known: dict[str, dict[str, KnownResource]]) -> list[
 def _load_state(db: sqlite3.Connection) -> _State:
     known: dict[str, dict[str, KnownResource]] = {}
     rows = db.execute(
-        'SELECT scope, resource_id, cloud_id, fingerprint, '
-        ' (SELECT max(rev) FROM resource_versions v WHERE v.resource_id = r.resource_id)'
-        ' FROM resources r WHERE "exists" = 1'
+        'SELECT scope, resource_id, cloud_id, fingerprint, observed_rev'
+        ' FROM resource_rows WHERE "exists" = 1'
     )
     for scope, resource_id, cloud_id, fingerprint, rev in rows:
         known.setdefault(scope, {})[resource_id] = KnownResource(resource_id, cloud_id,

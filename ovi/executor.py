@@ -124,12 +124,15 @@ class Executor:
             if decision.resource_id in stale:
                 await self.coordinator.release(claims.held[decision.resource_id])
 
-        limiter = anyio.CapacityLimiter(max_concurrency)
+        calls = anyio.CapacityLimiter(max_concurrency)
+        # Write-ahead runs at most one "wave" ahead of the calls: when a call
+        # slot frees, the next action's ActionExecuting is already durable.
+        ahead = anyio.CapacityLimiter(2 * max_concurrency)
         results: list[Execution] = []
 
         async def run(decision: Decision) -> None:
             results.append(await self._run(decision, claims.held[decision.resource_id],
-                                           cycle_id, owner, limiter))
+                                           cycle_id, owner, ahead, calls))
 
         async with anyio.create_task_group() as group:
             for decision in held:
@@ -169,16 +172,15 @@ class Executor:
         await self.store.append_streams(StreamBatch(s, tuple(e)) for s, e in events.items())
 
     async def _run(self, decision: Decision, claim: Claim, cycle_id: str, owner: str,
-                   limiter: anyio.CapacityLimiter) -> Execution:
+                   ahead: anyio.CapacityLimiter, calls: anyio.CapacityLimiter) -> Execution:
         stream = resource_stream(decision.resource_id)
         attempted = Attempted()
         resource: Resource | None = None
         failure: ProviderError | None = None
         outcome: ActionExecuted | ActionFailed
-        # The slot covers the write-ahead record and the provider call; the
-        # outcome is recorded after it is freed, so the next action's call
-        # overlaps this one's commit.
-        async with limiter:
+        # The outcome is recorded after both slots are freed, so the next
+        # action's call overlaps this one's commit.
+        async with ahead:
             try:
                 await self.store.append(stream, [ActionExecuting(
                     cycle_id=cycle_id, decision_id=decision.decision_id,
@@ -189,11 +191,12 @@ class Executor:
                 await self._release_quietly(claim)
                 return _execution(decision, "failed", error=f"not attempted: cannot record"
                                   f" ActionExecuting: {exc}")
-            try:
-                resource = await call_with_retries(lambda: self._call(decision, owner),
-                                                   self.retry, attempted)
-            except ProviderError as exc:
-                failure = exc
+            async with calls:
+                try:
+                    resource = await call_with_retries(lambda: self._call(decision, owner),
+                                                       self.retry, attempted)
+                except ProviderError as exc:
+                    failure = exc
         if failure is not None:
             outcome = ActionFailed(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,

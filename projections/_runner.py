@@ -219,8 +219,10 @@ class ProjectionRunner:
 
     # -- folding ---------------------------------------------------------
 
-    async def catch_up(self) -> int:
-        """Fold every event up to the log's current head into each projection.
+    async def catch_up(self, *names: str) -> int:
+        """Fold every event up to the log's current head into each projection
+        (or only the named ones: a caller that reads one projection need not
+        wait for the others).
 
         Each projection resumes after its checkpoint; the events of each batch
         and the checkpoint move commit together. Afterwards every checkpoint
@@ -235,9 +237,18 @@ class ProjectionRunner:
             schema version was changed by another process.
         :raises ProjectionDatabaseError: if the projections database failed.
         :raises eventstore.EventStoreError: if reading the log failed.
+        :raises UnknownProjectionError: if a name matches no projection.
         """
+        chosen = tuple(self._named(name) for name in names) if names else self.projections
         async with self._lock:
-            return await self._catch_up(self.projections)
+            return await self._catch_up(chosen)
+
+    def _named(self, name: str) -> Projection:
+        found = self._by_name.get(name)
+        if found is None:
+            known = ", ".join(sorted(self._by_name)) or "none"
+            raise UnknownProjectionError(f"no projection named {name!r} (known: {known})")
+        return found
 
     async def rebuild(self, name: str | None = None) -> int:
         """Drop a projection's tables and checkpoint, create them anew and
@@ -250,14 +261,7 @@ class ProjectionRunner:
         :raises UnknownProjectionError: if no projection has that name.
         Otherwise raises as :meth:`catch_up`.
         """
-        if name is None:
-            chosen = self.projections
-        else:
-            found = self._by_name.get(name)
-            if found is None:
-                known = ", ".join(sorted(self._by_name)) or "none"
-                raise UnknownProjectionError(f"no projection named {name!r} (known: {known})")
-            chosen = (found,)
+        chosen = self.projections if name is None else (self._named(name),)
 
         def reset(db: sqlite3.Connection) -> None:
             def body(db: sqlite3.Connection) -> None:

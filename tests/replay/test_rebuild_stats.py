@@ -15,8 +15,8 @@ def test_rebuild_equals_the_incremental_projections(story: Story, tmp_path: Path
     assert report["equal"] is True and report["events"] == report["position"] > 40
     assert report["events_per_s"] > 0
     assert {t["table"] for t in report["tables"]} == {
-        "resources", "resource_versions", "findings", "decisions", "approvals",
-        "config_versions", "claims"}
+        "resource_rows", "resource_versions", "scope_observations", "findings", "decisions",
+        "approvals", "config_versions", "claims"}
     assert all(t["equal"] and t["rows"] > 0 for t in report["tables"])
     text = replay("rebuild", store=path)
     assert text.returncode == 0 and "events/s" in text.stdout
