@@ -195,5 +195,5 @@ async def run_demo(directory: Path | None) -> int:
         _say("   Explore the log (it outlives the emulator):")
         for command in ("log --type decided", "why worker-0", "why web-0", "state", "stats",
                         "verify"):
-            _say(f"     python -m ovi.replay --store {store} {command}")
+            _say(f"     {sys.executable} -m ovi.replay --store {store} {command}")
     return 0
