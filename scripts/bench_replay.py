@@ -209,6 +209,22 @@ def measure_state_at(path: Path, revision: int) -> dict[str, Any]:
             "pass": run["exit"] == 0 and run["seconds"] <= 2.0}
 
 
+def replay_figures(work: Path, events: int = 1_000_000) -> dict[str, dict[str, Any]]:
+    """The issue's three figures on a log of ``events`` events built in ``work``."""
+    path = work / "replay.db"
+    built = asyncio.run(build_log(path, events))
+    figures = {
+        "replay_log_1m_peak_rss": measure_log_rss(path),
+        "replay_rebuild_1m": measure_rebuild(path),
+        "replay_state_at_1m": measure_state_at(path, built["events"] // 2),
+    }
+    for figure in figures.values():
+        figure["log_events"] = built["events"]
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return figures
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
