@@ -21,7 +21,13 @@ from eventstore._exceptions import (
     StoreClosedError,
     WrongExpectedVersion,
 )
-from eventstore._store import EventStore, format_timestamp, parse_timestamp
+from eventstore._store import (
+    EventStore,
+    default_instance_id,
+    format_timestamp,
+    parse_timestamp,
+    process_home,
+)
 from eventstore._store_types import ChainBreak, RawRow, VerifyReport
 from eventstore.sqlite import SQLiteEventStore
 
@@ -46,7 +52,9 @@ __all__ = [
     "UnknownEvent",
     "VerifyReport",
     "WrongExpectedVersion",
+    "default_instance_id",
     "format_timestamp",
     "parse_timestamp",
+    "process_home",
     "row_hash",
 ]

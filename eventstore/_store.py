@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
@@ -45,8 +46,20 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def process_home() -> str:
+    """This host and PID namespace: two processes with the same home and pid
+    are the same process (containers sharing a hostname often both run as
+    pid 1, in different namespaces)."""
+    try:
+        namespace = f"/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}{namespace}"
+
+
 def default_instance_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``home:pid:nonce`` — unique per process start, even across reused pids."""
+    return f"{process_home()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class ReadFilter:

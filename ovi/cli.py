@@ -162,6 +162,16 @@ async def _demo(args: argparse.Namespace) -> int:
     return await run_demo(args.dir)
 
 
+_EXPECTED = (OviError, EventStoreError, ProjectionError)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
 _COMMANDS = {"plan": _plan, "apply": _apply, "approve": _approve, "demo": _demo}
 
 
@@ -177,8 +187,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return anyio.run(run, backend_options={"use_uvloop": True})
-    except (OviError, EventStoreError, ProjectionError) as exc:
+    except _EXPECTED as exc:
         sys.stderr.write(f"ovi: error: {exc}\n")
+        return 1
+    except ExceptionGroup as group:
+        # Task groups wrap what their tasks raise; an expected error is still
+        # reported as one line, not a traceback.
+        expected, rest = group.split(_EXPECTED)
+        if rest is not None or expected is None:
+            raise
+        for leaf in _leaves(expected):
+            sys.stderr.write(f"ovi: error: {leaf}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("ovi: interrupted\n")

@@ -12,13 +12,12 @@ instance whose claim was taken over mid-action finds out and says so.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import msgspec
 
-from eventstore import Event, EventStore, StreamBatch, WrongExpectedVersion
+from eventstore import Event, EventStore, StreamBatch, WrongExpectedVersion, process_home
 from ovi.events import ClaimAcquired, ClaimReleased, claim_stream
 from projections import ProjectionRunner
 from projections.claims import ClaimState, claim_states
@@ -40,11 +39,13 @@ class ClaimResult(msgspec.Struct):
 
 
 def holder_is_gone(instance_id: str) -> bool:
-    """True when ``instance_id`` names a process of this host (``host:pid``)
-    that no longer runs: its claims need not wait for expiry."""
-    host, _, pid = instance_id.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    """True when ``instance_id`` (``home:pid:nonce``, see
+    :func:`eventstore.default_instance_id`) names a process of this host and
+    PID namespace that no longer runs: its claims need not wait for expiry."""
+    parts = instance_id.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != process_home() or not parts[1].isdigit():
         return False
+    pid = parts[1]
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -135,6 +136,16 @@ class Coordinator:
     def _blocks(self, state: ClaimState, now: datetime) -> bool:
         return (state.held_at(now) and state.instance_id != self.instance_id
                 and not holder_is_gone(state.instance_id))
+
+    def expired(self, claim: Claim) -> bool:
+        """Whether ``claim`` has run out (or is about to, within a minute)."""
+        return self._clock() >= claim.expires_at - timedelta(minutes=1)
+
+    def fence(self, claim: Claim) -> StreamBatch:
+        """An empty batch that holds only while the claim stream is still at
+        ``claim``'s token: append it with a write to make that write fenced."""
+        return StreamBatch(claim_stream(claim.resource_id), (),
+                           expected_version=claim.token)
 
     def release_batch(self, claim: Claim) -> StreamBatch:
         """The release of ``claim``, expecting its token: append it together

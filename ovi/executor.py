@@ -89,7 +89,9 @@ class Executor:
         skips: list[tuple[Decision, str, str]] = []
         ready: list[Decision] = []
         for decision in actionable:
-            waiting = _why_not_now(decision, outcomes.get(decision.decision_id))
+            scope = observation.scopes.get(decision.diff.scope)
+            waiting = _why_not_now(decision, outcomes.get(decision.decision_id),
+                                   scope.observed_after if scope is not None else 0)
             if waiting is None:
                 ready.append(decision)
                 continue
@@ -152,10 +154,11 @@ class Executor:
             return set()
         stale: set[str] = set()
         async for recorded in self.store.read(
-            after=min(baseline.values()), types=("ActionExecuting", "ActionExecuted")
+            after=min(baseline.values()),
+            types=("ActionExecuting", "ActionExecuted", "ActionFailed"),
         ):
             event = recorded.event
-            if isinstance(event, ActionExecuting | ActionExecuted):
+            if isinstance(event, ActionExecuting | ActionExecuted | ActionFailed):
                 since = baseline.get(event.resource_id)
                 if since is not None and recorded.position > since:
                     stale.add(event.resource_id)
@@ -181,11 +184,21 @@ class Executor:
         # The outcome is recorded after both slots are freed, so the next
         # action's call overlaps this one's commit.
         async with ahead:
+            if self.coordinator.expired(claim):
+                # Waited so long for a slot that the claim ran out: another
+                # instance may hold it now. Leave it to a later cycle.
+                return _execution(decision, "skipped", reason="claim-expired")
             try:
-                await self.store.append(stream, [ActionExecuting(
-                    cycle_id=cycle_id, decision_id=decision.decision_id,
-                    action=decision.action, resource_id=decision.resource_id,
-                    cloud_id=decision.cloud_id, token=claim.token)])
+                # Fenced: written only while the claim stream is still at our
+                # token, i.e. nobody took the claim over.
+                await self.store.append_streams([
+                    StreamBatch(stream, (ActionExecuting(
+                        cycle_id=cycle_id, decision_id=decision.decision_id,
+                        action=decision.action, resource_id=decision.resource_id,
+                        cloud_id=decision.cloud_id, token=claim.token),)),
+                    self.coordinator.fence(claim)])
+            except WrongExpectedVersion:
+                return _execution(decision, "skipped", reason="claim-lost")
             except EventStoreError as exc:
                 # Write-ahead failed: the provider is not called.
                 await self._release_quietly(claim)
@@ -211,7 +224,14 @@ class Executor:
                 resource_id=decision.resource_id, cloud_id=cloud_id, token=claim.token,
                 attempts=attempted.count)
             execution = _execution(decision, "executed", cloud_id=cloud_id)
-        await self._record_outcome(stream, outcome, claim)
+        try:
+            await self._record_outcome(stream, outcome, claim)
+        except EventStoreError as exc:
+            # The action happened (or failed) but the log could not say so: it
+            # stays in doubt, and recovery resolves it against the cloud.
+            return msgspec.structs.replace(
+                execution, outcome="failed",
+                error=f"{execution.error or 'done'}; outcome not recorded: {exc}")
         return execution
 
     async def _record_outcome(self, stream: str, outcome: ActionExecuted | ActionFailed,
@@ -243,13 +263,20 @@ class Executor:
                             " the resource it acts on")
 
 
-def _why_not_now(decision: Decision, last: DecisionOutcome | None) -> tuple[str, bool] | None:
+def _why_not_now(decision: Decision, last: DecisionOutcome | None,
+                 observed_after: int) -> tuple[str, bool] | None:
     """Why a decision is not executed now (reason, whether to record it), or
-    None when it should be. A wait is recorded once, not every cycle."""
+    None when it should be. A wait is recorded once, not every cycle.
+
+    An executed action whose diff is still there in an observation that
+    started after it was recorded did not stick (an instance that died at
+    once, say): it may run again; the provider's idempotency on the decision
+    id keeps a create that merely was not listed yet from running twice."""
     reason: str | None = None
     if decision.status != DecisionStatus.READY:
         reason = decision.status.value
-    elif last is not None and last.outcome == "executed":
+    elif (last is not None and last.outcome == "executed"
+          and (last.rev is None or last.rev > observed_after)):
         return "already-executed", False
     elif last is not None and last.outcome == "executing":
         return "in-doubt", False

@@ -11,16 +11,15 @@ afresh. A create is therefore never made twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 
 from eventstore import EventStore, StreamBatch, WrongExpectedVersion
-from ovi.coordinator import Claim, Coordinator, holder_is_gone
+from ovi.coordinator import Coordinator
 from ovi.events import ActionExecuted, ActionFailed, resource_stream
-from ovi.model import DECISION_TAG, ID_TAG, Action, Resource
+from ovi.model import DECISION_TAG, Action
 from ovi.providers.base import Provider, ProviderError
 from projections import ProjectionRunner
-from projections.claims import claim_states
 from projections.findings import DecisionOutcome, decision_outcomes
 
 __all__ = ["recover_in_doubt"]
@@ -42,29 +41,25 @@ async def recover_in_doubt(
     in_doubt = await views.query(lambda db: decision_outcomes(db, outcome="executing"))
     if not in_doubt:
         return []
-    claims = await views.query(lambda db: claim_states(
-        db, [o.decision.resource_id for o in in_doubt.values()]))
-    now = clock()
+    # Take the claims first (an expired one is taken over): a holder that is
+    # in fact still alive then finds its claim gone and writes nothing more.
+    claimed = await coordinator.claim(o.decision.resource_id for o in in_doubt.values())
     resolved: list[ActionExecuted | ActionFailed] = []
     for outcome in in_doubt.values():
         resource_id = outcome.decision.resource_id
-        claim = claims.get(resource_id)
-        if (claim is not None and claim.held_at(now)
-                and claim.instance_id != coordinator.instance_id
-                and not holder_is_gone(claim.instance_id)):
+        claim = claimed.held.get(resource_id)
+        if claim is None:
             continue  # a live instance is on it
         try:
             event = await _resolve(provider, outcome, cycle_id)
         except ProviderError:
+            await coordinator.release(claim)
             continue
-        batches = [StreamBatch(resource_stream(resource_id), (event,))]
-        if claim is not None and not claim.released and claim.token == outcome.token:
-            # Release the dead holder's claim with the outcome, if still current.
-            batches.append(coordinator.release_batch(Claim(resource_id, claim.token, now)))
         try:
-            await store.append_streams(batches)
+            await store.append_streams([StreamBatch(resource_stream(resource_id), (event,)),
+                                        coordinator.release_batch(claim)])
         except WrongExpectedVersion:
-            await store.append_streams(batches[:1])
+            continue  # lost the claim meanwhile: whoever holds it resolves it
         resolved.append(event)
     return resolved
 
@@ -74,9 +69,15 @@ async def _resolve(provider: Provider, outcome: DecisionOutcome,
     decision = outcome.decision
     token = outcome.token or 0
     found = await provider.observe(decision.diff.scope)
-    match = _find(found, decision.decision_id, decision.resource_id, decision.cloud_id)
-    done = ((decision.action == Action.CREATE and match is not None)
-            or (decision.action == Action.DELETE and match is None))
+    if decision.action == Action.CREATE:
+        # Only what this decision made counts: another owner's resource may
+        # carry the same ovi:id.
+        match = next((r for r in found if r.tags.get(DECISION_TAG) == decision.decision_id),
+                     None)
+        done = match is not None
+    else:
+        match = next((r for r in found if r.cloud_id == decision.cloud_id), None)
+        done = decision.action == Action.DELETE and match is None
     if done:
         return ActionExecuted(
             cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
@@ -89,12 +90,3 @@ async def _resolve(provider: Provider, outcome: DecisionOutcome,
         error="interrupted: the process stopped before recording the outcome, and the"
               " cloud does not show it done", retryable=True, interrupted=True)
 
-
-def _find(resources: Sequence[Resource], decision_id: str, resource_id: str,
-          cloud_id: str | None) -> Resource | None:
-    for resource in resources:
-        if (resource.tags.get(DECISION_TAG) == decision_id
-                or resource.tags.get(ID_TAG) == resource_id
-                or (cloud_id is not None and resource.cloud_id == cloud_id)):
-            return resource
-    return None

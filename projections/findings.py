@@ -66,7 +66,7 @@ class OpenFinding(msgspec.Struct, frozen=True):
 
 class FindingsProjection(Projection):
     name: ClassVar[str] = "findings"
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
     tables: ClassVar[tuple[str, ...]] = ("findings", "decisions", "approvals", "config_versions")
     event_types: ClassVar[frozenset[str] | None] = frozenset(
         {"DiffDetected", "DiffResolved", "DecisionMade", "ApprovalGranted", "ConfigLoaded",
@@ -201,11 +201,16 @@ def _outcome(
         token = event.token
     if isinstance(event, ActionFailed):
         reason, retryable = event.error, int(event.retryable)
+    # An action in doubt stays in doubt until an outcome with its own token
+    # arrives: a peer's ActionSkipped, or an outcome an instance recorded
+    # after losing the claim, must not hide it from recovery.
     db.execute(
         "UPDATE decisions SET outcome = ?, outcome_reason = ?, outcome_rev = ?,"
-        " outcome_instance = ?, outcome_token = ?, outcome_retryable = ? WHERE decision_id = ?",
+        " outcome_instance = ?, outcome_token = ?, outcome_retryable = ?"
+        " WHERE decision_id = ? AND (outcome IS NOT 'executing' OR ? = 'executing'"
+        "  OR (? <> 'skipped' AND outcome_token = ?))",
         (_OUTCOMES[type(event)], reason, recorded.position, recorded.instance_id, token,
-         retryable, event.decision_id),
+         retryable, event.decision_id, _OUTCOMES[type(event)], _OUTCOMES[type(event)], token),
     )
 
 

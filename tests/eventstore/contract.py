@@ -43,6 +43,7 @@ from eventstore import (
     UnknownEvent,
     WrongExpectedVersion,
     format_timestamp,
+    process_home,
     row_hash,
 )
 from tests.eventstore.sample_events import Note, Ping, Secret
@@ -248,7 +249,8 @@ class EventStoreContract:
             await store.append("s", [Ping(n=1)])
             (event,) = await read_all(store)
         assert event.instance_id == store.instance_id
-        assert event.instance_id.endswith(f":{os.getpid()}")
+        home, pid, nonce = event.instance_id.rsplit(":", 2)
+        assert home == process_home() and pid == str(os.getpid()) and nonce
 
     @pytest.mark.asyncio
     async def test_positions_are_gap_free_in_commit_order_and_versions_per_stream(

@@ -253,3 +253,63 @@ async def test_action_in_doubt_is_resolved_at_start(tmp_path: Path) -> None:
     assert sorted(r.id for r in env.provider.resources.values()) == ["web-0", "web-1"]
     assert [c for c in env.provider.calls if c[0] == "create"] == [("create", "web-1")]
 
+
+
+async def test_write_ahead_is_fenced_by_the_claim(tmp_path: Path) -> None:
+    async with environment(tmp_path) as env:
+        real = env.store.append_streams
+
+        async def steal_before_write_ahead(batches: Sequence[StreamBatch]) -> AppendResult:
+            batches = list(batches)
+            if any(isinstance(e, ActionExecuting) for b in batches for e in b.events):
+                await real([StreamBatch(claim_stream("web-0"), (ClaimAcquired(
+                    resource_id="web-0", instance_id="thief:1:x", claimed_at=env.clock(),
+                    expires_at=env.clock() + timedelta(minutes=5), token=2),))])
+            return await real(batches)
+
+        env.store.append_streams = steal_before_write_ahead  # type: ignore[method-assign,assignment]
+        result = await env.apply(config_text(WEB % 1))
+        executing = await of_type(env, ActionExecuting)
+    assert [(e.outcome, e.reason) for e in result.executions] == [("skipped", "claim-lost")]
+    assert executing == [] and env.provider.resources == {}
+
+
+async def test_recovery_never_adopts_a_resource_another_decision_made(tmp_path: Path) -> None:
+    # Another owner's web-0 carries the same ovi:id; our crashed create never ran.
+    foreign = managed("web-0", "i-foreign", owner="team-b")
+    async with environment(tmp_path, foreign) as env:
+        plan = await env.cycle(config_text(WEB % 1))
+        (decision,) = [d for d in plan.decisions if d.action == Action.CREATE]
+        await env.store.append(resource_stream("web-0"), [ActionExecuting(
+            cycle_id="crashed", decision_id=decision.decision_id, action=Action.CREATE,
+            resource_id="web-0", cloud_id=None, token=1)])
+        result = await env.apply(config_text(WEB % 1))
+        failed = await of_type(env, ActionFailed)
+    assert result.recovered == 1
+    assert [isinstance(f, ActionFailed) and f.interrupted for f in failed] == [True]
+    ours = [r for r in env.provider.resources.values() if r.owner == "ovi"]
+    assert [r.id for r in ours] == ["web-0"]  # created, not mistaken for the foreign one
+
+
+async def test_a_peers_skip_does_not_hide_an_action_in_doubt(tmp_path: Path) -> None:
+    async with environment(tmp_path) as env:
+        plan = await env.cycle(config_text(WEB % 1))
+        (decision,) = plan.decisions
+        await env.store.append(resource_stream("web-0"), [
+            ActionExecuting(cycle_id="a", decision_id=decision.decision_id,
+                            action=Action.CREATE, resource_id="web-0", cloud_id=None, token=1),
+            ActionSkipped(cycle_id="b", decision_id=decision.decision_id, action=Action.CREATE,
+                          resource_id="web-0", reason="claimed"),
+        ])
+        result = await env.apply(config_text(WEB % 1))
+    assert result.recovered == 1
+
+
+async def test_an_executed_create_that_did_not_stick_runs_again(tmp_path: Path) -> None:
+    async with environment(tmp_path) as env:
+        await env.apply(config_text(WEB % 1))
+        env.provider.resources.clear()  # the instance died right after launch
+        env.provider._by_decision.clear()
+        result = await env.apply(config_text(WEB % 1))
+    assert [e.outcome for e in result.executions] == ["executed"]
+    assert [r.id for r in env.provider.resources.values()] == ["web-0"]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from eventstore import default_instance_id, process_home
+from ovi.coordinator import holder_is_gone
 from ovi.model import ID_TAG
 from ovi.providers.fake import SharedFakeProvider
 
@@ -73,3 +75,11 @@ def test_four_processes_create_each_missing_resource_once(tmp_path: Path) -> Non
         assert worker.returncode == 0, err
     assert time.monotonic() - started < 120
     assert ids_in_estate(tmp_path) == Counter({f"web-{j}": 1 for j in range(12)})
+
+
+def test_a_holder_in_another_pid_namespace_is_never_presumed_dead() -> None:
+    me = default_instance_id()
+    assert me.startswith(process_home() + ":")
+    assert not holder_is_gone(me)  # alive
+    assert holder_is_gone(f"{process_home()}:{2**22 + 7}:abc")  # no such pid here
+    assert not holder_is_gone(f"{process_home()}-elsewhere:{2**22 + 7}:abc")
