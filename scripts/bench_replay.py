@@ -234,7 +234,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--dir", default=None, help="where to build the log (default: tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the log afterwards")
+    parser.add_argument("--figures", action="store_true",
+                        help="print only bench.py's figures, as JSON")
     args = parser.parse_args()
+    if args.figures:
+        with tempfile.TemporaryDirectory(prefix="ovi-bench-replay-", dir=args.dir) as tmp:
+            sys.stdout.write(json.dumps(replay_figures(Path(tmp), args.events)) + "\n")
+        return
     with tempfile.TemporaryDirectory(prefix="ovi-bench-replay-", dir=args.dir) as tmp:
         path = Path(tmp) / "ovi.db"
         say(f"building a {args.events:,}-event log in {path}")
