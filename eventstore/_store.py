@@ -77,6 +77,9 @@ class ReadFilter:
         before: datetime | None,
     ) -> None:
         self.until = until
+        if isinstance(types, str):
+            # A bare string is a collection of characters: never what was meant.
+            raise TypeError(f"types: expected a collection of type names, got {types!r}")
         self.types = tuple(types) if types is not None else None
         self.stream = stream
         self.since = format_timestamp(since) if since is not None else None

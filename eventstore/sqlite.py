@@ -146,7 +146,10 @@ class SQLiteEventStore(EventStore):
         self._reader: aiosqlite.Connection | None = None
 
     async def _open_backend(self) -> None:
-        create_private_file(self.path)
+        try:
+            create_private_file(self.path)
+        except OSError as exc:
+            raise BackendError(f"cannot create event log {self.path}: {exc.strerror}") from exc
         try:
             self._writer = await connect(
                 self.path, busy_timeout=self._busy_timeout, synchronous=self._synchronous

@@ -402,3 +402,18 @@ async def test_follow_sees_appends_of_another_process(log_path: Path) -> None:
                 # within the poll interval, with room for a slow machine
                 assert loop.time() - committed_at < 1.0
             assert [event.position for event in await read_all(store)] == [1, 2, 3, 4]
+
+
+@pytest.mark.asyncio
+async def test_a_log_in_a_missing_directory_is_a_backend_error(tmp_path: Path) -> None:
+    store = SQLiteEventStore(tmp_path / "missing" / "ovi.db", EventRegistry([Ping]))
+    with pytest.raises(BackendError, match="missing"):
+        await store.open()
+
+
+@pytest.mark.asyncio
+async def test_types_must_be_a_collection_not_a_string(tmp_path: Path) -> None:
+    async with SQLiteEventStore(tmp_path / "ovi.db", EventRegistry([Ping])) as store:
+        with pytest.raises(TypeError, match="collection of type names"):
+            async for _ in store.read(types="Ping"):
+                pass
