@@ -27,8 +27,12 @@ ANY: None = None
 NO_STREAM = 0
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """Base class of every event. The event's type name is its class name."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Base class of every event. The event's type name is its class name.
+
+    ``gc=False`` (inherited): events are trees of values, never part of a
+    reference cycle, and a long read keeps many alive at once; not tracking
+    them spares the cyclic collector (~15% of a large rebuild)."""
 
 
 class UnknownEvent(msgspec.Struct, frozen=True):
@@ -60,7 +64,7 @@ class Appended(msgspec.Struct, frozen=True):
     versions: dict[str, int]
 
 
-class RecordedEvent(msgspec.Struct, frozen=True):
+class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
     """One row of the log, decoded."""
 
     position: int

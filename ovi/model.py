@@ -70,7 +70,7 @@ class DecisionStatus(StrEnum):
     CAPPED = "capped"  # over max_deletes_per_cycle
 
 
-class Scope(msgspec.Struct, frozen=True, order=True):
+class Scope(msgspec.Struct, frozen=True, order=True, gc=False):
     """One unit of observation: a provider's resources of one type in one region."""
 
     provider: str
@@ -82,7 +82,7 @@ class Scope(msgspec.Struct, frozen=True, order=True):
         return f"{self.provider}/{self.region}/{self.type}"
 
 
-class Resource(msgspec.Struct, frozen=True):
+class Resource(msgspec.Struct, frozen=True, gc=False):
     """A resource as observed in the cloud.
 
     ``id`` is the ``ovi:id`` tag for resources Ovi manages, else the cloud id.
@@ -120,7 +120,7 @@ class Resource(msgspec.Struct, frozen=True):
         return self.tags.get(BLESSED_TAG) == "true"
 
 
-class DesiredResource(msgspec.Struct, frozen=True):
+class DesiredResource(msgspec.Struct, frozen=True, gc=False):
     """A resource the config asks for, with its desired id."""
 
     id: str
@@ -137,7 +137,7 @@ class DesiredResource(msgspec.Struct, frozen=True):
         return Scope(self.provider, self.region, self.type)
 
 
-class FieldChange(msgspec.Struct, frozen=True):
+class FieldChange(msgspec.Struct, frozen=True, gc=False):
     """One difference between desired and observed: ``field`` is e.g. ``size``
     or ``tags.team``; ``None`` means absent."""
 
@@ -146,7 +146,7 @@ class FieldChange(msgspec.Struct, frozen=True):
     observed: str | None
 
 
-class Diff(msgspec.Struct, frozen=True):
+class Diff(msgspec.Struct, frozen=True, gc=False):
     """One finding of the comparator."""
 
     type: DiffType
@@ -176,7 +176,7 @@ class Diff(msgspec.Struct, frozen=True):
         return hashlib.sha256(parts).hexdigest()[:16]
 
 
-class Decision(msgspec.Struct, frozen=True):
+class Decision(msgspec.Struct, frozen=True, gc=False):
     """What Ovi decided about one diff, and where that decision stands."""
 
     decision_id: str
