@@ -706,12 +706,18 @@ def describe_target(target: dict[str, float]) -> str:
 
 
 def summary(report: dict[str, Any]) -> str:
-    lines = [f"{'figure':<20}{'value':>10}{'baseline':>10}{'ratio':>7}  {'target':<26}pass"]
+    def number(value: object) -> str:
+        if isinstance(value, float) and abs(value) < 1000:
+            return f"{value:.4g}"
+        return f"{value:,.0f}" if isinstance(value, int | float) else "-"
+
+    lines = [f"{'figure':<30}{'value':>10}{'baseline':>10}{'ratio':>7}  {'target':<26}pass"]
     for name, fig in report["figures"].items():
-        base = fig.get("baseline", {}).get("value")
-        lines.append(f"{name:<20}{fig['value'] or 0:>10,}{base or 0:>10,}"
-                     f"{fig.get('ratio') or 0:>7.2f}  {describe_target(fig['target']):<26}"
-                     f"{'yes' if fig['pass'] else 'NO'}")
+        base = (fig.get("baseline") or {}).get("value")
+        ratio = fig.get("ratio")
+        lines.append(f"{name:<30}{number(fig['value']):>10}{number(base):>10}"
+                     f"{number(ratio) if ratio is not None else '-':>7}  "
+                     f"{describe_target(fig['target']):<26}{'yes' if fig['pass'] else 'NO'}")
     machine_ = report["machine"]
     lines.append(f"all targets met: {report['all_targets_met']} ({report['seconds']} s; "
                  f"other processes kept {machine_['busy_cores_other_processes']} "
