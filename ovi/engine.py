@@ -141,8 +141,7 @@ class Engine:
         recovered = []
         if execute and not dry_run:
             recovered = await recover_in_doubt(self.store, self.views, self.provider,
-                                               self.coordinator, cycle_id=cycle_id,
-                                               clock=self._clock)
+                                               self.coordinator, cycle_id=cycle_id)
             if recovered:
                 await self.views.catch_up()
                 state = await self.views.query(_load_state)

@@ -11,9 +11,6 @@ afresh. A create is therefore never made twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
-
 from eventstore import EventStore, StreamBatch, WrongExpectedVersion
 from ovi.coordinator import Coordinator
 from ovi.events import ActionExecuted, ActionFailed, resource_stream
@@ -32,7 +29,6 @@ async def recover_in_doubt(
     coordinator: Coordinator,
     *,
     cycle_id: str,
-    clock: Callable[[], datetime],
 ) -> list[ActionExecuted | ActionFailed]:
     """Resolve every action in doubt that nobody alive is still working on;
     return the outcomes recorded. An action whose scope can't be observed now
