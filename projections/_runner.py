@@ -16,12 +16,13 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import aiosqlite
 import msgspec
 
 from eventstore import EventStore, RecordedEvent
+from eventstore._store_types import RawRow
 from eventstore.sqlite import connect, create_private_file, run_in_connection_thread
 from projections._exceptions import (
     CheckpointError,
@@ -31,6 +32,7 @@ from projections._exceptions import (
     UnknownProjectionError,
 )
 from projections._projection import Projection
+from projections._router import Router
 
 __all__ = ["CHECKPOINTS_TABLE", "Checkpoint", "ProjectionRunner"]
 
@@ -68,6 +70,16 @@ class _Progress:
 
     def __init__(self) -> None:
         self.applied = 0
+
+
+def _checkpoint_of(projection: Projection, stored: dict[str, tuple[int, int]]) -> int:
+    position, version = stored.get(projection.name, (None, None))
+    if position is None or version != projection.schema_version:
+        raise CheckpointError(
+            f"projection {projection.name!r}: checkpoint row missing or changed by"
+            " another process; reopen the runner to reset it"
+        )
+    return position
 
 
 class _CheckpointMoved(Exception):
@@ -308,93 +320,110 @@ class ProjectionRunner:
     async def _catch_up(self, projections: Sequence[Projection]) -> int:
         # Checkpoints first, then the head: a checkpoint can never pass the
         # head read after it unless it was folded from another log.
-        stored = {
-            name: (position, version)
-            for name, position, version in await self._run(
-                lambda db: db.execute(_SELECT_CHECKPOINTS).fetchall(), "reading checkpoints"
-            )
-        }
+        stored = await self._read_checkpoints()
         head = await self.store.last_position()
-        applied = 0
+        at: dict[str, int] = {}
         for projection in projections:
-            position, version = stored.get(projection.name, (None, None))
-            if position is None or version != projection.schema_version:
-                raise CheckpointError(
-                    f"projection {projection.name!r}: checkpoint row missing or changed by"
-                    " another process; reopen the runner to reset it"
-                )
+            position = _checkpoint_of(projection, stored)
             if position > head:
                 raise CheckpointError(
                     f"projection {projection.name!r} is at position {position} but the log's"
                     f" head is {head}: it was built from another log; rebuild it"
                 )
-            applied += await self._fold(projection, position, head)
-        return applied
-
-    async def _fold(self, projection: Projection, position: int, head: int) -> int:
+            at[projection.name] = position
+        # Projections that stand at the same position fold together, in one
+        # read of the log and one transaction per batch; one that lags folds
+        # alone until it reaches the next, then they go on together.
         applied = 0
-        while position < head:
+        failed: list[ProjectionApplyError] = []
+        while behind := [p for p in projections if at[p.name] < head]:
+            start = min(at[p.name] for p in behind)
+            group = [p for p in behind if at[p.name] == start]
+            stop = min((at[p.name] for p in behind if at[p.name] > start), default=head)
             progress = _Progress()
             try:
-                await self._fold_pass(projection, position, head, progress)
-                position = head
-            except _CheckpointMoved as moved:
+                await self._fold_pass(group, start, stop, progress)
+                for projection in group:
+                    at[projection.name] = stop
+            except _CheckpointMoved:
                 # Another runner committed (or reset) in between; resume from there.
-                position = moved.position
+                await self._resume(group, at)
+            except ProjectionApplyError as error:
+                # A failing projection must not hold the others back: they go
+                # on without it, and the error is raised once they are done.
+                failed.append(error)
+                at[error.name] = head
+                await self._resume([p for p in group if p.name != error.name], at)
             applied += progress.applied
+        if failed:
+            raise failed[0]
         return applied
 
+    async def _resume(self, group: Sequence[Projection], at: dict[str, int]) -> None:
+        stored = await self._read_checkpoints()
+        for projection in group:
+            at[projection.name] = _checkpoint_of(projection, stored)
+
+    async def _read_checkpoints(self) -> dict[str, tuple[int, int]]:
+        rows = await self._run(lambda db: db.execute(_SELECT_CHECKPOINTS).fetchall(),
+                               "reading checkpoints")
+        return {name: (position, version) for name, position, version in rows}
+
     async def _fold_pass(
-        self, projection: Projection, after: int, head: int, progress: _Progress
+        self, group: Sequence[Projection], after: int, head: int, progress: _Progress
     ) -> None:
-        types = projection.event_types
-        size = self.batch_size
+        router = Router(self.store.registry, group)
         checkpoint = after
-        batch: list[RecordedEvent] = []
-        if types is None or types:
+        pending = 0
+        if router.types is None or router.types:
             # Read, fold, commit, in turn. Overlapping them on threads was
             # measured slower: the GIL-bound decoding and the sqlite3 calls
             # (which drop and retake the GIL per row) only contend.
-            events = self.store.read(after=after, until=head, types=types)
+            pages = self.store.read_raw(after=after, until=head, types=router.types)
             try:
-                async for event in events:
-                    batch.append(event)
-                    if len(batch) >= size:
-                        await self._commit(projection, checkpoint, batch, event.position,
-                                           progress)
-                        checkpoint, batch = event.position, []
+                async for page in pages:
+                    # Batches end at batch_size events (of the group's types).
+                    rest: Sequence[RawRow] = page
+                    while rest:
+                        taken, used = router.route(rest, self.batch_size - pending)
+                        pending += taken
+                        if pending >= self.batch_size:
+                            to = rest[used - 1][0]
+                            await self._commit(group, checkpoint, router.take(), to, progress)
+                            checkpoint, pending = to, 0
+                        rest = rest[used:]
             finally:
-                await _aclose(events)
+                await _aclose(pages)
         if checkpoint < head:
-            # The last batch carries the checkpoint to the head, past events of other types.
-            await self._commit(projection, checkpoint, batch, head, progress)
+            # The last batch carries the checkpoints to the head, past events of other types.
+            await self._commit(group, checkpoint, router.take(), head, progress)
 
     async def _commit(
         self,
-        projection: Projection,
+        group: Sequence[Projection],
         expected: int,
-        events: list[RecordedEvent],
+        batches: list[list[RecordedEvent]],
         to: int,
         progress: _Progress,
     ) -> None:
-        name = projection.name
-        version = projection.schema_version
-
         def body(db: sqlite3.Connection) -> None:
-            row = db.execute(_SELECT_CHECKPOINT, (name,)).fetchone()
-            if row is None or row[1] != version:
-                raise CheckpointError(
-                    f"projection {name!r}: checkpoint row removed or reset to another schema"
-                    " version by another process"
-                )
-            if row[0] != expected:
-                raise _CheckpointMoved(int(row[0]))
-            if events:
-                _call_projection(db, projection, events)
-            db.execute(_MOVE_CHECKPOINT, (to, name))
+            for projection, events in zip(group, batches, strict=True):
+                name = projection.name
+                row = db.execute(_SELECT_CHECKPOINT, (name,)).fetchone()
+                if row is None or row[1] != projection.schema_version:
+                    raise CheckpointError(
+                        f"projection {name!r}: checkpoint row removed or reset to another"
+                        " schema version by another process"
+                    )
+                if row[0] != expected:
+                    raise _CheckpointMoved(int(row[0]))
+                if events:
+                    _call_projection(db, projection, events)
+                db.execute(_MOVE_CHECKPOINT, (to, name))
 
-        await self._run(lambda db: _transaction(db, body), f"folding into {name!r}")
-        progress.applied += len(events)
+        names = ", ".join(repr(p.name) for p in group)
+        await self._run(lambda db: _transaction(db, body), f"folding into {names}")
+        progress.applied += sum(len(events) for events in batches)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], doing: str) -> T:
         conn = self._conn
@@ -434,7 +463,7 @@ def _call_projection(
         )
 
 
-async def _aclose(iterator: AsyncIterator[RecordedEvent]) -> None:
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
     # ``read`` is typed as an AsyncIterator but is an async generator: close it
     # now rather than leaving it to the garbage collector when we stop early.
     aclose = getattr(iterator, "aclose", None)

@@ -1,0 +1,121 @@
+"""Decoding one read of the log for several projections at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from eventstore import EventRegistry, RecordedEvent, parse_timestamp
+from eventstore._store_types import RawRow
+from projections._exceptions import ProjectionApplyError
+from projections._projection import Projection
+
+__all__ = ["Router"]
+
+Decode = Callable[[str], Any]
+#: per event type, the projections (by index in the group) that fold it, and how
+#: each wants the event decoded
+Route = tuple[tuple[int, Decode], ...]
+
+
+class Router:
+    """Sorts raw log rows into one batch per projection of a group.
+
+    Each projection gets the events of its :attr:`~Projection.event_types`,
+    decoded as its :attr:`~Projection.event_views` say (the full event
+    otherwise). A row two projections want in the same shape is decoded once.
+    """
+
+    def __init__(self, registry: EventRegistry, group: Sequence[Projection]) -> None:
+        self._registry = registry
+        self._group = tuple(group)
+        self._routes: dict[str, Route] = {}
+        self._batches: list[list[RecordedEvent]] = [[] for _ in self._group]
+        self._views: dict[type[Any], Decode] = {}
+        self._last_text = ""
+        self._last_time = datetime.min
+        wanted: set[str] = set()
+        for projection in self._group:
+            if projection.event_types is None:
+                self.types: frozenset[str] | None = None
+                break
+            wanted |= projection.event_types
+        else:
+            self.types = frozenset(wanted)
+
+    def route(self, rows: Sequence[RawRow], limit: int) -> tuple[int, int]:
+        """Decode and sort rows until ``limit`` events were added to the
+        batches; returns (events added, rows used)."""
+        routes = self._routes
+        batches = self._batches
+        added = used = 0
+        for position, stream, version, type_, recorded_at, instance_id, data, _, hash_ in rows:
+            used += 1
+            route = routes.get(type_)
+            if route is None:
+                route = routes[type_] = self._route_for(type_)
+            if not route:
+                continue
+            if recorded_at != self._last_text:
+                self._last_text, self._last_time = recorded_at, parse_timestamp(recorded_at)
+            decoded: dict[Decode, Any] = {}
+            for index, decode in route:
+                event = decoded.get(decode)
+                if event is None:
+                    event = decoded[decode] = self._decode(index, decode, position, type_, data)
+                batches[index].append(RecordedEvent(
+                    position, stream, version, type_, self._last_time, instance_id, event, hash_))
+            added += 1
+            if added >= limit:
+                break
+        return added, used
+
+    def take(self) -> list[list[RecordedEvent]]:
+        """The batches routed so far (one per projection); starts new ones."""
+        batches, self._batches = self._batches, [[] for _ in self._group]
+        return batches
+
+    def _route_for(self, type_: str) -> Route:
+        route: list[tuple[int, Decode]] = []
+        for index, projection in enumerate(self._group):
+            types = projection.event_types
+            if types is not None and type_ not in types:
+                continue
+            view = projection.event_views.get(type_)
+            if view is None:
+                route.append((index, self._full_decoder(type_)))
+            else:
+                decode = self._views.get(view)
+                if decode is None:
+                    decode = self._views[view] = msgspec.json.Decoder(view).decode
+                route.append((index, decode))
+        return tuple(route)
+
+    def _full_decoder(self, type_: str) -> Decode:
+        registry = self._registry
+        decoder = registry._decoders.get(type_)
+        if decoder is None:
+            return lambda data: registry.decode(type_, data)
+        strict = decoder.decode
+
+        def decode(data: str) -> Any:
+            try:
+                return strict(data)
+            except msgspec.DecodeError:  # recorded by another version: as the store reads it
+                return registry.decode(type_, data)
+
+        return decode
+
+    def _decode(self, index: int, decode: Decode, position: int, type_: str, data: str) -> Any:
+        try:
+            return decode(data)
+        except msgspec.DecodeError as exc:
+            # Only a view can fail (the full decoder falls back to UnknownEvent):
+            # folding on without the event would leave the projection wrong.
+            raise ProjectionApplyError(
+                self._group[index].name, position, position,
+                f"the {type_} event does not match the projection's view of it: {exc}",
+            ) from exc
