@@ -14,6 +14,7 @@ from ovi.model import Action, Decision, Diff, Resource, Scope
 
 __all__ = [
     "OVI_EVENTS",
+    "RESOURCE_STREAM",
     "ActionExecuted",
     "ActionExecuting",
     "ActionFailed",
@@ -35,6 +36,7 @@ __all__ = [
     "cycle_stream",
     "registry",
     "resource_stream",
+    "stream_resource",
 ]
 
 
@@ -42,12 +44,21 @@ def cycle_stream(cycle_id: str) -> str:
     return f"cycle/{cycle_id}"
 
 
+#: the prefix of a resource's stream: ``resource/<id>``
+RESOURCE_STREAM = "resource/"
+
+
 def resource_stream(resource_id: str) -> str:
-    return f"resource/{resource_id}"
+    return f"{RESOURCE_STREAM}{resource_id}"
 
 
 def claim_stream(resource_id: str) -> str:
     return f"claim/{resource_id}"
+
+
+def stream_resource(stream: str) -> str | None:
+    """The resource a ``resource/<id>`` stream is about (``None`` for other streams)."""
+    return stream.removeprefix(RESOURCE_STREAM) if stream.startswith(RESOURCE_STREAM) else None
 
 
 class CycleStarted(Event, frozen=True):

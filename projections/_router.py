@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -17,8 +18,8 @@ __all__ = ["Router"]
 
 Decode = Callable[[str], Any]
 #: per event type, the projections (by index in the group) that fold it, and how
-#: each wants the event decoded
-Route = tuple[tuple[int, Decode], ...]
+#: each wants the event decoded (``None``: not at all, the JSON text as recorded)
+Route = tuple[tuple[int, Decode | None], ...]
 
 
 class Router:
@@ -26,7 +27,8 @@ class Router:
 
     Each projection gets the events of its :attr:`~Projection.event_types`,
     decoded as its :attr:`~Projection.event_views` say (the full event
-    otherwise). A row two projections want in the same shape is decoded once.
+    otherwise; the JSON text for a view of ``str``). A row two projections want
+    in the same shape is decoded once.
     """
 
     def __init__(self, registry: EventRegistry, group: Sequence[Projection]) -> None:
@@ -35,6 +37,7 @@ class Router:
         self._routes: dict[str, Route] = {}
         self._batches: list[list[RecordedEvent]] = [[] for _ in self._group]
         self._views: dict[type[Any], Decode] = {}
+        self._full: dict[str, Decode] = {}
         self._last_text = ""
         self._last_time = datetime.min
         wanted: set[str] = set()
@@ -52,25 +55,38 @@ class Router:
         routes = self._routes
         batches = self._batches
         added = used = 0
+        last_text, last_time = self._last_text, self._last_time
         for position, stream, version, type_, recorded_at, instance_id, data, _, hash_ in rows:
             used += 1
             route = routes.get(type_)
             if route is None:
                 route = routes[type_] = self._route_for(type_)
-            if not route:
+                if not route:
+                    continue
+            elif not route:
                 continue
-            if recorded_at != self._last_text:
-                self._last_text, self._last_time = recorded_at, parse_timestamp(recorded_at)
-            decoded: dict[Decode, Any] = {}
-            for index, decode in route:
-                event = decoded.get(decode)
-                if event is None:
-                    event = decoded[decode] = self._decode(index, decode, position, type_, data)
+            if recorded_at != last_text:
+                last_text, last_time = recorded_at, parse_timestamp(recorded_at)
+            if len(route) == 1:  # the usual case: one projection folds this type
+                index, decode = route[0]
+                event = data if decode is None else self._decode(decode, index, position,
+                                                                 type_, data)
                 batches[index].append(RecordedEvent(
-                    position, stream, version, type_, self._last_time, instance_id, event, hash_))
+                    position, stream, version, type_, last_time, instance_id, event, hash_))
+            else:
+                decoded: dict[Decode, Any] = {}
+                for index, decode in route:
+                    if decode is None:
+                        event = data
+                    elif (event := decoded.get(decode)) is None:
+                        event = decoded[decode] = self._decode(decode, index, position, type_,
+                                                               data)
+                    batches[index].append(RecordedEvent(
+                        position, stream, version, type_, last_time, instance_id, event, hash_))
             added += 1
             if added >= limit:
                 break
+        self._last_text, self._last_time = last_text, last_time
         return added, used
 
     def take(self) -> list[list[RecordedEvent]]:
@@ -79,7 +95,7 @@ class Router:
         return batches
 
     def _route_for(self, type_: str) -> Route:
-        route: list[tuple[int, Decode]] = []
+        route: list[tuple[int, Decode | None]] = []
         for index, projection in enumerate(self._group):
             types = projection.event_types
             if types is not None and type_ not in types:
@@ -87,6 +103,8 @@ class Router:
             view = projection.event_views.get(type_)
             if view is None:
                 route.append((index, self._full_decoder(type_)))
+            elif view is str:
+                route.append((index, None))
             else:
                 decode = self._views.get(view)
                 if decode is None:
@@ -95,21 +113,25 @@ class Router:
         return tuple(route)
 
     def _full_decoder(self, type_: str) -> Decode:
-        registry = self._registry
-        decoder = registry._decoders.get(type_)
-        if decoder is None:
-            return lambda data: registry.decode(type_, data)
-        strict = decoder.decode
+        full = self._full.get(type_)
+        if full is None:
+            registry = self._registry
+            decoder = registry._decoders.get(type_)
+            if decoder is None:
+                full = partial(registry.decode, type_)
+            else:
+                strict = decoder.decode
 
-        def decode(data: str) -> Any:
-            try:
-                return strict(data)
-            except msgspec.DecodeError:  # recorded by another version: as the store reads it
-                return registry.decode(type_, data)
+                def full(data: str) -> Any:
+                    try:
+                        return strict(data)
+                    except msgspec.DecodeError:  # recorded by another version
+                        return registry.decode(type_, data)  # as the store reads it
 
-        return decode
+            self._full[type_] = full
+        return full
 
-    def _decode(self, index: int, decode: Decode, position: int, type_: str, data: str) -> Any:
+    def _decode(self, decode: Decode, index: int, position: int, type_: str, data: str) -> Any:
         try:
             return decode(data)
         except msgspec.DecodeError as exc:

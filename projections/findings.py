@@ -2,38 +2,37 @@
 
 Tables::
 
-    findings(resource_id, detected_rev, fingerprint, diff_type, scope, detected_at,
-             resolved_rev, resolution, diff)            -- open: resolved_rev IS NULL
+    findings(resource_id PK, detected_rev, fingerprint, diff_type, scope, detected_at,
+             resolved_rev, resolution, decision_rev)   -- open: resolved_rev IS NULL
     decisions(decision_id PK, resource_id, action, status, rule, cycle_id,
-              config_hash, first_rev, last_rev, decision,
+              config_hash, first_rev, last_rev,
               outcome, outcome_reason, outcome_rev, outcome_instance, outcome_token,
               outcome_retryable)  -- outcome: skipped | executing | executed | failed
     approvals(decision_id PK, resource_id, by, at, rev)
     config_versions(config_hash PK, first_rev, last_rev, source)
+
+``findings`` holds each resource's latest finding: open, or how it was closed
+(``superseded`` by a newer one, or the resolution's reason); earlier ones are
+in the log. Like the resources projection, this one indexes the log instead of
+copying it: a finding's diff is the ``DiffDetected`` event at
+``detected_rev``, a decision the ``DecisionMade`` event at its ``last_rev``,
+and ``decision_rev`` is the last decision made about the resource while its
+finding was open. The queries read those events from the log's ``events``
+table, in the same file.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
-from eventstore import RecordedEvent, format_timestamp, parse_timestamp
-from ovi.events import (
-    ActionExecuted,
-    ActionExecuting,
-    ActionFailed,
-    ActionSkipped,
-    ApprovalGranted,
-    ConfigLoaded,
-    DecisionMade,
-    DiffDetected,
-    DiffResolved,
-)
+from eventstore import RecordedEvent, parse_timestamp
 from ovi.model import Decision
+from projections._findings_fold import DecisionMadeView, FindingsFold
 from projections._projection import Projection
 
 __all__ = [
@@ -47,8 +46,21 @@ __all__ = [
     "open_findings",
 ]
 
-_encode = msgspec.json.encode
-_decode_decision = msgspec.json.Decoder(Decision).decode
+#: the outcomes an action can have, as the ``outcome`` column names them
+OUTCOMES = ("skipped", "executing", "executed", "failed")
+
+
+class _MadeDecision(msgspec.Struct, gc=False):
+    """What the queries read of a ``DecisionMade`` event's data."""
+
+    decision: Decision
+
+
+_decode_made = msgspec.json.Decoder(_MadeDecision).decode
+
+
+def _decision(data: str) -> Decision:
+    return _decode_made(data).decision
 
 
 class OpenFinding(msgspec.Struct, frozen=True):
@@ -66,17 +78,19 @@ class OpenFinding(msgspec.Struct, frozen=True):
 
 class FindingsProjection(Projection):
     name: ClassVar[str] = "findings"
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
     tables: ClassVar[tuple[str, ...]] = ("findings", "decisions", "approvals", "config_versions")
     event_types: ClassVar[frozenset[str] | None] = frozenset(
         {"DiffDetected", "DiffResolved", "DecisionMade", "ApprovalGranted", "ConfigLoaded",
          "ActionSkipped", "ActionExecuting", "ActionExecuted", "ActionFailed"}
     )
+    event_views: ClassVar[Mapping[str, type[Any]]] = {
+        "DiffDetected": str, "DecisionMade": DecisionMadeView}
 
     def create(self, db: sqlite3.Connection) -> None:
         db.execute(
             """CREATE TABLE findings (
-                resource_id  TEXT NOT NULL,
+                resource_id  TEXT PRIMARY KEY,
                 detected_rev INTEGER NOT NULL,
                 fingerprint  TEXT NOT NULL,
                 diff_type    TEXT NOT NULL,
@@ -84,11 +98,9 @@ class FindingsProjection(Projection):
                 detected_at  TEXT NOT NULL,
                 resolved_rev INTEGER,
                 resolution   TEXT,
-                diff         TEXT NOT NULL,
-                PRIMARY KEY (resource_id, detected_rev)
-            )"""
+                decision_rev INTEGER
+            ) WITHOUT ROWID"""
         )
-        db.execute("CREATE INDEX findings_open ON findings (resolved_rev, resource_id)")
         db.execute(
             """CREATE TABLE decisions (
                 decision_id TEXT PRIMARY KEY,
@@ -100,17 +112,16 @@ class FindingsProjection(Projection):
                 config_hash TEXT NOT NULL,
                 first_rev   INTEGER NOT NULL,
                 last_rev    INTEGER NOT NULL,
-                decision    TEXT NOT NULL,
                 outcome           TEXT,
                 outcome_reason    TEXT,
                 outcome_rev       INTEGER,
                 outcome_instance  TEXT,
                 outcome_token     INTEGER,
                 outcome_retryable INTEGER
-            )"""
+            ) WITHOUT ROWID"""
         )
-        db.execute("CREATE INDEX decisions_resource ON decisions (resource_id, last_rev)")
-        db.execute("CREATE INDEX decisions_outcome ON decisions (outcome)")
+        db.execute("CREATE INDEX decisions_outcome ON decisions (outcome, outcome_rev)"
+                   " WHERE outcome IS NOT NULL")
         db.execute(
             """CREATE TABLE approvals (
                 decision_id TEXT PRIMARY KEY,
@@ -130,88 +141,10 @@ class FindingsProjection(Projection):
         )
 
     def apply(self, db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
+        fold = FindingsFold(db)
         for recorded in events:
-            event = recorded.event
-            rev = recorded.position
-            if isinstance(event, DiffDetected):
-                # A new finding for a resource supersedes the open one.
-                db.execute(
-                    "UPDATE findings SET resolved_rev = ?, resolution = 'superseded'"
-                    " WHERE resource_id = ? AND resolved_rev IS NULL",
-                    (rev, event.diff.resource_id),
-                )
-                db.execute(
-                    "INSERT INTO findings VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
-                    (event.diff.resource_id, rev, event.fingerprint, event.diff.type,
-                     event.diff.scope.key, format_timestamp(event.detected_at),
-                     _encode(event.diff).decode()),
-                )
-            elif isinstance(event, DiffResolved):
-                db.execute(
-                    "UPDATE findings SET resolved_rev = ?, resolution = ?"
-                    " WHERE resource_id = ? AND resolved_rev IS NULL",
-                    (rev, event.reason, event.resource_id),
-                )
-            elif isinstance(event, DecisionMade):
-                decision = event.decision
-                db.execute(
-                    "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                    " NULL, NULL, NULL, NULL, NULL, NULL)"
-                    " ON CONFLICT (decision_id) DO UPDATE SET status = excluded.status,"
-                    " rule = excluded.rule, cycle_id = excluded.cycle_id,"
-                    " config_hash = excluded.config_hash, last_rev = excluded.last_rev,"
-                    " decision = excluded.decision",
-                    (decision.decision_id, decision.resource_id, decision.action,
-                     decision.status, event.rule, event.cycle_id, event.config_hash, rev, rev,
-                     _encode(decision).decode()),
-                )
-            elif isinstance(event, ActionSkipped | ActionExecuting | ActionExecuted | ActionFailed):
-                _outcome(db, recorded, event)
-            elif isinstance(event, ApprovalGranted):
-                db.execute(
-                    "INSERT OR REPLACE INTO approvals VALUES (?, ?, ?, ?, ?)",
-                    (event.decision_id, event.resource_id, event.by,
-                     format_timestamp(event.at), rev),
-                )
-            elif isinstance(event, ConfigLoaded):
-                db.execute(
-                    "INSERT INTO config_versions VALUES (?, ?, ?, ?) ON CONFLICT (config_hash)"
-                    " DO UPDATE SET last_rev = excluded.last_rev, source = excluded.source",
-                    (event.config_hash, rev, rev, event.source),
-                )
-
-
-_OUTCOMES = {
-    ActionSkipped: "skipped", ActionExecuting: "executing",
-    ActionExecuted: "executed", ActionFailed: "failed",
-}
-
-
-def _outcome(
-    db: sqlite3.Connection,
-    recorded: RecordedEvent,
-    event: ActionSkipped | ActionExecuting | ActionExecuted | ActionFailed,
-) -> None:
-    reason: str | None = None
-    token: int | None = None
-    retryable: int | None = None
-    if isinstance(event, ActionSkipped):
-        reason = event.reason
-    else:
-        token = event.token
-    if isinstance(event, ActionFailed):
-        reason, retryable = event.error, int(event.retryable)
-    # An action in doubt stays in doubt until an outcome with its own token
-    # arrives: a peer's ActionSkipped, or an outcome an instance recorded
-    # after losing the claim, must not hide it from recovery.
-    db.execute(
-        "UPDATE decisions SET outcome = ?, outcome_reason = ?, outcome_rev = ?,"
-        " outcome_instance = ?, outcome_token = ?, outcome_retryable = ?"
-        " WHERE decision_id = ? AND (outcome IS NOT 'executing' OR ? = 'executing'"
-        "  OR (? <> 'skipped' AND outcome_token = ?))",
-        (_OUTCOMES[type(event)], reason, recorded.position, recorded.instance_id, token,
-         retryable, event.decision_id, _OUTCOMES[type(event)], _OUTCOMES[type(event)], token),
-    )
+            fold.add(recorded)
+        fold.write()
 
 
 class DecisionOutcome(msgspec.Struct, frozen=True):
@@ -232,8 +165,9 @@ def decision_outcomes(
 ) -> dict[str, DecisionOutcome]:
     """Decisions with their last outcome: the given ids, or those whose last
     outcome is ``outcome`` (``executing`` = in doubt)."""
-    sql = ("SELECT decision_id, decision, outcome, outcome_reason, outcome_rev,"
-           " outcome_instance, outcome_token, outcome_retryable FROM decisions")
+    sql = ("SELECT d.decision_id, e.data, d.outcome, d.outcome_reason, d.outcome_rev,"
+           " d.outcome_instance, d.outcome_token, d.outcome_retryable"
+           " FROM decisions d JOIN events e ON e.position = d.last_rev")
     rows: list[tuple[str, str, str | None, str | None, int | None, str | None, int | None,
                      int | None]] = []
     if decision_ids is not None:
@@ -241,13 +175,18 @@ def decision_outcomes(
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             rows.extend(db.execute(
-                f"{sql} WHERE decision_id IN ({', '.join('?' * len(chunk))})", chunk))
+                f"{sql} WHERE d.decision_id IN ({', '.join('?' * len(chunk))})", chunk))
     elif outcome is not None:
-        rows.extend(db.execute(f"{sql} WHERE outcome = ? ORDER BY outcome_rev", (outcome,)))
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome: expected one of {', '.join(OUTCOMES)}, got {outcome!r}")
+        # Spelled out (it is one of OUTCOMES) so that the partial index serves it.
+        rows.extend(db.execute(
+            f"{sql} WHERE d.outcome = '{outcome}' AND d.outcome IS NOT NULL"
+            " ORDER BY d.outcome_rev"))
     else:
         rows.extend(db.execute(sql))
     return {
-        row[0]: DecisionOutcome(_decode_decision(row[1]), row[2], row[3], row[4], row[5],
+        row[0]: DecisionOutcome(_decision(row[1]), row[2], row[3], row[4], row[5],
                                 row[6], None if row[7] is None else bool(row[7]))
         for row in rows
     }
@@ -255,27 +194,23 @@ def decision_outcomes(
 
 def find_decision(db: sqlite3.Connection, decision_id: str) -> Decision | None:
     """A recorded decision by id."""
-    row = db.execute("SELECT decision FROM decisions WHERE decision_id = ?",
-                     (decision_id,)).fetchone()
-    return None if row is None else _decode_decision(row[0])
+    row = db.execute("SELECT e.data FROM decisions d JOIN events e ON e.position = d.last_rev"
+                     " WHERE d.decision_id = ?", (decision_id,)).fetchone()
+    return None if row is None else _decision(row[0])
 
 
 def open_findings(db: sqlite3.Connection) -> dict[str, OpenFinding]:
     """Open findings by resource id, each with its latest decision (if any)."""
     rows = db.execute(
         "SELECT f.resource_id, f.fingerprint, f.diff_type, f.scope, f.detected_at,"
-        " f.detected_rev,"
-        " (SELECT d.decision FROM decisions d WHERE d.resource_id = f.resource_id"
-        "  AND d.last_rev >= f.detected_rev ORDER BY d.last_rev DESC LIMIT 1),"
-        " (SELECT d.last_rev FROM decisions d WHERE d.resource_id = f.resource_id"
-        "  AND d.last_rev >= f.detected_rev ORDER BY d.last_rev DESC LIMIT 1)"
-        " FROM findings f WHERE f.resolved_rev IS NULL"
+        " f.detected_rev, e.data, f.decision_rev"
+        " FROM findings f LEFT JOIN events e ON e.position = f.decision_rev"
+        " WHERE f.resolved_rev IS NULL"
     )
     return {
         resource_id: OpenFinding(
             resource_id, fingerprint, diff_type, scope, parse_timestamp(detected_at),
-            detected_rev,
-            _decode_decision(decision) if decision is not None else None, decision_rev,
+            detected_rev, _decision(decision) if decision is not None else None, decision_rev,
         )
         for resource_id, fingerprint, diff_type, scope, detected_at, detected_rev, decision,
         decision_rev in rows

@@ -4,13 +4,21 @@ Tables (and one view)::
 
     resource_rows(resource_id PK, cloud_id, type, provider, region, scope, owner,
                   "exists", first_seen_rev, observed_rev, disappeared_rev,
-                  version, fingerprint, data)
-    resource_versions(resource_id, version, rev, recorded_at, "exists", fingerprint, data)
+                  version, fingerprint)
+    resource_versions(rev PK, resource_id, version, recorded_at, "exists", data_rev)
     scope_observations(scope PK, completed_rev)
     VIEW resources  -- resource_rows plus last_seen_rev
 
 ``rev`` is the log position of the event that made the version, so "the
 state at revision N" is, per resource, its newest version with ``rev ≤ N``.
+The projection indexes the log rather than copying it: a resource's
+attributes and fingerprint are read from the ``ResourceObserved`` event at
+``data_rev`` (at ``observed_rev`` for the current row), so the queries below need the log's
+``events`` table in the same database: ovi keeps its projections in the log's
+own file. (A copy built elsewhere, as ``rebuild`` makes to compare, holds the
+same rows and can be compared, not queried.) Copying each resource's JSON made a
+rebuild several times slower and the file a third bigger.
+
 ``last_seen_rev`` (in the ``resources`` view) moves with every complete
 observation of the resource's scope, even when nothing changed: change-only
 logging keeps such cycles to one ``ObservationCompleted`` per scope, and the
@@ -20,25 +28,34 @@ projection records that per scope, in O(1), instead of touching every row.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
 from eventstore import RecordedEvent, format_timestamp
-from ovi.events import ObservationCompleted, ResourceDisappeared, ResourceObserved
+from ovi.events import RESOURCE_STREAM, ResourceObserved
 from ovi.model import Resource
 from projections._projection import Projection
 
 __all__ = ["ResourceState", "ResourcesProjection", "compact", "current", "state_at",
            "state_at_time"]
 
-_encode = msgspec.json.encode
-_decode_resource = msgspec.json.Decoder(Resource).decode
-
 _ROW_COLUMNS = ('resource_id, cloud_id, type, provider, region, scope, owner, "exists",'
-                " first_seen_rev, observed_rev, disappeared_rev, version, fingerprint, data")
+                " first_seen_rev, observed_rev, disappeared_rev, version, fingerprint")
+
+
+class _ObservedResource(msgspec.Struct, gc=False):
+    """What the queries read of a ``ResourceObserved`` event's data."""
+
+    resource: Resource
+    fingerprint: str
+
+
+_decode_observed = msgspec.json.Decoder(_ObservedResource).decode
+_decode_observed_event = msgspec.json.Decoder(ResourceObserved).decode
+_PREFIX = len(RESOURCE_STREAM)
 
 
 class ResourceState(msgspec.Struct, frozen=True):
@@ -53,12 +70,13 @@ class ResourceState(msgspec.Struct, frozen=True):
 
 class ResourcesProjection(Projection):
     name: ClassVar[str] = "resources"
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
     tables: ClassVar[tuple[str, ...]] = ("resource_rows", "resource_versions",
                                          "scope_observations")
     event_types: ClassVar[frozenset[str] | None] = frozenset(
         {"ResourceObserved", "ResourceDisappeared", "ObservationCompleted"}
     )
+    event_views: ClassVar[Mapping[str, type[Any]]] = {"ResourceObserved": str}
 
     def create(self, db: sqlite3.Connection) -> None:
         # Version 1 kept ``resources`` as a table; from version 2 it is a view.
@@ -66,6 +84,8 @@ class ResourcesProjection(Projection):
             "SELECT type FROM sqlite_master WHERE name = 'resources'").fetchone()
         if kind is not None:
             db.execute(f"DROP {'VIEW' if kind[0] == 'view' else 'TABLE'} resources")
+        # Keyed by resource, no secondary index: every observation rewrites
+        # its row, and the table (one row per resource) is cheap to scan.
         db.execute(
             """CREATE TABLE resource_rows (
                 resource_id     TEXT PRIMARY KEY,
@@ -80,25 +100,21 @@ class ResourcesProjection(Projection):
                 observed_rev    INTEGER NOT NULL,
                 disappeared_rev INTEGER,
                 version         INTEGER NOT NULL,
-                fingerprint     TEXT NOT NULL,
-                data            TEXT NOT NULL
-            )"""
+                fingerprint     TEXT NOT NULL
+            ) WITHOUT ROWID"""
         )
-        db.execute('CREATE INDEX resource_rows_scope ON resource_rows (scope, "exists")')
-        db.execute("CREATE INDEX resource_rows_owner ON resource_rows (owner)")
+        # Keyed by the log position: versions are only ever appended, in key
+        # order. The state at a revision scans the versions up to it once.
         db.execute(
             """CREATE TABLE resource_versions (
+                rev         INTEGER PRIMARY KEY,
                 resource_id TEXT NOT NULL,
                 version     INTEGER NOT NULL,
-                rev         INTEGER NOT NULL,
                 recorded_at TEXT NOT NULL,
                 "exists"    INTEGER NOT NULL,
-                fingerprint TEXT NOT NULL,
-                data        TEXT NOT NULL,
-                PRIMARY KEY (resource_id, version)
+                data_rev    INTEGER NOT NULL
             )"""
         )
-        db.execute("CREATE INDEX resource_versions_rev ON resource_versions (resource_id, rev)")
         db.execute(
             """CREATE TABLE scope_observations (
                 scope         TEXT PRIMARY KEY,
@@ -111,63 +127,78 @@ class ResourcesProjection(Projection):
                    r."exists", r.first_seen_rev,
                    CASE WHEN r."exists" AND s.completed_rev > r.observed_rev
                         THEN s.completed_rev ELSE r.observed_rev END AS last_seen_rev,
-                   r.disappeared_rev, r.version, r.fingerprint, r.data
+                   r.observed_rev, r.disappeared_rev, r.version, r.fingerprint
             FROM resource_rows r LEFT JOIN scope_observations s ON s.scope = r.scope"""
         )
 
     def apply(self, db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
         # Fold the batch in memory, then write each table with one executemany.
-        touched = {e.event.resource.id if isinstance(e.event, ResourceObserved)
-                   else e.event.resource_id
-                   for e in events if isinstance(e.event, ResourceObserved | ResourceDisappeared)}
-        rows = _load_rows(db, touched)
-        changed: set[str] = set()
+        # A version needs only the resource's id (its stream's) and the
+        # event's position; only the latest observation of each resource in
+        # the batch is decoded, for its row.
+        streams = {e.stream for e in events}
+        rows = _load_rows(db, {s[_PREFIX:] for s in streams if s.startswith(RESOURCE_STREAM)})
+        latest: dict[str, str] = {}  # resource id → its latest observation's data
         versions: list[tuple[object, ...]] = []
         scopes: dict[str, int] = {}
         at_text = ""
         at_time: datetime | None = None
         for recorded in events:
-            event = recorded.event
             rev = recorded.position
-            if recorded.recorded_at is not at_time:
+            if recorded.recorded_at != at_time:
                 at_time, at_text = recorded.recorded_at, format_timestamp(recorded.recorded_at)
-            if isinstance(event, ResourceObserved):
-                resource = event.resource
-                data = _encode(resource).decode()
-                row = rows.get(resource.id)
-                version = 1 if row is None else int(row[11]) + 1  # type: ignore[call-overload]
-                first = rev if row is None else row[8]
-                rows[resource.id] = [
-                    resource.id, resource.cloud_id, resource.type, resource.provider,
-                    resource.region, event.scope.key, resource.owner, 1, first, rev, None,
-                    version, event.fingerprint, data]
-                versions.append((resource.id, version, rev, at_text, 1, event.fingerprint, data))
-                changed.add(resource.id)
-            elif isinstance(event, ResourceDisappeared):
-                row = rows.get(event.resource_id)
+            type_ = recorded.type
+            if type_ == "ResourceObserved":
+                stream = recorded.stream
+                if not stream.startswith(RESOURCE_STREAM):
+                    raise ValueError(f"ResourceObserved at {rev} is not in a resource stream")
+                resource_id = stream[_PREFIX:]
+                row = rows.get(resource_id)
+                if row is None:
+                    row = rows[resource_id] = [resource_id, "", "", "", "", "", None, 1, rev,
+                                               rev, None, 1, ""]
+                else:
+                    row[7], row[9], row[10], row[11] = 1, rev, None, row[11] + 1
+                versions.append((rev, resource_id, row[11], at_text, 1, rev))
+                latest[resource_id] = recorded.event
+            elif type_ == "ResourceDisappeared":
+                resource_id = recorded.event.resource_id
+                row = rows.get(resource_id)
                 if row is None:  # never seen: nothing to retire
                     continue
-                version = int(row[11]) + 1  # type: ignore[call-overload]
-                row[7], row[10], row[11] = 0, rev, version
-                versions.append((event.resource_id, version, rev, at_text, 0, row[12], row[13]))
-                changed.add(event.resource_id)
-            elif isinstance(event, ObservationCompleted):
-                scopes[event.scope.key] = rev
-        if changed:
+                row[7], row[10], row[11] = 0, rev, row[11] + 1
+                versions.append((rev, resource_id, row[11], at_text, 0, row[9]))
+                latest.setdefault(resource_id, "")
+            elif type_ == "ObservationCompleted":
+                scopes[recorded.event.scope.key] = rev
+        for resource_id, data in latest.items():
+            if data:
+                observed = _decode_observed_event(data)
+                resource = observed.resource
+                rows[resource_id][1:7] = [resource.cloud_id, resource.type, resource.provider,
+                                          resource.region, observed.scope.key, resource.owner]
+                rows[resource_id][12] = observed.fingerprint
+        if latest:
             db.executemany(f"INSERT OR REPLACE INTO resource_rows ({_ROW_COLUMNS})"
-                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           [rows[r] for r in changed])
+                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [rows[r] for r in sorted(latest)])
         if versions:
-            db.executemany("INSERT INTO resource_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           versions)
+            db.executemany("INSERT INTO resource_versions VALUES (?, ?, ?, ?, ?, ?)", versions)
         if scopes:
             db.executemany("INSERT OR REPLACE INTO scope_observations VALUES (?, ?)",
                            scopes.items())
 
 
-def _load_rows(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, list[object]]:
+def _load_rows(db: sqlite3.Connection, ids: set[str]) -> dict[str, list[Any]]:
+    rows: dict[str, list[Any]] = {}
+    total = db.execute("SELECT count(*) FROM resource_rows").fetchone()[0]
+    if len(ids) * 4 > total:
+        # Most of the table: one scan costs less than a lookup per resource.
+        for row in db.execute(f"SELECT {_ROW_COLUMNS} FROM resource_rows"):
+            if row[0] in ids:
+                rows[row[0]] = list(row)
+        return rows
     ordered = sorted(ids)
-    rows: dict[str, list[object]] = {}
     for start in range(0, len(ordered), 500):
         chunk = ordered[start:start + 500]
         for row in db.execute(
@@ -181,17 +212,18 @@ def _load_rows(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, list[obj
 def current(db: sqlite3.Connection, *, owner: str | None = None,
             scope: str | None = None) -> list[ResourceState]:
     """Every resource that exists now (optionally of one owner or scope)."""
-    sql = 'SELECT data, last_seen_rev, version, fingerprint FROM resources WHERE "exists" = 1'
+    sql = ("SELECT e.data, r.last_seen_rev, r.version FROM resources r"
+           ' JOIN events e ON e.position = r.observed_rev WHERE r."exists" = 1')
     params: list[object] = []
     if owner is not None:
-        sql += " AND owner = ?"
+        sql += " AND r.owner = ?"
         params.append(owner)
     if scope is not None:
-        sql += " AND scope = ?"
+        sql += " AND r.scope = ?"
         params.append(scope)
     return [
-        ResourceState(_decode_resource(data), True, rev, version, fingerprint)
-        for data, rev, version, fingerprint in db.execute(sql + " ORDER BY resource_id", params)
+        _resource_state(data, True, rev, version)
+        for data, rev, version in db.execute(sql + " ORDER BY r.resource_id", params)
     ]
 
 
@@ -212,24 +244,25 @@ def _state(db: sqlite3.Connection, column: str, value: object,
            include_gone: bool) -> list[ResourceState]:
     """The newest version of every resource with ``column <= value``."""
     # Per resource, the newest version within the bound is the one with the
-    # greatest rev (versions and revs grow together, and one event makes one
-    # version, so (resource_id, rev) is unique): one grouped scan, then an
-    # index lookup per resource. A correlated max(version) per row instead
-    # took ~20x longer on 500k versions.
+    # greatest rev (versions and revs grow together): one grouped scan of the
+    # versions in the bound, then a lookup by rev and one by position.
+    gone = "" if include_gone else ' WHERE v."exists" = 1'
     rows = db.execute(
-        'SELECT v.data, v."exists", v.rev, v.version, v.fingerprint'
-        " FROM (SELECT resource_id, max(rev) AS rev FROM resource_versions"
+        'SELECT e.data, v."exists", v.rev, v.version'
+        " FROM (SELECT max(rev) AS rev FROM resource_versions"
         f"       WHERE {column} <= ? GROUP BY resource_id) AS newest"
-        " JOIN resource_versions v"
-        "   ON v.resource_id = newest.resource_id AND v.rev = newest.rev"
+        " JOIN resource_versions v ON v.rev = newest.rev"
+        f" JOIN events e ON e.position = v.data_rev{gone}"
         " ORDER BY v.resource_id",
         (value,),
     )
-    return [
-        ResourceState(_decode_resource(data), bool(exists), rev, version, fingerprint)
-        for data, exists, rev, version, fingerprint in rows
-        if exists or include_gone
-    ]
+    return [_resource_state(data, bool(exists), rev, version)
+            for data, exists, rev, version in rows]
+
+
+def _resource_state(data: str, exists: bool, rev: int, version: int) -> ResourceState:
+    observed = _decode_observed(data)
+    return ResourceState(observed.resource, exists, rev, version, observed.fingerprint)
 
 
 def compact(db: sqlite3.Connection, *, keep: int) -> int:

@@ -6,4 +6,6 @@ import sys
 
 from ovi.replay._cli import main
 
-sys.exit(main())
+# Guarded: the rebuild's worker processes import this module under another name.
+if __name__ == "__main__":
+    sys.exit(main())

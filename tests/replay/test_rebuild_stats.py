@@ -6,6 +6,11 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import anyio
+import pytest
+
+from ovi.replay._rebuild import _fold_share, rebuild_and_compare
+from ovi.replay._store import open_log
 from tests.replay.support import Story, copy_log, json_object, replay
 
 
@@ -61,3 +66,26 @@ def test_stats_counts_rates_and_durations(story: Story) -> None:
     assert late["success_rate"] is None
     text = replay("stats", store=story.path)
     assert text.returncode == 0 and "4 cycles: duration p50" in text.stdout
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("workers", [1, 3])
+async def test_rebuild_in_any_number_of_worker_processes(story: Story, tmp_path: Path,
+                                                         workers: int) -> None:
+    path = copy_log(story, tmp_path)
+    async with open_log(path) as store:
+        report = await rebuild_and_compare(store, workers=workers, workdir=tmp_path)
+        head = await store.last_position()
+    assert report.workers == workers and report.equal
+    assert report.position == report.events == head
+    assert [t.projection for t in report.tables] == [
+        "resources", "resources", "resources", "findings", "findings", "findings", "findings",
+        "claims"]
+    assert not [p async for p in anyio.Path(tmp_path).glob("ovi-rebuild-*")]  # copies gone
+
+
+def test_a_worker_reports_what_went_wrong(tmp_path: Path) -> None:
+    not_a_log = tmp_path / "not-a-log.db"
+    not_a_log.write_bytes(b"this is not SQLite" * 100)
+    problem = _fold_share(str(not_a_log), str(tmp_path / "copy.db"), ["resources"])
+    assert problem is not None and "file is not a database" in problem
