@@ -38,6 +38,7 @@ class Router:
         self._batches: list[list[RecordedEvent]] = [[] for _ in self._group]
         self._views: dict[type[Any], Decode] = {}
         self._full: dict[str, Decode] = {}
+        self._names: dict[str, str] = {}  # type names and instance ids seen
         self._last_text = ""
         self._last_time = datetime.min
         wanted: set[str] = set()
@@ -54,6 +55,7 @@ class Router:
         batches; returns (events added, rows used)."""
         routes = self._routes
         batches = self._batches
+        names = self._names
         added = used = 0
         last_text, last_time = self._last_text, self._last_time
         for position, stream, version, type_, recorded_at, instance_id, data, _, hash_ in rows:
@@ -61,18 +63,23 @@ class Router:
             route = routes.get(type_)
             if route is None:
                 route = routes[type_] = self._route_for(type_)
-                if not route:
-                    continue
-            elif not route:
+                names[type_] = type_
+            if not route:
                 continue
             if recorded_at != last_text:
                 last_text, last_time = recorded_at, parse_timestamp(recorded_at)
+            # A batch holds its events: share the few distinct type names and
+            # instance ids instead of keeping a copy per event.
+            type_ = names[type_]
+            instance = names.get(instance_id)
+            if instance is None:
+                instance = names[instance_id] = instance_id
             if len(route) == 1:  # the usual case: one projection folds this type
                 index, decode = route[0]
                 event = data if decode is None else self._decode(decode, index, position,
                                                                  type_, data)
                 batches[index].append(RecordedEvent(
-                    position, stream, version, type_, last_time, instance_id, event, hash_))
+                    position, stream, version, type_, last_time, instance, event, hash_))
             else:
                 decoded: dict[Decode, Any] = {}
                 for index, decode in route:
@@ -82,7 +89,7 @@ class Router:
                         event = decoded[decode] = self._decode(decode, index, position, type_,
                                                                data)
                     batches[index].append(RecordedEvent(
-                        position, stream, version, type_, last_time, instance_id, event, hash_))
+                        position, stream, version, type_, last_time, instance, event, hash_))
             added += 1
             if added >= limit:
                 break
