@@ -3,21 +3,19 @@ with the ones the engine built incrementally in the log's file."""
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing
 import os
 import sqlite3
+import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack, closing
 from pathlib import Path
 
 import anyio
 import msgspec
 
+import ovi
 from eventstore import SQLiteEventStore
-from ovi.events import registry
 from ovi.replay._errors import ReplayError
 from ovi.replay._store import open_views
 from ovi.runtime import ovi_projections
@@ -25,11 +23,10 @@ from projections import Projection, ProjectionRunner
 
 __all__ = ["RebuildReport", "TableCheck", "rebuild_and_compare", "rebuild_in_place"]
 
+#: where this ovi was imported from: the workers import it from there too
+_ROOT = str(Path(ovi.__file__).resolve().parent.parent)
 #: compaction drops old versions from the store's copy on purpose
 _COMPACTABLE = "resource_versions"
-#: events per transaction of a rebuild worker: big batches fold several
-#: events of a resource into one row write (~170 MB peak per worker)
-_BATCH = 50_000
 
 
 class TableCheck(msgspec.Struct, frozen=True):
@@ -88,7 +85,7 @@ async def rebuild_and_compare(store: SQLiteEventStore, *, workdir: Path | None =
             runners = [await stack.enter_async_context(open_views(store))]
             for path, share in zip(files, shares, strict=True):
                 runners.append(await stack.enter_async_context(ProjectionRunner(
-                    store, path, [_named(p.name) for p in share], synchronous="OFF")))
+                    store, path, share, synchronous="OFF")))
             for _ in range(attempts):
                 for runner in runners:
                     await runner.catch_up()
@@ -104,41 +101,24 @@ async def rebuild_and_compare(store: SQLiteEventStore, *, workdir: Path | None =
 
 async def _fold_apart(log: Path, shares: list[tuple[Path, list[Projection]]]) -> None:
     """Fold each share of the projections from position 0 into its file, each
-    in a process of its own."""
-    context = multiprocessing.get_context("spawn")  # never fork a process with threads
-    loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(max_workers=len(shares), mp_context=context) as pool:
-        problems = await asyncio.gather(*(
-            loop.run_in_executor(pool, _fold_share, str(log), str(path),
-                                 [p.name for p in share])
-            for path, share in shares))
-    for problem in problems:
-        if problem is not None:
-            raise ReplayError(f"rebuild failed: {problem}")
+    in a worker process of its own."""
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": _ROOT if not path else f"{_ROOT}{os.pathsep}{path}"}
+    problems: list[str] = []
 
+    async def work(copy: Path, share: list[Projection]) -> None:
+        done = await anyio.run_process(
+            [sys.executable, "-m", "ovi.replay._rebuild_worker", str(log), str(copy),
+             *(p.name for p in share)], env=env, check=False)
+        if done.returncode != 0:
+            said = done.stderr.decode(errors="replace").strip().splitlines()
+            problems.append(said[-1] if said else f"worker exited {done.returncode}")
 
-def _fold_share(log: str, path: str, names: list[str]) -> str | None:
-    """In a worker process: fold the named projections from position 0 into
-    ``path``. Returns what went wrong, if anything (exceptions of this
-    project do not all survive pickling)."""
-
-    async def fold() -> None:
-        # The copy is thrown away: it needs no durability.
-        async with SQLiteEventStore(Path(log), registry(),
-                                    instance_id=f"replay:{os.getpid()}") as store, \
-                ProjectionRunner(store, Path(path), [_named(name) for name in names],
-                                 synchronous="OFF", batch_size=_BATCH) as views:
-            await views.catch_up()
-
-    try:
-        anyio.run(fold, backend_options={"use_uvloop": True})
-    except Exception as exc:  # reported to the parent, which raises it
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _named(name: str) -> Projection:
-    return next(p for p in ovi_projections() if p.name == name)
+    async with anyio.create_task_group() as workers:
+        for copy, share in shares:
+            workers.start_soon(work, copy, share)
+    if problems:
+        raise ReplayError(f"rebuild failed: {problems[0]}")
 
 
 async def rebuild_in_place(store: SQLiteEventStore) -> float:

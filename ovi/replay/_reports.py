@@ -59,6 +59,7 @@ def show_rebuild(out: Output, r: RebuildReport) -> None:
         out.json({
             "equal": r.equal, "position": r.position, "events": r.events,
             "seconds": round(r.seconds, 3), "events_per_s": round(r.events_per_s),
+            "workers": r.workers,
             "in_place_seconds": None if r.in_place_seconds is None
             else round(r.in_place_seconds, 3),
             "tables": [{"projection": t.projection, "table": t.table, "rows": t.rows,
@@ -67,8 +68,9 @@ def show_rebuild(out: Output, r: RebuildReport) -> None:
                        for t in r.tables],
         })
         return
+    workers = f", {r.workers} processes" if r.workers > 1 else ""
     out.write(f"rebuilt every projection from {fmt_count(r.events)} events in {r.seconds:.2f} s"
-              f" ({fmt_count(round(r.events_per_s))} events/s), compared at position"
+              f" ({fmt_count(round(r.events_per_s))} events/s{workers}), compared at position"
               f" {r.position}")
     rows = []
     for t in r.tables:

@@ -9,9 +9,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-from ovi.replay._rebuild import _fold_share, rebuild_and_compare
+from ovi.replay._errors import ReplayError
+from ovi.replay._rebuild import _fold_apart, rebuild_and_compare
+from ovi.replay._rebuild_worker import main as worker_main
 from ovi.replay._store import open_log
+from projections.resources import ResourcesProjection
 from tests.replay.support import Story, copy_log, json_object, replay
+
+
+class Unknown(ResourcesProjection):
+    name = "unknown"
 
 
 def test_rebuild_equals_the_incremental_projections(story: Story, tmp_path: Path) -> None:
@@ -84,8 +91,16 @@ async def test_rebuild_in_any_number_of_worker_processes(story: Story, tmp_path:
     assert not [p async for p in anyio.Path(tmp_path).glob("ovi-rebuild-*")]  # copies gone
 
 
-def test_a_worker_reports_what_went_wrong(tmp_path: Path) -> None:
-    not_a_log = tmp_path / "not-a-log.db"
-    not_a_log.write_bytes(b"this is not SQLite" * 100)
-    problem = _fold_share(str(not_a_log), str(tmp_path / "copy.db"), ["resources"])
-    assert problem is not None and "file is not a database" in problem
+@pytest.mark.asyncio
+async def test_a_failing_worker_fails_the_rebuild_saying_why(story: Story,
+                                                             tmp_path: Path) -> None:
+    path = copy_log(story, tmp_path)
+    with pytest.raises(ReplayError) as caught:
+        await _fold_apart(path, [(tmp_path / "a.db", [ResourcesProjection()]),
+                                 (tmp_path / "b.db", [Unknown()])])
+    assert str(caught.value) == "rebuild failed: ValueError: no projection named 'unknown'"
+
+
+def test_the_worker_module_refuses_bad_usage() -> None:
+    assert worker_main(["only-a-log"]) == 2
+    assert worker_main(["log.db", "copy.db", "no-such-projection"]) == 1
