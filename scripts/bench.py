@@ -662,14 +662,17 @@ async def run(args: argparse.Namespace, host: dict[str, Any]) -> dict[str, Any]:
         if "read_1m_peak_rss" in only:
             figures["read_1m_peak_rss"] = await fig_rss(args, say, base)
         if "engine" in only:
+            settle()  # the earlier groups' big logs must not be written back during it
             say("engine: cycles over 1k/10k/100k resources, 1,000 actions, 1,000 claims")
             (base / "engine").mkdir()
             figures.update(await engine_figures(base / "engine", quick=args.quick))
         if "aws" in only:
+            settle()
             say("aws: converging 50 EC2 instances against moto, plan call count")
             (base / "aws").mkdir()
             figures.update(await aws_figures(base / "aws"))
         if "replay" in only:
+            settle()
             events = 200_000 if args.quick else 1_000_000
             say(f"replay: log / rebuild / state --at on a {events:,}-event log")
             (base / "replay").mkdir()
