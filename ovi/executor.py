@@ -132,14 +132,21 @@ class Executor:
         ahead = anyio.CapacityLimiter(2 * max_concurrency)
         results: list[Execution] = []
 
-        async def run(decision: Decision) -> None:
-            results.append(await self._run(decision, claims.held[decision.resource_id],
-                                           cycle_id, owner, ahead, calls))
+        runnable = [d for d in held if d.resource_id not in stale]
+        queue = iter(runnable)  # shared: each decision is taken by one worker
 
+        async def worker() -> None:
+            for decision in queue:
+                done = await self._run(decision, claims.held[decision.resource_id], cycle_id,
+                                       owner, ahead, calls)
+                results.append(done)
+
+        # Enough workers to fill both limiters and record outcomes meanwhile,
+        # not a task per action: starting a thousand tasks up front delayed
+        # the first call by ~25 ms.
         async with anyio.create_task_group() as group:
-            for decision in held:
-                if decision.resource_id not in stale:
-                    group.start_soon(run, decision)
+            for _ in range(min(len(runnable), 3 * max_concurrency)):
+                group.start_soon(worker)
         return executions + results
 
     async def _acted_since_observation(
