@@ -28,7 +28,7 @@ from eventstore._store import (
     parse_timestamp,
     process_home,
 )
-from eventstore._store_types import ChainBreak, RawRow, VerifyReport
+from eventstore._store_types import ChainBreak, EncodedRow, RawRow, VerifyReport
 from eventstore.sqlite import SQLiteEventStore
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "Appended",
     "BackendError",
     "ChainBreak",
+    "EncodedRow",
     "Event",
     "EventEncodingError",
     "EventRegistry",

@@ -23,7 +23,14 @@ import msgspec
 from eventstore._chain import ChainVerifier, check_batches
 from eventstore._events import ANY, Appended, Event, EventRegistry, RecordedEvent, StreamBatch
 from eventstore._exceptions import StoreClosedError, WrongExpectedVersion
-from eventstore._store_types import ChainBreak, EncodedBatch, EventRow, RawRow, VerifyReport
+from eventstore._store_types import (
+    ChainBreak,
+    EncodedBatch,
+    EncodedRow,
+    EventRow,
+    RawRow,
+    VerifyReport,
+)
 
 __all__ = ["EventStore", "ReadFilter", "format_timestamp", "parse_timestamp"]
 
@@ -279,6 +286,23 @@ class EventStore(ABC):
         ):
             yield page
 
+    async def read_encoded(
+        self,
+        *,
+        after: int = 0,
+        until: int | None = None,
+        types: Collection[str] | None = None,
+    ) -> AsyncIterator[list[EncodedRow]]:
+        """Pages of rows with ``after < position ≤ until`` (of ``types``), in
+        position order, each event's data left encoded (UTF-8 JSON bytes): for
+        readers that decode only some events, or only some fields, themselves.
+        """
+        async for page in self._pages(
+            self._read_encoded_page, after=after, until=until, types=types, stream=None,
+            since=None, before=None, limit=None,
+        ):
+            yield page
+
     async def _pages(
         self,
         fetch: Callable[[int, int, ReadFilter], Awaitable[list[_Row]]],
@@ -397,6 +421,17 @@ class EventStore(ABC):
             (position, stream, version, type_, recorded_at, instance_id, data, hash_)
             for position, stream, version, type_, recorded_at, instance_id, data, _, hash_
             in await self._read_page(after, limit, filters)
+        ]
+
+    async def _read_encoded_page(
+        self, after: int, limit: int, filters: ReadFilter
+    ) -> list[EncodedRow]:
+        """:meth:`_read_event_page` with the data as UTF-8 bytes. Backends
+        override it when they can hand the bytes over without a ``str``."""
+        return [
+            (position, stream, version, type_, recorded_at, instance_id, data.encode(), hash_)
+            for position, stream, version, type_, recorded_at, instance_id, data, hash_
+            in await self._read_event_page(after, limit, filters)
         ]
 
     @abstractmethod

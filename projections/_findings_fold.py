@@ -98,7 +98,7 @@ class FindingsFold:
         rev = recorded.position
         if type_ == "DiffDetected":
             # Only the resource's latest finding of the batch is decoded (in
-            # write()): the event's JSON text waits in the fingerprint's place.
+            # write()): the event's JSON waits in the fingerprint's place.
             resource_id = stream_resource(recorded.stream)
             if resource_id is None:
                 raise ValueError(f"DiffDetected at {rev} is not in a resource stream")

@@ -43,8 +43,8 @@ class Projection(ABC):
     #: lighter shapes for some of those types: ``apply`` then receives the
     #: event's data decoded as this msgspec type (fields it does not declare
     #: are skipped, which is several times faster for big events) instead of
-    #: the full event; ``str`` gives the JSON text as recorded, for a
-    #: projection that decodes only some of those events. An event whose data
+    #: the full event; ``bytes`` gives the event's JSON as recorded (UTF-8),
+    #: for a projection that decodes only some of those events. An event whose data
     #: does not fit the view stops the fold with
     #: :class:`~projections.ProjectionApplyError`.
     event_views: ClassVar[Mapping[str, type[Any]]] = {}

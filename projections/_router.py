@@ -9,16 +9,15 @@ from typing import Any
 
 import msgspec
 
-from eventstore import EventRegistry, RecordedEvent, parse_timestamp
-from eventstore._store_types import RawRow
+from eventstore import EncodedRow, EventRegistry, RecordedEvent, parse_timestamp
 from projections._exceptions import ProjectionApplyError
 from projections._projection import Projection
 
 __all__ = ["Router"]
 
-Decode = Callable[[str], Any]
+Decode = Callable[[bytes], Any]
 #: per event type, the projections (by index in the group) that fold it, and how
-#: each wants the event decoded (``None``: not at all, the JSON text as recorded)
+#: each wants the event decoded (``None``: not at all, the JSON as recorded)
 Route = tuple[tuple[int, Decode | None], ...]
 
 
@@ -27,7 +26,7 @@ class Router:
 
     Each projection gets the events of its :attr:`~Projection.event_types`,
     decoded as its :attr:`~Projection.event_views` say (the full event
-    otherwise; the JSON text for a view of ``str``). A row two projections want
+    otherwise; the JSON's bytes as recorded for a view of ``bytes``). A row two projections want
     in the same shape is decoded once.
     """
 
@@ -50,7 +49,7 @@ class Router:
         else:
             self.types = frozenset(wanted)
 
-    def route(self, rows: Sequence[RawRow], limit: int) -> tuple[int, int]:
+    def route(self, rows: Sequence[EncodedRow], limit: int) -> tuple[int, int]:
         """Decode and sort rows until ``limit`` events were added to the
         batches; returns (events added, rows used)."""
         routes = self._routes
@@ -58,7 +57,7 @@ class Router:
         names = self._names
         added = used = 0
         last_text, last_time = self._last_text, self._last_time
-        for position, stream, version, type_, recorded_at, instance_id, data, _, hash_ in rows:
+        for position, stream, version, type_, recorded_at, instance_id, data, hash_ in rows:
             used += 1
             route = routes.get(type_)
             if route is None:
@@ -110,7 +109,7 @@ class Router:
             view = projection.event_views.get(type_)
             if view is None:
                 route.append((index, self._full_decoder(type_)))
-            elif view is str:
+            elif view is bytes:
                 route.append((index, None))
             else:
                 decode = self._views.get(view)
@@ -129,7 +128,7 @@ class Router:
             else:
                 strict = decoder.decode
 
-                def full(data: str) -> Any:
+                def full(data: bytes) -> Any:
                     try:
                         return strict(data)
                     except msgspec.DecodeError:  # recorded by another version
@@ -138,7 +137,8 @@ class Router:
             self._full[type_] = full
         return full
 
-    def _decode(self, decode: Decode, index: int, position: int, type_: str, data: str) -> Any:
+    def _decode(self, decode: Decode, index: int, position: int, type_: str,
+                data: bytes) -> Any:
         try:
             return decode(data)
         except msgspec.DecodeError as exc:

@@ -21,8 +21,7 @@ from typing import Any, Self, TypeVar
 import aiosqlite
 import msgspec
 
-from eventstore import EventStore, RecordedEvent
-from eventstore._store_types import RawRow
+from eventstore import EncodedRow, EventStore, RecordedEvent
 from eventstore.sqlite import connect, create_private_file, run_in_connection_thread
 from projections._exceptions import (
     CheckpointError,
@@ -383,11 +382,11 @@ class ProjectionRunner:
             # Read, fold, commit, in turn. Overlapping them on threads was
             # measured slower: the GIL-bound decoding and the sqlite3 calls
             # (which drop and retake the GIL per row) only contend.
-            pages = self.store.read_raw(after=after, until=head, types=router.types)
+            pages = self.store.read_encoded(after=after, until=head, types=router.types)
             try:
                 async for page in pages:
                     # Batches end at batch_size events (of the group's types).
-                    rest: Sequence[RawRow] = page
+                    rest: Sequence[EncodedRow] = page
                     while rest:
                         taken, used = router.route(rest, self.batch_size - pending)
                         pending += taken

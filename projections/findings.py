@@ -85,7 +85,7 @@ class FindingsProjection(Projection):
          "ActionSkipped", "ActionExecuting", "ActionExecuted", "ActionFailed"}
     )
     event_views: ClassVar[Mapping[str, type[Any]]] = {
-        "DiffDetected": str, "DecisionMade": DecisionMadeView}
+        "DiffDetected": bytes, "DecisionMade": DecisionMadeView}
 
     def create(self, db: sqlite3.Connection) -> None:
         db.execute(

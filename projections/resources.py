@@ -76,7 +76,7 @@ class ResourcesProjection(Projection):
     event_types: ClassVar[frozenset[str] | None] = frozenset(
         {"ResourceObserved", "ResourceDisappeared", "ObservationCompleted"}
     )
-    event_views: ClassVar[Mapping[str, type[Any]]] = {"ResourceObserved": str}
+    event_views: ClassVar[Mapping[str, type[Any]]] = {"ResourceObserved": bytes}
 
     def create(self, db: sqlite3.Connection) -> None:
         # Version 1 kept ``resources`` as a table; from version 2 it is a view.
@@ -138,7 +138,7 @@ class ResourcesProjection(Projection):
         # the batch is decoded, for its row.
         streams = {e.stream for e in events}
         rows = _load_rows(db, {s[_PREFIX:] for s in streams if s.startswith(RESOURCE_STREAM)})
-        latest: dict[str, str] = {}  # resource id → its latest observation's data
+        latest: dict[str, bytes] = {}  # resource id → its latest observation's data
         versions: list[tuple[object, ...]] = []
         scopes: dict[str, int] = {}
         at_text = ""
@@ -168,7 +168,7 @@ class ResourcesProjection(Projection):
                     continue
                 row[7], row[10], row[11] = 0, rev, row[11] + 1
                 versions.append((rev, resource_id, row[11], at_text, 0, row[9]))
-                latest.setdefault(resource_id, "")
+                latest.setdefault(resource_id, b"")
             elif type_ == "ObservationCompleted":
                 scopes[recorded.event.scope.key] = rev
         for resource_id, data in latest.items():

@@ -640,6 +640,20 @@ class EventStoreContract:
         await assert_intact(store, 14)
 
     @pytest.mark.asyncio
+    async def test_read_encoded_gives_the_rows_with_their_data_as_utf8(
+            self, store: EventStore) -> None:
+        store.page_size = 2
+        await store.append("a", [Ping(n=1), Note(text="naïve ✓")])
+        await store.append("b", [Ping(n=3)])
+        raw = [row async for page in store.read_raw() for row in page]
+        encoded = [row async for page in store.read_encoded() for row in page]
+        assert encoded == [(*row[:6], row[6].encode(), row[8]) for row in raw]
+        assert all(isinstance(row[6], bytes) for row in encoded)
+        pages = [[row[0] for row in page]
+                 async for page in store.read_encoded(after=1, until=3, types=["Ping"])]
+        assert pages == [[3]]
+
+    @pytest.mark.asyncio
     async def test_large_log_is_read_in_bounded_pages(self, store: EventStore) -> None:
         total = 3000
         for start in range(0, total, 1000):
