@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import msgspec
@@ -140,6 +141,23 @@ class EventRegistry:
             pass
         # Something is wrong: let encode() find the event and word the error.
         return tuple(self.encode(event) for event in events)
+
+    def decoder(self, name: str) -> Callable[[str | bytes], Event | UnknownEvent]:
+        """:meth:`decode` for one type name, for decoding many events of it:
+        straight to the type's msgspec decoder, the fallbacks only when needed."""
+        decoder = self._decoders.get(name)
+        if decoder is None:
+            return partial(self.decode, name)
+        strict = decoder.decode
+
+        def decode(data: str | bytes) -> Event | UnknownEvent:
+            try:
+                event: Event = strict(data)
+            except msgspec.DecodeError:  # recorded by another version of the type
+                return self.decode(name, data)
+            return event
+
+        return decode
 
     def decode(self, name: str, data: str | bytes) -> Event | UnknownEvent:
         """Decode one event's data; never raises for unknown or mismatched data."""

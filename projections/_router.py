@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 import msgspec
@@ -26,8 +25,8 @@ class Router:
 
     Each projection gets the events of its :attr:`~Projection.event_types`,
     decoded as its :attr:`~Projection.event_views` say (the full event
-    otherwise; the JSON's bytes as recorded for a view of ``bytes``). A row two projections want
-    in the same shape is decoded once.
+    otherwise; the JSON's bytes as recorded for a view of ``bytes``). A row
+    two projections want in the same shape is decoded once.
     """
 
     def __init__(self, registry: EventRegistry, group: Sequence[Projection]) -> None:
@@ -121,20 +120,7 @@ class Router:
     def _full_decoder(self, type_: str) -> Decode:
         full = self._full.get(type_)
         if full is None:
-            registry = self._registry
-            decoder = registry._decoders.get(type_)
-            if decoder is None:
-                full = partial(registry.decode, type_)
-            else:
-                strict = decoder.decode
-
-                def full(data: bytes) -> Any:
-                    try:
-                        return strict(data)
-                    except msgspec.DecodeError:  # recorded by another version
-                        return registry.decode(type_, data)  # as the store reads it
-
-            self._full[type_] = full
+            full = self._full[type_] = self._registry.decoder(type_)
         return full
 
     def _decode(self, decode: Decode, index: int, position: int, type_: str,
