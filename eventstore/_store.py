@@ -146,6 +146,7 @@ class EventStore(ABC):
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         await self._close_backend()
+        self._notify_appended()  # a waiting follower wakes, and finds the store closed
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -344,10 +345,13 @@ class EventStore(ABC):
 
         Appends through this store wake the follower at once; appends by other
         processes are seen within ``poll_interval`` seconds. Never returns:
-        cancel the iterating task (or break) to stop.
+        cancel the iterating task (or break) to stop. Closing the store ends
+        it at once with :class:`StoreClosedError`.
         """
         position = after
         while True:
+            if not self._open:
+                raise StoreClosedError("the event store was closed")
             waiter = self._appended
             head = await self.last_position()
             if head > position:

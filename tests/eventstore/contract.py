@@ -694,6 +694,27 @@ class EventStoreContract:
             assert [e.position for e in await next_events(received, 2, within=2)] == [5, 6]
 
     @pytest.mark.asyncio
+    async def test_closing_the_store_ends_a_waiting_follower(
+            self, store_factory: StoreFactory) -> None:
+        store = store_factory(instance_id="closer")
+        await store.open()
+        await store.append("s", [Ping(n=1)])
+        seen: list[int] = []
+
+        async def follow() -> None:
+            async for event in store.follow(poll_interval=60):
+                seen.append(event.position)  # noqa: PERF401 - seen while it follows
+
+        follower = asyncio.create_task(follow())
+        await asyncio.sleep(0.1)  # it has read event 1 and waits for more
+        await store.aclose()
+        # Woken at once, not after its 60 s poll: the store is gone.
+        async with asyncio.timeout(5):
+            with pytest.raises(StoreClosedError):
+                await follower
+        assert seen == [1]
+
+    @pytest.mark.asyncio
     async def test_follow_stops_when_its_task_is_cancelled(self, store: EventStore) -> None:
         await store.append("s", [Ping(n=1)])
         seen: asyncio.Queue[int] = asyncio.Queue()
