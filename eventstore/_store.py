@@ -13,7 +13,7 @@ import os
 import secrets
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -236,7 +236,7 @@ class EventStore(ABC):
         since: datetime | None = None,
         before: datetime | None = None,
         limit: int | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncGenerator[RecordedEvent, None]:
         """Stream events with ``after < position ≤ until``, in position order.
 
         ``types`` and ``stream`` filter by type name and stream;
@@ -279,7 +279,7 @@ class EventStore(ABC):
         since: datetime | None = None,
         before: datetime | None = None,
         limit: int | None = None,
-    ) -> AsyncIterator[list[RawRow]]:
+    ) -> AsyncGenerator[list[RawRow], None]:
         """Like :meth:`read` but yields pages of undecoded rows."""
         async for page in self._pages(
             self._read_page, after=after, until=until, types=types, stream=stream,
@@ -293,7 +293,7 @@ class EventStore(ABC):
         after: int = 0,
         until: int | None = None,
         types: Collection[str] | None = None,
-    ) -> AsyncIterator[list[EncodedRow]]:
+    ) -> AsyncGenerator[list[EncodedRow], None]:
         """Pages of rows with ``after < position ≤ until`` (of ``types``), in
         position order, each event's data left encoded (UTF-8 JSON bytes): for
         readers that decode only some events, or only some fields, themselves.
@@ -315,7 +315,7 @@ class EventStore(ABC):
         since: datetime | None,
         before: datetime | None,
         limit: int | None,
-    ) -> AsyncIterator[list[_Row]]:
+    ) -> AsyncGenerator[list[_Row], None]:
         if not self._open:
             raise StoreClosedError("the event store is not open")
         filters = ReadFilter(until=until, types=types, stream=stream, since=since, before=before)
@@ -340,7 +340,7 @@ class EventStore(ABC):
         types: Collection[str] | None = None,
         stream: str | None = None,
         poll_interval: float = 0.5,
-    ) -> AsyncIterator[RecordedEvent]:
+    ) -> AsyncGenerator[RecordedEvent, None]:
         """Yield matching events after ``after``, then keep tailing new ones.
 
         Appends through this store wake the follower at once; appends by other

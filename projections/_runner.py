@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 
 import aiosqlite
 import msgspec
@@ -383,7 +384,7 @@ class ProjectionRunner:
             # measured slower: the GIL-bound decoding and the sqlite3 calls
             # (which drop and retake the GIL per row) only contend.
             pages = self.store.read_encoded(after=after, until=head, types=router.types)
-            try:
+            async with aclosing(pages):  # closed now, also when a commit fails
                 async for page in pages:
                     # Batches end at batch_size events (of the group's types).
                     rest: Sequence[EncodedRow] = page
@@ -395,8 +396,6 @@ class ProjectionRunner:
                             await self._commit(group, checkpoint, router.take(), to, progress)
                             checkpoint, pending = to, 0
                         rest = rest[used:]
-            finally:
-                await _aclose(pages)
         if checkpoint < head:
             # The last batch carries the checkpoints to the head, past events of other types.
             await self._commit(group, checkpoint, router.take(), head, progress)
@@ -464,11 +463,3 @@ def _call_projection(
         raise ProjectionApplyError(
             projection.name, first, last, "apply() ended the runner's transaction"
         )
-
-
-async def _aclose(iterator: AsyncIterator[Any]) -> None:
-    # ``read`` is typed as an AsyncIterator but is an async generator: close it
-    # now rather than leaving it to the garbage collector when we stop early.
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
