@@ -9,6 +9,7 @@ botocore exception escapes the provider and every error names the API call
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any
@@ -22,6 +23,7 @@ from botocore.exceptions import (
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+    ProfileNotFound,
     SSLError,
     WaiterError,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "Page",
     "creation_tags",
     "label",
+    "retry_settings",
     "tag_dict",
     "tag_list",
     "translate_error",
@@ -130,6 +133,34 @@ def translated(
         raise translate_error(exc, operation, where) from exc
 
 
+def retry_settings(session: Any) -> dict[str, Any]:
+    """Adaptive retries, :data:`MAX_ATTEMPTS` calls in all, unless the operator
+    chose otherwise where botocore looks (``AWS_RETRY_MODE`` and
+    ``AWS_MAX_ATTEMPTS``, or ``retry_mode`` and ``max_attempts`` in the
+    profile): a retries setting in the client's config would override theirs.
+
+    :raises ProviderError: if the chosen number of attempts is not a whole number ≥ 1.
+    """
+    try:
+        scoped = session.get_scoped_config()
+    except ProfileNotFound:
+        scoped = {}  # the first call reports it, as without this lookup
+    mode = os.environ.get("AWS_RETRY_MODE") or scoped.get("retry_mode") or "adaptive"
+    chosen = os.environ.get("AWS_MAX_ATTEMPTS") or scoped.get("max_attempts")
+    attempts = MAX_ATTEMPTS
+    if chosen is not None:
+        try:
+            attempts = int(chosen)
+        except ValueError:
+            attempts = 0
+        if attempts < 1:
+            raise ProviderError(f"AWS_MAX_ATTEMPTS (or max_attempts in the AWS profile):"
+                                f" expected a whole number ≥ 1, got {chosen!r}")
+    # total_max_attempts counts the first call, like AWS_MAX_ATTEMPTS; the
+    # config's older max_attempts counts retries only.
+    return {"mode": mode, "total_max_attempts": attempts}
+
+
 class AWSCalls:
     """aiobotocore clients per (service, region), created on first use and
     closed by :meth:`aclose`, plus translated call helpers.
@@ -142,9 +173,7 @@ class AWSCalls:
     def __init__(self, session: Any = None) -> None:
         self._session: Any = session if session is not None else get_session()
         self._config = AioConfig(
-            # total_max_attempts counts the first call; botocore's older
-            # max_attempts counts retries only, one more than it reads.
-            retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
+            retries=retry_settings(self._session),
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
         )

@@ -223,6 +223,20 @@ def test_bad_config_names_file_and_field_and_touches_nothing(aws: str, tmp_path:
     assert not (tmp_path / "ovi.db").exists()
 
 
+def test_operators_retry_settings_are_honoured_and_bad_ones_refused(
+        aws: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "ovi.yaml", WEB3)
+    env = aws_env(aws) | {"AWS_MAX_ATTEMPTS": "many"}
+    bad = ovi("apply", "--config", str(config), endpoint=aws, cwd=tmp_path, env=env)
+    assert bad.returncode == 1
+    assert "AWS_MAX_ATTEMPTS" in bad.stderr and "'many'" in bad.stderr
+    assert live_instances(aws) == []  # nothing executed
+    env = aws_env(aws) | {"AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
+    good = ovi("apply", "--config", str(config), endpoint=aws, cwd=tmp_path, env=env)
+    assert good.returncode == 0, good.stderr
+    assert len(live_instances(aws)) == 3
+
+
 def test_bad_flag_exits_1(aws: str, tmp_path: Path) -> None:
     done = ovi("apply", "--config", "x.yaml", "--max-concurrency", "0", endpoint=aws,
                cwd=tmp_path)

@@ -6,9 +6,11 @@ No server needed: botocore's exceptions are built as botocore builds them.
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiobotocore.session import get_session
 from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
@@ -23,7 +25,7 @@ from ovi._exceptions import OviError
 from ovi.config import parse_config
 from ovi.model import DesiredResource, FieldChange, Resource, ResourceType, Scope
 from ovi.providers import AWSProvider, Provider, ProviderError
-from ovi.providers._aws_common import translate_error
+from ovi.providers._aws_common import retry_settings, translate_error
 from ovi.providers._aws_rds import db_identifier
 from ovi.providers._aws_s3 import bucket_name_problem
 
@@ -173,3 +175,25 @@ async def test_a_malformed_endpoint_is_a_permanent_error(monkeypatch: pytest.Mon
         with pytest.raises(ProviderError, match="Invalid endpoint: not a url") as caught:
             await provider.observe(Scope("aws", "us-east-1", ResourceType.S3))
     assert not caught.value.retryable
+
+
+def test_retries_follow_the_operators_settings(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    for name in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    profile = tmp_path / "aws-config"
+    profile.write_text("[default]\nretry_mode = standard\nmax_attempts = 5\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert retry_settings(get_session()) == {"mode": "adaptive", "total_max_attempts": 3}
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(profile))
+    assert retry_settings(get_session()) == {"mode": "standard", "total_max_attempts": 5}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("AWS_RETRY_MODE", "legacy")
+    assert retry_settings(get_session()) == {"mode": "legacy", "total_max_attempts": 2}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "0")
+    with pytest.raises(ProviderError, match="expected a whole number ≥ 1, got '0'"):
+        retry_settings(get_session())
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS")
+    # A missing profile is reported by the first call, as before.
+    assert retry_settings(get_session())["total_max_attempts"] == 3
