@@ -91,9 +91,9 @@ async def resolve_resource(store: SQLiteEventStore, text: str) -> str:
     if await store.stream_version(resource_stream(text)) or \
             await store.stream_version(claim_stream(text)):
         return text
-    needle = msgspec.json.encode(text).decode()
+    needle = msgspec.json.encode(text)
     found: list[str] = []
-    async for page in store.read_raw(types=("ResourceObserved", "ActionExecuted")):
+    async for page in store.read_encoded(types=("ResourceObserved", "ActionExecuted")):
         for row in page:
             data = row[6]
             if needle not in data or not row[1].startswith("resource/"):
