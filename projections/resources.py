@@ -191,8 +191,8 @@ class ResourcesProjection(Projection):
 
 def _load_rows(db: sqlite3.Connection, ids: set[str]) -> dict[str, list[Any]]:
     rows: dict[str, list[Any]] = {}
-    total = db.execute("SELECT count(*) FROM resource_rows").fetchone()[0]
-    if len(ids) * 4 > total:
+    if len(ids) > 500 and len(ids) * 4 > db.execute(
+            "SELECT count(*) FROM resource_rows").fetchone()[0]:
         # Most of the table: one scan costs less than a lookup per resource.
         for row in db.execute(f"SELECT {_ROW_COLUMNS} FROM resource_rows"):
             if row[0] in ids:
