@@ -101,6 +101,10 @@ async def run_cycle_command(
     _progress(f"{mode}: {len(config.desired_resources())} desired resources, "
               f"log {store_path}")
     async with open_runtime(store_path) as runtime, AWSProvider.from_config(config) as provider:
+        events = await runtime.store.last_position()
+        if runtime.views.reset_on_open and events:
+            _progress(f"rebuilding projections ({', '.join(runtime.views.reset_on_open)})"
+                      f" from {events:,} events first: their tables changed (once)")
         engine = Engine(runtime.store, runtime.views, provider)
         return await engine.run_cycle(config, source=str(config_path), mode=mode,
                                       dry_run=dry_run, max_concurrency=max_concurrency)
