@@ -84,10 +84,8 @@ def _checkpoint_of(projection: Projection, stored: dict[str, tuple[int, int]]) -
 
 
 class _CheckpointMoved(Exception):
-    """Another runner moved the checkpoint since it was read; nothing was written."""
-
-    def __init__(self, position: int) -> None:
-        self.position = position
+    """Another runner moved a checkpoint since it was read; nothing was written
+    (the fold re-reads the checkpoints and resumes from them)."""
 
 
 def _quote(identifier: str) -> str:
@@ -418,7 +416,7 @@ class ProjectionRunner:
                         " schema version by another process"
                     )
                 if row[0] != expected:
-                    raise _CheckpointMoved(int(row[0]))
+                    raise _CheckpointMoved
                 if events:
                     _call_projection(db, projection, events)
                 db.execute(_MOVE_CHECKPOINT, (to, name))

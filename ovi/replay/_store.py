@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 
 from eventstore import SQLiteEventStore, format_timestamp
-from ovi.events import claim_stream, registry, resource_stream
+from ovi.events import claim_stream, registry, resource_stream, stream_resource
 from ovi.replay._errors import ReplayError
 from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
@@ -96,14 +96,16 @@ async def resolve_resource(store: SQLiteEventStore, text: str) -> str:
     async for page in store.read_encoded(types=("ResourceObserved", "ActionExecuted")):
         for row in page:
             data = row[6]
-            if needle not in data or not row[1].startswith("resource/"):
+            if needle not in data:
                 continue  # the cheap test first: most rows don't mention it at all
+            resource_id = stream_resource(row[1])
+            if resource_id is None:
+                continue
             try:
                 ref = _decode_ref(data)
             except msgspec.DecodeError:
                 continue
             cloud_id = ref.resource.cloud_id if ref.resource is not None else ref.cloud_id
-            resource_id = row[1].removeprefix("resource/")
             if cloud_id == text and resource_id not in found:
                 found.append(resource_id)
     if not found:
