@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ovi.engine import CycleResult
-from ovi.model import Action
+from ovi.model import Action, Outcome
 
 __all__ = ["result_json", "result_text"]
 
@@ -34,7 +34,7 @@ def result_json(result: CycleResult, *, executions: bool) -> dict[str, Any]:
         body["executions"] = [
             {"decision_id": e.decision_id, "action": e.action.value,
              "resource_id": e.resource_id, "cloud_id": e.cloud_id, "outcome": e.outcome,
-             "error": e.error if e.outcome == "failed" else (e.reason or None)}
+             "error": e.error if e.outcome is Outcome.FAILED else e.reason}
             for e in result.executions
         ]
     return body
@@ -71,7 +71,8 @@ def _table(rows: Sequence[Sequence[Cell]], paint: _Paint) -> str:
 
 _ACTION_COLOUR = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.DELETE: "red",
                   Action.NOTIFY: "blue"}
-_OUTCOME_COLOUR = {"executed": "green", "failed": "red", "skipped": "dim"}
+_OUTCOME_COLOUR = {Outcome.EXECUTED: "green", Outcome.FAILED: "red", Outcome.SKIPPED: "dim",
+                   Outcome.EXECUTING: "yellow"}
 
 
 def result_text(result: CycleResult, *, executions: bool, colour: bool) -> str:
@@ -98,16 +99,16 @@ def result_text(result: CycleResult, *, executions: bool, colour: bool) -> str:
         out.append("\nexecutions")
         out.append(_table([
             ((e.outcome, _OUTCOME_COLOUR[e.outcome]), (e.action.value, None),
-             (e.resource_id, "bold"), (e.cloud_id or "-", "dim"), (e.error or e.reason, None))
+             (e.resource_id, "bold"), (e.cloud_id or "-", "dim"), (e.error or e.reason or "", None))
             for e in result.executions
         ], paint))
     if result.failed_scopes:
         summary = paint("incomplete: some scopes could not be observed", "red")
     elif executions:
         counts = Counter(e.outcome for e in result.executions)
-        summary = (f"{counts['executed']} executed · {counts['failed']} failed · "
-                   f"{counts['skipped']} skipped or waiting")
-        summary = paint(summary, "red" if counts["failed"] else "green")
+        summary = (f"{counts[Outcome.EXECUTED]} executed · {counts[Outcome.FAILED]} failed · "
+                   f"{counts[Outcome.SKIPPED]} skipped or waiting")
+        summary = paint(summary, "red" if counts[Outcome.FAILED] else "green")
     elif result.in_sync:
         summary = paint("in sync", "green")
     else:

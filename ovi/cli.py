@@ -24,6 +24,7 @@ from ovi._output import result_json, result_text
 from ovi.config import load_config
 from ovi.engine import CycleResult, Engine
 from ovi.events import ApprovalGranted, resource_stream
+from ovi.model import CycleMode
 from ovi.runtime import default_store_path, open_runtime
 from projections import ProjectionError
 from projections.findings import find_decision, open_findings
@@ -91,7 +92,7 @@ def _progress(message: str) -> None:
 
 
 async def run_cycle_command(
-    config_path: Path, store_path: Path, *, mode: str, dry_run: bool = False,
+    config_path: Path, store_path: Path, *, mode: CycleMode, dry_run: bool = False,
     max_concurrency: int | None = None,
 ) -> CycleResult:
     """Load the config (nothing happens if it is invalid), then run one cycle."""
@@ -121,7 +122,7 @@ def _print_result(result: CycleResult, *, as_json: bool, executions: bool) -> No
 
 
 async def _plan(args: argparse.Namespace) -> int:
-    result = await run_cycle_command(args.config, args.store, mode="plan")
+    result = await run_cycle_command(args.config, args.store, mode=CycleMode.PLAN)
     _print_result(result, as_json=args.json, executions=False)
     if result.failed_scopes:
         return 1
@@ -129,7 +130,7 @@ async def _plan(args: argparse.Namespace) -> int:
 
 
 async def _apply(args: argparse.Namespace) -> int:
-    result = await run_cycle_command(args.config, args.store, mode="apply",
+    result = await run_cycle_command(args.config, args.store, mode=CycleMode.APPLY,
                                      dry_run=args.dry_run,
                                      max_concurrency=args.max_concurrency)
     _print_result(result, as_json=args.json, executions=True)

@@ -24,7 +24,7 @@ from ovi._output import result_text
 from ovi.cli import run_cycle_command
 from ovi.engine import CycleResult
 from ovi.events import ApprovalGranted, resource_stream
-from ovi.model import Action, DecisionStatus
+from ovi.model import Action, CycleMode, DecisionStatus
 from ovi.runtime import open_runtime
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
@@ -146,8 +146,9 @@ async def run_demo(directory: Path | None) -> int:
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
     async def cycle(mode: str) -> CycleResult:
-        result = await run_cycle_command(config, store, mode=mode)
-        _say(result_text(result, executions=mode == "apply", colour=colour))
+        cycle_mode = CycleMode(mode)
+        result = await run_cycle_command(config, store, mode=cycle_mode)
+        _say(result_text(result, executions=cycle_mode is CycleMode.APPLY, colour=colour))
         return result
 
     with _emulator() as endpoint:

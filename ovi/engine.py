@@ -30,7 +30,7 @@ from ovi.events import (
     resource_stream,
 )
 from ovi.executor import Execution, Executor
-from ovi.model import Action, Decision, Diff, ResourceType, Scope
+from ovi.model import Action, CycleMode, Decision, Diff, Outcome, ResourceType, Scope
 from ovi.observer import KnownResource, Observation, observe
 from ovi.providers.base import Provider
 from ovi.recovery import recover_in_doubt
@@ -115,14 +115,14 @@ class Engine:
         config: Config,
         *,
         source: str,
-        mode: str = "plan",
+        mode: CycleMode = CycleMode.PLAN,
         dry_run: bool = False,
         max_concurrency: int | None = None,
     ) -> CycleResult:
         """Observe, compare, decide and record one cycle; unless ``mode`` is
-        ``plan``, also resolve actions left in doubt and execute (or, with
+        :attr:`CycleMode.PLAN`, also resolve actions left in doubt and execute (or, with
         ``dry_run``, record what would have run)."""
-        execute = mode != "plan"
+        execute = mode is not CycleMode.PLAN
         concurrency = max_concurrency or config.rules.max_concurrency
         started = self._clock()
         clock_start = time.perf_counter()
@@ -179,7 +179,7 @@ class Engine:
             cycle_id=cycle_id, timestamp=started,
             resources_found=len(observation.resources), diffs_detected=len(diffs),
             decisions_made=len(decisions),
-            execution_errors=sum(e.outcome == "failed" for e in executions),
+            execution_errors=sum(e.outcome is Outcome.FAILED for e in executions),
             duration=time.perf_counter() - clock_start,
             decisions=tuple(decisions), diffs=tuple(diffs), failed_scopes=failed,
             executions=tuple(executions), recovered=len(recovered),

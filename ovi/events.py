@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from eventstore import Event, EventRegistry
-from ovi.model import Action, Decision, Diff, Resource, Scope
+from ovi.model import Action, CycleMode, Decision, Diff, Resource, Scope, SkipReason
 
 __all__ = [
     "OVI_EVENTS",
@@ -63,7 +63,7 @@ def stream_resource(stream: str) -> str | None:
 
 class CycleStarted(Event, frozen=True):
     cycle_id: str
-    mode: str  # plan | apply | run
+    mode: CycleMode
     config_hash: str
     started_at: datetime
 
@@ -210,7 +210,7 @@ class ActionSkipped(Event, frozen=True):
     decision_id: str
     action: Action
     resource_id: str
-    reason: str
+    reason: SkipReason
     detail: str = ""
 
 

@@ -23,7 +23,7 @@ from ovi.events import (
     ActionSkipped,
     resource_stream,
 )
-from ovi.model import Action, Decision, DecisionStatus, Resource
+from ovi.model import Action, Decision, DecisionStatus, Outcome, Resource, SkipReason
 from ovi.observer import Observation
 from ovi.providers.base import Provider, ProviderError
 from ovi.retry import Attempted, RetryPolicy, call_with_retries
@@ -40,12 +40,12 @@ class Execution(msgspec.Struct, frozen=True):
     action: Action
     resource_id: str
     cloud_id: str | None
-    outcome: str  # executed | failed | skipped
-    reason: str = ""  # why skipped
+    outcome: Outcome  # executed | failed | skipped
+    reason: SkipReason | None = None  # why skipped
     error: str | None = None
 
 
-def _execution(decision: Decision, outcome: str, *, reason: str = "",
+def _execution(decision: Decision, outcome: Outcome, *, reason: SkipReason | None = None,
                error: str | None = None, cloud_id: str | None = None) -> Execution:
     return Execution(decision.decision_id, decision.action, decision.resource_id,
                      cloud_id or decision.cloud_id, outcome, reason, error)
@@ -86,7 +86,7 @@ class Executor:
         ids = [d.decision_id for d in actionable]
         outcomes = await self.views.query(lambda db: decision_outcomes(db, decision_ids=ids))
         executions: list[Execution] = []
-        skips: list[tuple[Decision, str, str]] = []
+        skips: list[tuple[Decision, SkipReason, str]] = []
         ready: list[Decision] = []
         for decision in actionable:
             scope = observation.scopes.get(decision.diff.scope)
@@ -96,13 +96,14 @@ class Executor:
                 ready.append(decision)
                 continue
             reason, record = waiting
-            executions.append(_execution(decision, "skipped", reason=reason))
+            executions.append(_execution(decision, Outcome.SKIPPED, reason=reason))
             if record:
                 skips.append((decision, reason, ""))
         if dry_run:
             for decision in ready:
-                executions.append(_execution(decision, "skipped", reason="dry-run"))
-                skips.append((decision, "dry-run", ""))
+                executions.append(_execution(decision, Outcome.SKIPPED,
+                                             reason=SkipReason.DRY_RUN))
+                skips.append((decision, SkipReason.DRY_RUN, ""))
             await self._record_skips(cycle_id, skips)
             return executions
 
@@ -110,16 +111,19 @@ class Executor:
         for decision in ready:
             holder = claims.blocked.get(decision.resource_id)
             if holder is not None:
-                executions.append(_execution(decision, "skipped", reason="claimed"))
+                executions.append(_execution(decision, Outcome.SKIPPED,
+                                             reason=SkipReason.CLAIMED))
                 last = outcomes.get(decision.decision_id)
-                if not (last and last.outcome == "skipped" and last.reason == "claimed"):
-                    skips.append((decision, "claimed", f"held by {holder}"))
+                if not (last and last.outcome == Outcome.SKIPPED
+                        and last.reason == SkipReason.CLAIMED):
+                    skips.append((decision, SkipReason.CLAIMED, f"held by {holder}"))
         held = [d for d in ready if d.resource_id in claims.held]
         stale = await self._acted_since_observation(held, observation)
         for decision in held:
             if decision.resource_id in stale:
-                executions.append(_execution(decision, "skipped", reason="stale"))
-                skips.append((decision, "stale", "another action on this resource was"
+                executions.append(_execution(decision, Outcome.SKIPPED,
+                                             reason=SkipReason.STALE))
+                skips.append((decision, SkipReason.STALE, "another action on this resource was"
                                " recorded after the observation this decision relied on"))
         await self._record_skips(cycle_id, skips)
         for decision in held:
@@ -171,7 +175,9 @@ class Executor:
                     stale.add(event.resource_id)
         return stale
 
-    async def _record_skips(self, cycle_id: str, skips: list[tuple[Decision, str, str]]) -> None:
+    async def _record_skips(
+        self, cycle_id: str, skips: list[tuple[Decision, SkipReason, str]]
+    ) -> None:
         if not skips:
             return
         events: dict[str, list[Event]] = {}
@@ -194,7 +200,7 @@ class Executor:
             if self.coordinator.expired(claim):
                 # Waited so long for a slot that the claim ran out: another
                 # instance may hold it now. Leave it to a later cycle.
-                return _execution(decision, "skipped", reason="claim-expired")
+                return _execution(decision, Outcome.SKIPPED, reason=SkipReason.CLAIM_EXPIRED)
             try:
                 # Fenced: written only while the claim stream is still at our
                 # token, i.e. nobody took the claim over.
@@ -205,11 +211,11 @@ class Executor:
                         cloud_id=decision.cloud_id, token=claim.token),)),
                     self.coordinator.fence(claim)])
             except WrongExpectedVersion:
-                return _execution(decision, "skipped", reason="claim-lost")
+                return _execution(decision, Outcome.SKIPPED, reason=SkipReason.CLAIM_LOST)
             except EventStoreError as exc:
                 # Write-ahead failed: the provider is not called.
                 await self._release_quietly(claim)
-                return _execution(decision, "failed", error=f"not attempted: cannot record"
+                return _execution(decision, Outcome.FAILED, error=f"not attempted: cannot record"
                                   f" ActionExecuting: {exc}")
             async with calls:
                 try:
@@ -223,21 +229,21 @@ class Executor:
                 resource_id=decision.resource_id, cloud_id=decision.cloud_id,
                 token=claim.token, error=str(failure), retryable=failure.retryable,
                 attempts=attempted.count)
-            execution = _execution(decision, "failed", error=str(failure))
+            execution = _execution(decision, Outcome.FAILED, error=str(failure))
         else:
             cloud_id = resource.cloud_id if resource is not None else decision.cloud_id
             outcome = ActionExecuted(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
                 resource_id=decision.resource_id, cloud_id=cloud_id, token=claim.token,
                 attempts=attempted.count)
-            execution = _execution(decision, "executed", cloud_id=cloud_id)
+            execution = _execution(decision, Outcome.EXECUTED, cloud_id=cloud_id)
         try:
             await self._record_outcome(stream, outcome, claim)
         except EventStoreError as exc:
             # The action happened (or failed) but the log could not say so: it
             # stays in doubt, and recovery resolves it against the cloud.
             return msgspec.structs.replace(
-                execution, outcome="failed",
+                execution, outcome=Outcome.FAILED,
                 error=f"{execution.error or 'done'}; outcome not recorded: {exc}")
         return execution
 
@@ -271,7 +277,7 @@ class Executor:
 
 
 def _why_not_now(decision: Decision, last: DecisionOutcome | None,
-                 observed_after: int) -> tuple[str, bool] | None:
+                 observed_after: int) -> tuple[SkipReason, bool] | None:
     """Why a decision is not executed now (reason, whether to record it), or
     None when it should be. A wait is recorded once, not every cycle.
 
@@ -279,18 +285,18 @@ def _why_not_now(decision: Decision, last: DecisionOutcome | None,
     started after it was recorded did not stick (an instance that died at
     once, say): it may run again; the provider's idempotency on the decision
     id keeps a create that merely was not listed yet from running twice."""
-    reason: str | None = None
+    reason: SkipReason | None = None
     if decision.status != DecisionStatus.READY:
-        reason = decision.status.value
-    elif (last is not None and last.outcome == "executed"
+        reason = SkipReason.holding(decision.status)
+    elif (last is not None and last.outcome == Outcome.EXECUTED
           and (last.rev is None or last.rev > observed_after)):
-        return "already-executed", False
-    elif last is not None and last.outcome == "executing":
-        return "in-doubt", False
-    elif last is not None and last.outcome == "failed" and last.retryable is False:
-        return "failed-permanently", False
+        return SkipReason.ALREADY_EXECUTED, False
+    elif last is not None and last.outcome == Outcome.EXECUTING:
+        return SkipReason.IN_DOUBT, False
+    elif last is not None and last.outcome == Outcome.FAILED and last.retryable is False:
+        return SkipReason.FAILED_PERMANENTLY, False
     if reason is None:
         return None
-    repeat = last is not None and last.outcome == "skipped" and last.reason == reason
+    repeat = last is not None and last.outcome == Outcome.SKIPPED and last.reason == reason
     return reason, not repeat
 

@@ -18,15 +18,18 @@ __all__ = [
     "MANAGED_TAG",
     "OWNER_TAG",
     "Action",
+    "CycleMode",
     "Decision",
     "DecisionStatus",
     "DesiredResource",
     "Diff",
     "DiffType",
     "FieldChange",
+    "Outcome",
     "Resource",
     "ResourceType",
     "Scope",
+    "SkipReason",
     "decision_id_for",
     "observed_set_digest",
     "resource_fingerprint",
@@ -59,6 +62,24 @@ class Action(StrEnum):
     NOTIFY = "notify"
 
 
+class CycleMode(StrEnum):
+    """What a cycle may do: ``plan`` never executes; ``apply`` (one cycle) and
+    ``run`` (the service) execute what is ready."""
+
+    PLAN = "plan"
+    APPLY = "apply"
+    RUN = "run"
+
+
+class Outcome(StrEnum):
+    """What became of an action: the last of these recorded for a decision."""
+
+    SKIPPED = "skipped"  # not attempted (ActionSkipped, or not recorded at all)
+    EXECUTING = "executing"  # write-ahead recorded, no outcome yet: in doubt
+    EXECUTED = "executed"
+    FAILED = "failed"
+
+
 class DecisionStatus(StrEnum):
     """Where a decision stands this cycle."""
 
@@ -68,6 +89,30 @@ class DecisionStatus(StrEnum):
     GRACE_PERIOD = "grace_period"  # unwanted, but not for long enough yet
     MAINTENANCE_WINDOW = "maintenance_window"  # destructive, outside the window
     CAPPED = "capped"  # over max_deletes_per_cycle
+
+
+class SkipReason(StrEnum):
+    """Why an action was not attempted this cycle (``ActionSkipped.reason``)."""
+
+    # The decision is held back: the values of the DecisionStatus that holds it.
+    AWAITING_APPROVAL = "awaiting_approval"
+    GRACE_PERIOD = "grace_period"
+    MAINTENANCE_WINDOW = "maintenance_window"
+    CAPPED = "capped"
+    # The executor's own reasons.
+    DRY_RUN = "dry-run"
+    CLAIMED = "claimed"  # another live instance holds the resource
+    STALE = "stale"  # an action on it was recorded after the observation relied on
+    CLAIM_EXPIRED = "claim-expired"  # waited for a slot until the claim ran out
+    CLAIM_LOST = "claim-lost"  # the claim was taken over before the write-ahead
+    ALREADY_EXECUTED = "already-executed"
+    IN_DOUBT = "in-doubt"  # an earlier attempt has no outcome yet; recovery decides
+    FAILED_PERMANENTLY = "failed-permanently"
+
+    @classmethod
+    def holding(cls, status: DecisionStatus) -> SkipReason:
+        """The reason a decision held with ``status`` is not executed."""
+        return cls(status.value)
 
 
 class Scope(msgspec.Struct, frozen=True, order=True, gc=False):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from eventstore import EventStore, StreamBatch, WrongExpectedVersion
 from ovi.coordinator import Coordinator
 from ovi.events import ActionExecuted, ActionFailed, resource_stream
-from ovi.model import DECISION_TAG, Action
+from ovi.model import DECISION_TAG, Action, Outcome
 from ovi.providers.base import Provider, ProviderError
 from projections import ProjectionRunner
 from projections.findings import DecisionOutcome, decision_outcomes
@@ -34,7 +34,7 @@ async def recover_in_doubt(
     return the outcomes recorded. An action whose scope can't be observed now
     stays in doubt (and is not retried) until a later start-up."""
     await views.catch_up()
-    in_doubt = await views.query(lambda db: decision_outcomes(db, outcome="executing"))
+    in_doubt = await views.query(lambda db: decision_outcomes(db, outcome=Outcome.EXECUTING))
     if not in_doubt:
         return []
     # Take the claims first (an expired one is taken over): a holder that is

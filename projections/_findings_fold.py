@@ -15,7 +15,7 @@ import msgspec
 
 from eventstore import RecordedEvent, format_timestamp
 from ovi.events import ActionExecuting, ActionFailed, ActionSkipped, stream_resource
-from ovi.model import Scope
+from ovi.model import Outcome, Scope
 
 __all__ = ["DecisionMadeView", "FindingsFold"]
 
@@ -72,8 +72,8 @@ _RECORD_OUTCOME = (
     " WHERE decision_id = ? AND (outcome IS NOT 'executing' OR ? = 'executing'"
     "  OR (? <> 'skipped' AND outcome_token = ?))"
 )
-_OUTCOMES = {"ActionSkipped": "skipped", "ActionExecuting": "executing",
-             "ActionExecuted": "executed", "ActionFailed": "failed"}
+_OUTCOMES = {"ActionSkipped": Outcome.SKIPPED, "ActionExecuting": Outcome.EXECUTING,
+             "ActionExecuted": Outcome.EXECUTED, "ActionFailed": Outcome.FAILED}
 
 
 class FindingsFold:
@@ -168,7 +168,7 @@ class FindingsFold:
             decision.decision_id, resource_id, decision.action, decision.status, event.rule,
             event.cycle_id, event.config_hash, first, rev]
 
-    def _outcome(self, recorded: RecordedEvent, outcome: str) -> None:
+    def _outcome(self, recorded: RecordedEvent, outcome: Outcome) -> None:
         event = recorded.event
         reason: str | None = None
         token: int | None = None

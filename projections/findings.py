@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from eventstore import RecordedEvent, parse_timestamp
-from ovi.model import Decision
+from ovi.model import Decision, Outcome
 from projections._findings_fold import DecisionMadeView, FindingsFold
 from projections._projection import Projection
 
@@ -45,10 +45,6 @@ __all__ = [
     "latest_config_hash",
     "open_findings",
 ]
-
-#: the outcomes an action can have, as the ``outcome`` column names them
-OUTCOMES = ("skipped", "executing", "executed", "failed")
-
 
 class _MadeDecision(msgspec.Struct, gc=False):
     """What the queries read of a ``DecisionMade`` event's data."""
@@ -151,8 +147,8 @@ class DecisionOutcome(msgspec.Struct, frozen=True):
     """The last thing that happened to a decision's action."""
 
     decision: Decision
-    outcome: str | None
-    reason: str | None
+    outcome: Outcome | None
+    reason: str | None  # the skip reason, or the error of a failure
     rev: int | None
     instance_id: str | None
     token: int | None
@@ -161,7 +157,7 @@ class DecisionOutcome(msgspec.Struct, frozen=True):
 
 def decision_outcomes(
     db: sqlite3.Connection, *, decision_ids: Iterable[str] | None = None,
-    outcome: str | None = None,
+    outcome: Outcome | None = None,
 ) -> dict[str, DecisionOutcome]:
     """Decisions with their last outcome: the given ids, or those whose last
     outcome is ``outcome`` (``executing`` = in doubt)."""
@@ -177,16 +173,16 @@ def decision_outcomes(
             rows.extend(db.execute(
                 f"{sql} WHERE d.decision_id IN ({', '.join('?' * len(chunk))})", chunk))
     elif outcome is not None:
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome: expected one of {', '.join(OUTCOMES)}, got {outcome!r}")
-        # Spelled out (it is one of OUTCOMES) so that the partial index serves it.
+        outcome = Outcome(outcome)  # a closed set: anything else is a bug, refused here
+        # Spelled out (an Outcome value) so that the partial index serves it.
         rows.extend(db.execute(
-            f"{sql} WHERE d.outcome = '{outcome}' AND d.outcome IS NOT NULL"
+            f"{sql} WHERE d.outcome = '{outcome.value}' AND d.outcome IS NOT NULL"
             " ORDER BY d.outcome_rev"))
     else:
         rows.extend(db.execute(sql))
     return {
-        row[0]: DecisionOutcome(_decision(row[1]), row[2], row[3], row[4], row[5],
+        row[0]: DecisionOutcome(_decision(row[1]), None if row[2] is None else Outcome(row[2]),
+                                row[3], row[4], row[5],
                                 row[6], None if row[7] is None else bool(row[7]))
         for row in rows
     }

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ovi.config import parse_config
 from ovi.engine import Engine
+from ovi.model import CycleMode
 from ovi.providers.aws import AWSProvider
 from ovi.runtime import open_runtime
 
@@ -112,7 +113,7 @@ async def converge(session: Any, work: Path, calls: list[str]) -> tuple[float, l
         await provider.observe(config.desired_resources()[0].scope)
         engine = Engine(rt.store, rt.views, provider)
         start = time.perf_counter()
-        result = await engine.run_cycle(config, source="bench.yaml", mode="apply")
+        result = await engine.run_cycle(config, source="bench.yaml", mode=CycleMode.APPLY)
         elapsed = time.perf_counter() - start
         assert sum(e.outcome == "executed" for e in result.executions) == COUNT, result
         calls.clear()

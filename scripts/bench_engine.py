@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eventstore import StreamBatch
 from ovi.config import Config, parse_config
 from ovi.engine import Engine
-from ovi.model import ID_TAG, MANAGED_TAG, OWNER_TAG, Resource, ResourceType
+from ovi.model import ID_TAG, MANAGED_TAG, OWNER_TAG, CycleMode, Resource, ResourceType
 from ovi.providers.fake import FakeProvider
 from ovi.runtime import Runtime, open_runtime
 
@@ -136,7 +136,7 @@ async def actions(work: Path, count: int, latency: float, concurrency: int) -> f
     async with runtime(path) as rt:
         provider = FakeProvider(latency=latency)
         engine = Engine(rt.store, rt.views, provider)
-        result = await engine.run_cycle(config(count), source="bench.yaml", mode="apply",
+        result = await engine.run_cycle(config(count), source="bench.yaml", mode=CycleMode.APPLY,
                                         max_concurrency=concurrency)
         assert sum(e.outcome == "executed" for e in result.executions) == count
         assert provider.max_in_flight <= concurrency

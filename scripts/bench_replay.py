@@ -52,6 +52,7 @@ from ovi.model import (
     MANAGED_TAG,
     OWNER_TAG,
     Action,
+    CycleMode,
     Decision,
     DecisionStatus,
     DesiredResource,
@@ -89,7 +90,7 @@ def _resource(i: int, cycle: int) -> Resource:
 
 def _cycle_events(cycle: int, cycle_id: str, now: datetime) -> list[StreamBatch]:
     batches = [StreamBatch(cycle_stream(cycle_id), (CycleStarted(
-        cycle_id=cycle_id, mode="run", config_hash=CONFIG_HASH, started_at=now),))]
+        cycle_id=cycle_id, mode=CycleMode.RUN, config_hash=CONFIG_HASH, started_at=now),))]
     first = cycle * OBSERVED_PER_CYCLE
     for k in range(OBSERVED_PER_CYCLE):
         r = _resource((first + k) % ESTATE, cycle)

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from eventstore import EventStore
+from ovi.model import Outcome
 from ovi.replay._render import Output, Progress, fmt_count
 
 __all__ = ["collect_stats", "percentile", "render_stats"]
@@ -39,8 +40,8 @@ class _Finished(msgspec.Struct):
 _decode_decided = msgspec.json.Decoder(_Decided).decode
 _decode_acted = msgspec.json.Decoder(_Acted).decode
 _decode_finished = msgspec.json.Decoder(_Finished).decode
-_OUTCOMES = {"ActionExecuting": "executing", "ActionExecuted": "executed",
-             "ActionFailed": "failed", "ActionSkipped": "skipped"}
+_OUTCOMES = {"ActionExecuting": Outcome.EXECUTING, "ActionExecuted": Outcome.EXECUTED,
+             "ActionFailed": Outcome.FAILED, "ActionSkipped": Outcome.SKIPPED}
 
 
 def percentile(ordered: list[float], p: float) -> float | None:
@@ -83,8 +84,8 @@ async def collect_stats(store: EventStore, since: datetime | None) -> dict[str, 
         progress.update(sum(by_type.values()))
     progress.done()
     durations.sort()
-    executed = sum(c["executed"] for c in outcomes.values())
-    failed = sum(c["failed"] for c in outcomes.values())
+    executed = sum(c[Outcome.EXECUTED] for c in outcomes.values())
+    failed = sum(c[Outcome.FAILED] for c in outcomes.values())
     completed = by_type["ObservationCompleted"]
     not_observed = by_type["ObservationFailed"]
     return {

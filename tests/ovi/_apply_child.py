@@ -19,7 +19,7 @@ from eventstore import SQLiteEventStore
 from ovi.config import load_config
 from ovi.engine import Engine
 from ovi.events import registry
-from ovi.model import DesiredResource, Resource
+from ovi.model import CycleMode, DesiredResource, Resource
 from ovi.providers.fake import SharedFakeProvider
 from projections import ProjectionRunner
 from projections.claims import ClaimsProjection
@@ -55,8 +55,8 @@ async def main(argv: Sequence[str]) -> None:
     ) as views:
         engine = Engine(store, views, provider)
         for _ in range(cycles):
-            result = await engine.run_cycle(config, source=config_path, mode="apply")
-            outcomes = ",".join(f"{e.resource_id}:{e.outcome}:{e.reason}"
+            result = await engine.run_cycle(config, source=config_path, mode=CycleMode.APPLY)
+            outcomes = ",".join(f"{e.resource_id}:{e.outcome}:{e.reason or ''}"
                                 for e in result.executions)
             line = f"cycle {result.cycle_id} recovered={result.recovered} {outcomes}"
             print(line, flush=True)  # noqa: T201

@@ -12,7 +12,7 @@ from eventstore import RecordedEvent, SQLiteEventStore
 from ovi.config import Config, parse_config
 from ovi.engine import CycleResult, Engine
 from ovi.events import registry
-from ovi.model import ID_TAG, MANAGED_TAG, OWNER_TAG, Resource, ResourceType
+from ovi.model import ID_TAG, MANAGED_TAG, OWNER_TAG, CycleMode, Resource, ResourceType
 from ovi.providers.fake import FakeProvider
 from projections import ProjectionRunner
 from projections.claims import ClaimsProjection
@@ -55,7 +55,7 @@ class Env:
         """One apply cycle."""
         if isinstance(config, str):
             config = parse_config(config, "test.yaml")
-        return await self.engine.run_cycle(config, source="test.yaml", mode="apply",
+        return await self.engine.run_cycle(config, source="test.yaml", mode=CycleMode.APPLY,
                                            dry_run=dry_run, max_concurrency=max_concurrency)
 
     async def events(self, after: int = 0) -> list[RecordedEvent]:

@@ -21,7 +21,7 @@ from ovi.events import (
     claim_stream,
     resource_stream,
 )
-from ovi.model import Action, DecisionStatus
+from ovi.model import Action, DecisionStatus, SkipReason
 from ovi.providers.base import ProviderError
 from ovi.retry import RetryPolicy
 from tests.ovi.harness import Env, config_text, environment, managed
@@ -299,7 +299,7 @@ async def test_a_peers_skip_does_not_hide_an_action_in_doubt(tmp_path: Path) -> 
             ActionExecuting(cycle_id="a", decision_id=decision.decision_id,
                             action=Action.CREATE, resource_id="web-0", cloud_id=None, token=1),
             ActionSkipped(cycle_id="b", decision_id=decision.decision_id, action=Action.CREATE,
-                          resource_id="web-0", reason="claimed"),
+                          resource_id="web-0", reason=SkipReason.CLAIMED),
         ])
         result = await env.apply(config_text(WEB % 1))
     assert result.recovered == 1
