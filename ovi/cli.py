@@ -7,11 +7,9 @@ no action failed, 1 otherwise; every command 1 on bad input or a failure.
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -21,13 +19,11 @@ import msgspec
 from eventstore import EventStoreError
 from ovi._exceptions import OviError
 from ovi._output import result_json, result_text
-from ovi.config import load_config
-from ovi.engine import CycleResult, Engine
-from ovi.events import ApprovalGranted, resource_stream
+from ovi.app import approve_decision, run_once
+from ovi.engine import CycleResult
 from ovi.model import CycleMode
-from ovi.runtime import default_store_path, open_runtime
+from ovi.runtime import default_store_path
 from projections import ProjectionError
-from projections.findings import find_decision, open_findings
 
 __all__ = ["main"]
 
@@ -91,26 +87,6 @@ def _progress(message: str) -> None:
         sys.stderr.write(f"ovi: {message}\n")
 
 
-async def run_cycle_command(
-    config_path: Path, store_path: Path, *, mode: CycleMode, dry_run: bool = False,
-    max_concurrency: int | None = None,
-) -> CycleResult:
-    """Load the config (nothing happens if it is invalid), then run one cycle."""
-    from ovi.providers.aws import AWSProvider  # the only path that needs the AWS SDK
-
-    config = load_config(config_path)
-    _progress(f"{mode}: {len(config.desired_resources())} desired resources, "
-              f"log {store_path}")
-    async with open_runtime(store_path) as runtime, AWSProvider.from_config(config) as provider:
-        events = await runtime.store.last_position()
-        if runtime.views.reset_on_open and events:
-            _progress(f"rebuilding projections ({', '.join(runtime.views.reset_on_open)})"
-                      f" from {events:,} events first: their tables changed (once)")
-        engine = Engine(runtime.store, runtime.views, provider)
-        return await engine.run_cycle(config, source=str(config_path), mode=mode,
-                                      dry_run=dry_run, max_concurrency=max_concurrency)
-
-
 def _print_result(result: CycleResult, *, as_json: bool, executions: bool) -> None:
     if as_json:
         sys.stdout.write(msgspec.json.encode(result_json(result, executions=executions))
@@ -122,7 +98,7 @@ def _print_result(result: CycleResult, *, as_json: bool, executions: bool) -> No
 
 
 async def _plan(args: argparse.Namespace) -> int:
-    result = await run_cycle_command(args.config, args.store, mode=CycleMode.PLAN)
+    result = await run_once(args.config, args.store, mode=CycleMode.PLAN, progress=_progress)
     _print_result(result, as_json=args.json, executions=False)
     if result.failed_scopes:
         return 1
@@ -130,32 +106,15 @@ async def _plan(args: argparse.Namespace) -> int:
 
 
 async def _apply(args: argparse.Namespace) -> int:
-    result = await run_cycle_command(args.config, args.store, mode=CycleMode.APPLY,
-                                     dry_run=args.dry_run,
-                                     max_concurrency=args.max_concurrency)
+    result = await run_once(args.config, args.store, mode=CycleMode.APPLY,
+                            dry_run=args.dry_run, max_concurrency=args.max_concurrency,
+                            progress=_progress)
     _print_result(result, as_json=args.json, executions=True)
     return 1 if result.execution_errors or result.failed_scopes else 0
 
 
 async def _approve(args: argparse.Namespace) -> int:
-    if not args.store.exists():
-        raise OviError(f"{args.store}: no event log here (run `ovi plan` first)")
-    async with open_runtime(args.store) as runtime:
-        await runtime.views.catch_up()
-        decision = await runtime.views.query(lambda db: find_decision(db, args.decision_id))
-        if decision is None:
-            raise OviError(f"unknown decision id {args.decision_id!r} in {args.store}"
-                           " (`ovi plan` lists the decisions in force)")
-        findings = await runtime.views.query(open_findings)
-        current = findings.get(decision.resource_id)
-        if current is None or current.decision is None or \
-                current.decision.decision_id != decision.decision_id:
-            raise OviError(f"decision {decision.decision_id} is no longer in force: the finding"
-                           f" behind it changed or was resolved (run `ovi plan` again)")
-        by = args.by or getpass.getuser()
-        await runtime.store.append(resource_stream(decision.resource_id), [ApprovalGranted(
-            decision_id=decision.decision_id, resource_id=decision.resource_id, by=by,
-            at=datetime.now(UTC))])
+    decision, by = await approve_decision(args.store, args.decision_id, by=args.by)
     sys.stdout.write(f"approved {decision.decision_id}: {decision.action.value} "
                      f"{decision.resource_id} (by {by}); the next apply may execute it\n")
     return 0

@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,9 @@ import anyio
 
 from ovi._exceptions import OviError
 from ovi._output import result_text
-from ovi.cli import run_cycle_command
+from ovi.app import approve_decision, run_once
 from ovi.engine import CycleResult
-from ovi.events import ApprovalGranted, resource_stream
 from ovi.model import Action, CycleMode, DecisionStatus
-from ovi.runtime import open_runtime
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
 
@@ -147,7 +144,7 @@ async def run_demo(directory: Path | None) -> int:
 
     async def cycle(mode: str) -> CycleResult:
         cycle_mode = CycleMode(mode)
-        result = await run_cycle_command(config, store, mode=cycle_mode)
+        result = await run_once(config, store, mode=cycle_mode)
         _say(result_text(result, executions=cycle_mode is CycleMode.APPLY, colour=colour))
         return result
 
@@ -181,11 +178,7 @@ async def run_demo(directory: Path | None) -> int:
             decision = pending[0]
             _step(6, "approve", f"A person approves deleting {decision.resource_id}:"
                   f" ovi approve {decision.decision_id}")
-            async with open_runtime(store) as runtime:
-                await runtime.store.append(resource_stream(decision.resource_id), [
-                    ApprovalGranted(decision_id=decision.decision_id,
-                                    resource_id=decision.resource_id, by="demo",
-                                    at=datetime.now(UTC))])
+            await approve_decision(store, decision.decision_id, by="demo")
             _step(7, "apply", "Now the approved delete runs; the blessed instance stays.")
             await cycle("apply")
         _step(8, "plan", "Only notifications are left: in sync (ovi plan exits 0).")
