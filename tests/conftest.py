@@ -1,7 +1,8 @@
 """Shared test configuration.
 
 Every async test runs on asyncio and on uvloop. Tests that talk to "AWS" ask
-for ``moto_endpoint``: one moto server on loopback for the whole session.
+for ``moto_endpoint``: one moto server on loopback for the whole session; those
+that need AWS to misbehave ask for ``fault_proxy`` (tests/fault_proxy.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping
 import pytest
 import uvloop
 
+from tests.fault_proxy import fault_proxy as fault_proxy
 from tests.moto_server import moto_endpoint as moto_endpoint
 
 
