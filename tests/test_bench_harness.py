@@ -1,17 +1,21 @@
 """The benchmark harness (scripts/benchkit): the one place a threshold is
-compared, and figure selection."""
+compared, figure selection, and the child-process protocol's two outcomes."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from scripts.bench_sqlite import At
+from scripts.bench_sqlite_workloads import RssRead
 from scripts.benchkit import (
     BenchError,
+    ChildError,
     Context,
     Detail,
     Figure,
@@ -20,6 +24,7 @@ from scripts.benchkit import (
     Target,
     Task,
     Unit,
+    run_child,
     select,
 )
 
@@ -176,3 +181,22 @@ def test_select_names_what_it_does_not_know() -> None:
     only_slow = re.escape("--only: unknown figure(s) slow in group(s) one;")
     with pytest.raises(BenchError, match=only_slow):
         select(GROUPS, names=["one"], only=["slow"])
+
+
+@pytest.mark.asyncio
+async def test_a_child_task_returns_its_result_decoded(tmp_path: Path) -> None:
+    # Reading a log that does not exist yet: the store creates it empty.
+    result = await run_child("sqlite:rss_read", At(str(tmp_path / "empty.db")), RssRead,
+                             scratch=tmp_path, quick=True, quiet=True)
+    assert result.events == 0
+    assert result.peak_kb >= result.idle_kb > 0
+
+
+@pytest.mark.asyncio
+async def test_a_failed_child_task_surfaces_the_childs_stderr(tmp_path: Path) -> None:
+    with pytest.raises(ChildError) as caught:
+        await run_child("sqlite:no_such_task", At(str(tmp_path)), RssRead, scratch=tmp_path,
+                        quick=True, quiet=True)
+    assert caught.value.problem == "exited with code 1"
+    assert "group sqlite has no child task 'no_such_task'" in caught.value.stderr
+    assert "its stderr ended with" in str(caught.value)
