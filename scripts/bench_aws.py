@@ -1,41 +1,48 @@
-"""Benchmarks against a moto server on loopback, imported by bench.py.
-
-    python scripts/bench_aws.py          # prints its figures as JSON
+"""The aws group: Ovi's AWS provider against a moto server on loopback.
 
 - converging 50 EC2 instances from empty with a full ``apply`` cycle, next to
   the bare aiobotocore calls that cannot be avoided (one paginated
-  ``DescribeInstances`` and 50 ``RunInstances``), timed in the same run against
-  the same server (reset between runs);
+  ``DescribeInstances`` and 50 ``RunInstances``), alternately against the
+  same server (reset before each);
 - the API calls ``ovi plan`` makes on an in-sync estate, of which none may
   write.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import uvloop
 from aiobotocore.session import get_session
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ovi.config import parse_config
 from ovi.engine import Engine
 from ovi.model import CycleMode
 from ovi.providers.aws import AWSProvider
 from ovi.runtime import open_runtime
+from scripts.benchkit import (
+    Context,
+    Detail,
+    Figure,
+    FigureSpec,
+    Target,
+    Task,
+    Unit,
+    Workload,
+    alternate,
+)
+
+CONVERGE = FigureSpec("converge_50_ec2", Unit.SECONDS, Target(max_ratio=1.5),
+                      baseline="bare aiobotocore: paginated DescribeInstances + 50 RunInstances")
+PLAN_WRITES = FigureSpec("plan_in_sync_write_calls", Unit.CALLS, Target(max_value=0))
 
 COUNT = 50
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
@@ -66,16 +73,28 @@ def moto() -> Iterator[str]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the moto server did not start") from None
                 time.sleep(0.1)
-        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench",
-                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                          AWS_REGION="us-east-1")
         yield endpoint
     finally:
         server.terminate()
         server.wait(timeout=10)
 
 
-RUNS = 5  # counted pairs, after one warm-up pair
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """``values`` in os.environ (botocore reads them there), then as before."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+RUNS, WARMUP = 5, 1  # counted pairs, after one uncounted pair
 
 
 def reset(endpoint: str) -> None:
@@ -122,7 +141,7 @@ async def converge(session: Any, work: Path, calls: list[str]) -> tuple[float, l
         return elapsed, list(calls)
 
 
-async def aws_figures(work: Path) -> dict[str, dict[str, Any]]:
+async def measure(ctx: Context) -> list[Figure]:
     session = get_session()
     calls: list[str] = []
 
@@ -130,44 +149,46 @@ async def aws_figures(work: Path) -> dict[str, dict[str, Any]]:
         calls.append(f"{model.service_model.service_name}:{model.name}")
 
     session.register("before-call", record, unique_id="ovi-bench-calls")
-    ovi_runs: list[float] = []
-    bare_runs: list[float] = []
     plan_calls: list[str] = []
-    with moto() as endpoint:
+    with moto() as endpoint, environment(
+            AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+            AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1"):
+
+        async def bare_calls(rep: int) -> float:
+            reset(endpoint)
+            return await bare(session)
+
+        async def ovi_apply(rep: int) -> float:
+            nonlocal plan_calls
+            reset(endpoint)
+            elapsed, plan_calls = await converge(session, ctx.scratch, calls)
+            return elapsed
+
         # A warm-up pair first, not counted: the first of each (moto's lazy
         # set-up, aiobotocore's first clients) ran 30-50 % slower. Then the
         # median of 5: the bare calls alone moved between 0.6 and 1.0 s.
-        for run in range(1 + RUNS):
-            reset(endpoint)
-            bare_time = await bare(session)
-            reset(endpoint)
-            elapsed, plan_calls = await converge(session, work, calls)
-            if run:
-                bare_runs.append(bare_time)
-                ovi_runs.append(elapsed)
-    value, baseline = statistics.median(ovi_runs), statistics.median(bare_runs)
+        bare_runs, ovi_runs = await alternate(
+            ctx.say, [Workload("bare calls", bare_calls, "s"),
+                      Workload("ovi apply", ovi_apply, "s")],
+            repeats=RUNS, warmup=WARMUP, settle_first=False)
     writes = [c for c in plan_calls if not c.split(":")[1].startswith(READ_PREFIXES)]
-    return {
-        "converge_50_ec2": {
-            "unit": "s", "value": round(value, 3), "runs": [round(r, 3) for r in ovi_runs],
-            "baseline": {"name": "bare aiobotocore: paginated DescribeInstances + 50"
-                                 " RunInstances", "value": round(baseline, 3),
-                         "runs": [round(r, 3) for r in bare_runs]},
-            "ratio": round(value / baseline, 3), "target": {"max_ratio": 1.5},
-            "pass": value <= 1.5 * baseline,
-        },
-        "plan_in_sync_write_calls": {
-            "unit": "calls", "value": len(writes), "target": {"max_value": 0},
-            "pass": not writes, "calls": sorted(set(plan_calls)),
-        },
-    }
+    return [CONVERGE.from_runs(ovi_runs, bare_runs),
+            PLAN_WRITES.figure(len(writes), details={"calls": sorted(set(plan_calls))})]
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as work:
-        figures = uvloop.run(aws_figures(Path(work)))
-    sys.stdout.write(json.dumps(figures, indent=2) + "\n")
+class AWSGroup:
+    """See the module docstring."""
+
+    name = "aws"
+    specs = (CONVERGE, PLAN_WRITES)
+    tasks: Mapping[str, Task[Any]] = {}
+
+    def workload(self, quick: bool) -> dict[str, Detail]:
+        return {"instances": COUNT, "runs": RUNS, "warmup_runs": WARMUP}
+
+    async def run(self, ctx: Context) -> list[Figure]:
+        ctx.say(f"aws: converging {COUNT} EC2 instances against moto, plan call count")
+        return await measure(ctx)
 
 
-if __name__ == "__main__":
-    main()
+GROUP = AWSGroup()

@@ -1,34 +1,25 @@
-"""Reconcile-cycle and execution benchmarks (fake provider), imported by bench.py.
-
-    python scripts/bench_engine.py [--quick]      # prints its figures as JSON
+"""The engine group: reconcile cycles and execution with a fake provider.
 
 Figures: a first cycle over 10k new resources; steady-state cycles over 1k,
 10k and 100k unchanged resources with the fitted growth exponent; what a
-steady-state cycle appends to the log; peak RSS at 100k (child process); 1,000
-actions at 20 ms provider latency with max_concurrency 50; claiming and
-releasing 1,000 resources.
+steady-state cycle appends to the log (events and bytes); peak RSS of the
+100k cycles (a child task, full runs only); 1,000 actions at 20 ms provider
+latency with max_concurrency 50; claiming and releasing 1,000 resources.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import math
 import resource
-import sys
-import tempfile
+import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 import msgspec
-import uvloop
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eventstore import StreamBatch
 from ovi.config import Config, parse_config
@@ -36,6 +27,39 @@ from ovi.engine import Engine
 from ovi.model import ID_TAG, MANAGED_TAG, OWNER_TAG, CycleMode, Resource, ResourceType
 from ovi.providers.fake import FakeProvider
 from ovi.runtime import Runtime, open_runtime
+from scripts.benchkit import (
+    ChildError,
+    Context,
+    Detail,
+    Figure,
+    FigureSpec,
+    Target,
+    Task,
+    Unit,
+    Workload,
+    alternate,
+)
+
+CYCLE_BASELINE = "encode + hash 10k resources"
+FIRST = FigureSpec("first_cycle_10k", Unit.SECONDS, Target(max_value=2.0),
+                   baseline=CYCLE_BASELINE)
+STEADY = FigureSpec("steady_cycle_10k", Unit.SECONDS, Target(max_value=1.0),
+                    baseline=CYCLE_BASELINE)
+GROWTH = FigureSpec("steady_cycle_growth_exponent", Unit.EXPONENT, Target(max_value=1.15))
+LOG_EVENTS = FigureSpec("steady_cycle_10k_log_growth", Unit.EVENTS, Target(max_value=10))
+LOG_BYTES = FigureSpec("steady_cycle_10k_log_bytes", Unit.BYTES, Target(max_value=4096))
+RSS = FigureSpec("peak_rss_100k", Unit.MB, Target(max_value=1024), quick=False)
+ACTIONS = FigureSpec("execute_1000_actions", Unit.SECONDS, Target(max_ratio=1.25),
+                     baseline="ideal ceil(1000/50) x 20 ms")
+CLAIMS = FigureSpec("claim_release_1000", Unit.SECONDS, Target(max_value=1.0))
+CYCLE_FIGURES = (FIRST, STEADY, GROWTH, LOG_EVENTS, LOG_BYTES, RSS)
+
+ACTION_COUNT, LATENCY, CONCURRENCY = 1000, 0.02, 50
+CLAIM_COUNT = 1000
+
+
+def sizes_for(quick: bool) -> list[int]:
+    return [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
 
 
 def estate(count: int) -> list[Resource]:
@@ -74,7 +98,19 @@ async def log_bytes(rt: Runtime, after: int) -> tuple[int, int]:
     return events, size
 
 
-async def cycles(work: Path, count: int) -> dict[str, float]:
+class CycleTimes(msgspec.Struct, frozen=True):
+    """A first cycle and the median of 3 steady ones over the same estate,
+    with what the last steady cycle appended; ``peak_kb`` is the peak RSS of
+    the process that ran them (meaningful in a child task of its own)."""
+
+    first: float
+    steady: float
+    events: int
+    bytes: int
+    peak_kb: int
+
+
+async def cycles(work: Path, count: int) -> CycleTimes:
     """First and steady-state cycle over ``count`` resources."""
     path = fresh(work, f"cycles-{count}.db")
     async with runtime(path) as rt:
@@ -91,9 +127,9 @@ async def cycles(work: Path, count: int) -> dict[str, float]:
             appended = await log_bytes(rt, head)
             assert result.in_sync and result.resources_found == count
     fresh(work, path.name)
-    steady.sort()
-    return {"first": first.duration, "steady": steady[1], "events": appended[0],
-            "bytes": appended[1]}
+    return CycleTimes(first=first.duration, steady=statistics.median(steady),
+                      events=appended[0], bytes=appended[1],
+                      peak_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def fingerprint_baseline(count: int) -> float:
@@ -114,12 +150,6 @@ def exponent(points: list[tuple[int, float]]) -> float:
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
         (x - mx) ** 2 for x in xs)
-
-
-async def rss_child(work: Path, count: int) -> None:
-    result = await cycles(work, count)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    sys.stdout.write(json.dumps({"peak_kb": peak_kb, **result}) + "\n")
 
 
 def fresh(work: Path, name: str) -> Path:
@@ -159,77 +189,82 @@ async def claims(work: Path, count: int) -> float:
     return elapsed
 
 
-def figure(value: float, unit: str, target: dict[str, float], passed: bool,
-           baseline: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"unit": unit, "value": round(value, 4), "target": target,
-                            "pass": passed}
-    if baseline is not None:
-        body["baseline"] = baseline
-        if baseline.get("value"):
-            body["ratio"] = round(value / baseline["value"], 3)
-    body.update(extra)
-    return body
+class Cycles(msgspec.Struct, frozen=True):
+    """The child task's parameters: where, and over how many resources."""
+
+    work: str
+    count: int
 
 
-async def engine_figures(work: Path, *, quick: bool) -> dict[str, dict[str, Any]]:
-    """Every figure of this module."""
-    figures: dict[str, dict[str, Any]] = {}
-    sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
-    points: list[tuple[int, float]] = []
-    measured: dict[int, dict[str, float]] = {}
-    for size in sizes:
+async def cycles_task(ctx: Context, params: Cycles) -> CycleTimes:
+    return await cycles(Path(params.work), params.count)
+
+
+async def cycle_figures(ctx: Context) -> list[Figure]:
+    measured: dict[int, CycleTimes] = {}
+    failed = None
+    for size in sizes_for(ctx.quick):
         if size == 100_000:
             # A child process, so that its peak RSS is the 100k cycle's alone.
-            child = await anyio.run_process(
-                [sys.executable, __file__, "--rss-child", str(work), str(size)], check=True)
-            measured[size] = json.loads(child.stdout)
+            try:
+                measured[size] = await ctx.child("cycles", Cycles(str(ctx.scratch), size),
+                                                 CycleTimes)
+            except ChildError as exc:
+                failed = str(exc)
         else:
-            measured[size] = await cycles(work, size)
-        points.append((size, measured[size]["steady"]))
+            measured[size] = await cycles(ctx.scratch, size)
+    points = [(n, t.steady) for n, t in measured.items()]
     ten = measured[10_000]
-    figures["first_cycle_10k"] = figure(
-        ten["first"], "s", {"max_value": 2.0}, ten["first"] <= 2.0,
-        {"name": "encode + hash 10k resources", "value": fingerprint_baseline(10_000)})
-    figures["steady_cycle_10k"] = figure(
-        ten["steady"], "s", {"max_value": 1.0}, ten["steady"] <= 1.0,
-        {"name": "encode + hash 10k resources", "value": fingerprint_baseline(10_000)},
-        by_size={str(n): round(t, 4) for n, t in points})
-    slope = exponent(points)
-    figures["steady_cycle_growth_exponent"] = figure(
-        slope, "exponent", {"max_value": 1.15}, slope <= 1.15,
-        sizes=[n for n, _ in points])
-    figures["steady_cycle_10k_log_growth"] = figure(
-        ten["events"], "events", {"max_events": 10, "max_bytes": 4096},
-        ten["events"] <= 10 and ten["bytes"] <= 4096, bytes=int(ten["bytes"]))
+    figures = [
+        FIRST.figure(ten.first, baseline=fingerprint_baseline(10_000)),
+        STEADY.figure(ten.steady, baseline=fingerprint_baseline(10_000),
+                      details={"by_size": {str(n): round(t, 4) for n, t in points}}),
+        LOG_EVENTS.figure(ten.events),
+        LOG_BYTES.figure(ten.bytes),
+    ]
+    if failed:  # without the 100k point the exponent would be another figure
+        return [*figures, GROWTH.failed(failed), RSS.failed(failed)]
+    figures.append(GROWTH.figure(exponent(points), details={"sizes": [n for n, _ in points]}))
     if 100_000 in measured:
-        peak_mb = measured[100_000]["peak_kb"] / 1024
-        figures["peak_rss_100k"] = figure(peak_mb, "MB", {"max_value": 1024},
-                                          peak_mb <= 1024)
-    runs = sorted([await actions(work, 1000, 0.02, 50) for _ in range(3)])
-    ideal = math.ceil(1000 / 50) * 0.02
-    figures["execute_1000_actions"] = figure(
-        runs[1], "s", {"max_ratio": 1.25}, runs[1] <= 1.25 * ideal,
-        {"name": "ideal ceil(1000/50) x 20 ms", "value": ideal},
-        runs=[round(r, 4) for r in runs])
-    claim_runs = sorted([await claims(work, 1000) for _ in range(3)])
-    figures["claim_release_1000"] = figure(claim_runs[1], "s", {"max_value": 1.0},
-                                           claim_runs[1] <= 1.0,
-                                           runs=[round(r, 4) for r in claim_runs])
+        figures.append(RSS.figure(measured[100_000].peak_kb / 1024))
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="reconcile and execution benchmarks")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.rss_child:
-        uvloop.run(rss_child(Path(args.rss_child[0]), int(args.rss_child[1])))
-        return
-    with tempfile.TemporaryDirectory() as work:
-        figures = uvloop.run(engine_figures(Path(work), quick=args.quick))
-    sys.stdout.write(json.dumps(figures, indent=2) + "\n")
+class EngineGroup:
+    """See the module docstring."""
+
+    name = "engine"
+    specs = (*CYCLE_FIGURES, ACTIONS, CLAIMS)
+    tasks: Mapping[str, Task[Any]] = {"cycles": Task(Cycles, cycles_task)}
+
+    def workload(self, quick: bool) -> dict[str, Detail]:
+        return {"cycle_sizes": sizes_for(quick), "actions": ACTION_COUNT,
+                "provider_latency_s": LATENCY, "max_concurrency": CONCURRENCY,
+                "claims": CLAIM_COUNT}
+
+    async def run(self, ctx: Context) -> list[Figure]:
+        sizes = "/".join(f"{n // 1000}k" for n in sizes_for(ctx.quick))
+        ctx.say(f"engine: cycles over {sizes} resources, {ACTION_COUNT:,} actions, "
+                f"{CLAIM_COUNT:,} claims")
+        figures = []
+        if ctx.wants(*CYCLE_FIGURES):
+            figures += await cycle_figures(ctx)
+        if ctx.wants(ACTIONS):
+            async def execute(rep: int) -> float:
+                return await actions(ctx.scratch, ACTION_COUNT, LATENCY, CONCURRENCY)
+
+            runs, = await alternate(ctx.say, [Workload("apply 1,000 creates", execute, "s")],
+                                    settle_first=False)
+            figures.append(ACTIONS.from_runs(
+                runs, baseline=math.ceil(ACTION_COUNT / CONCURRENCY) * LATENCY))
+        if ctx.wants(CLAIMS):
+            async def claim(rep: int) -> float:
+                return await claims(ctx.scratch, CLAIM_COUNT)
+
+            runs, = await alternate(ctx.say, [Workload("claim + release 1,000", claim, "s")],
+                                    settle_first=False)
+            figures.append(CLAIMS.from_runs(runs))
+        return figures
 
 
-if __name__ == "__main__":
-    main()
+GROUP = EngineGroup()

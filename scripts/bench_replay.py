@@ -1,37 +1,35 @@
-"""Figures for ``python -m ovi.replay`` on a large log (issue 6's targets).
-
-    python scripts/bench_replay.py [--events N] [--dir DIR] [--keep]
+"""The replay group: ``python -m ovi.replay`` on a large log (issue 6's targets).
 
 Builds a log of realistic Ovi events (cycles of ``ResourceObserved``,
 ``DiffDetected`` and ``DecisionMade`` over a 10,000-resource estate, with
-the cycle, observation and execution events around them), then runs the
-replay tool on it in child processes and prints one JSON object:
+the cycle, observation and execution events around them; 1M events, 200k
+with ``--quick``), then runs the replay tool on it in child processes:
 
-- ``log_rss``: ``log --type DecisionMade --json`` streamed to a pipe; the
-  child's peak RSS (``wait4`` rusage) — target ≤ 200 MB;
-- ``rebuild``: ``rebuild --json``: events/s of the from-scratch replay of
-  every projection — target ≥ 200k events/s;
-- ``state_at``: ``state --at REV`` for a mid-log revision, wall time of the
-  whole command (projections already caught up) — target ≤ 2 s.
+- ``replay_log_1m_peak_rss``: ``log --type DecisionMade --json`` streamed to
+  a pipe; the command's peak RSS (``wait4`` rusage);
+- ``replay_rebuild_1m``: ``rebuild --json``: events/s of the from-scratch
+  replay of every projection;
+- ``replay_state_at_1m``: ``state --at REV`` for a mid-log revision, wall
+  time of the whole command (projections already caught up).
 
-The functions are importable (``scripts/bench.py`` reuses them).
+All of it runs in a child task (``replay:figures``), a small fresh parent
+for those commands: Linux counts a forked child's pre-exec pages in its
+peak RSS, and the bench's own process is large by then. A command that
+exits non-zero gives a failed figure.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import msgspec
 
 from eventstore import Event, SQLiteEventStore, StreamBatch
 from ovi.events import (
@@ -64,6 +62,11 @@ from ovi.model import (
     Scope,
     resource_fingerprint,
 )
+from scripts.benchkit import Context, Detail, Figure, FigureSpec, Target, Task, Unit
+
+LOG_RSS = FigureSpec("replay_log_1m_peak_rss", Unit.MB, Target(max_value=200))
+REBUILD = FigureSpec("replay_rebuild_1m", Unit.EVENTS_PER_S, Target(min_value=200_000))
+STATE_AT = FigureSpec("replay_state_at_1m", Unit.SECONDS, Target(max_value=2.0))
 
 ROOT = Path(__file__).resolve().parent.parent
 ESTATE = 10_000
@@ -133,7 +136,14 @@ def _cycle_events(cycle: int, cycle_id: str, now: datetime) -> list[StreamBatch]
     return batches
 
 
-async def build_log(path: Path, events: int) -> dict[str, Any]:
+
+class LogBuilt(msgspec.Struct, frozen=True):
+    events: int
+    cycles: int
+    seconds: float
+
+
+async def build_log(path: Path, events: int) -> LogBuilt:
     """A log of at least ``events`` events, one transaction per cycle; one
     minute of recorded time per cycle."""
     clock = _Clock()
@@ -146,19 +156,33 @@ async def build_log(path: Path, events: int) -> dict[str, Any]:
             clock.now += timedelta(minutes=1)
             cycle += 1
         total = await store.last_position()
-    seconds = time.perf_counter() - started
-    return {"events": total, "cycles": cycle, "seconds": round(seconds, 1),
-            "first_at": "2026-01-01T00:00:00Z"}
+    return LogBuilt(events=total, cycles=cycle, seconds=round(time.perf_counter() - started, 1))
 
 
 def _replay(*args: str) -> list[str]:
     return [sys.executable, "-m", "ovi.replay", *args]
 
 
-def run_measured(command: list[str], *, keep: bool = False) -> dict[str, Any]:
-    """Run a child with stdout piped and counted; its wall time, output
-    lines and bytes, exit code, peak RSS (its own, from ``wait4``) and its
-    last line (the whole output with ``keep``)."""
+class Measured(msgspec.Struct, frozen=True):
+    """A command run to completion: wall time, output lines and bytes, exit
+    code, its own peak RSS, and its last output line (all of it with ``keep``)."""
+
+    seconds: float
+    lines: int
+    bytes: int
+    exit: int
+    peak_rss_mb: float
+    last_line: str
+
+    def problem(self, command: list[str]) -> str | None:
+        """Why this run gives no figure, if it does not."""
+        if self.exit == 0:
+            return None
+        return f"`{' '.join(command[1:])}` exited with {self.exit}: {self.last_line[:500]}"
+
+
+def run_measured(command: list[str], *, keep: bool = False) -> Measured:
+    """Run a child with stdout piped and counted (its peak RSS from ``wait4``)."""
     env = {**os.environ, "NO_COLOR": "1"}
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, env=env)
@@ -172,98 +196,114 @@ def run_measured(command: list[str], *, keep: bool = False) -> dict[str, Any]:
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 2), "lines": lines, "bytes": size,
-            "exit": child.returncode, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "last_line": tail.decode(errors="replace").strip().rsplit("\n", 1)[-1]}
+    return Measured(seconds=round(seconds, 2), lines=lines, bytes=size, exit=child.returncode,
+                    peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+                    last_line=tail.decode(errors="replace").strip().rsplit("\n", 1)[-1])
 
 
-def measure_log_rss(path: Path) -> dict[str, Any]:
+class RebuildReport(msgspec.Struct):
+    """The part of ``rebuild --json``'s report the figure uses."""
+
+    events_per_s: float
+    events: int
+    seconds: float
+    equal: bool
+
+
+class StateReport(msgspec.Struct):
+    """The part of ``state --json``'s output the figure uses."""
+
+    revision: int
+    resources: list[msgspec.Raw]
+
+
+def measure_log_rss(path: Path) -> Figure:
     """``log --type DecisionMade --json`` over the whole log."""
-    run = run_measured(_replay("log", "--type", "DecisionMade", "--json", "--store", str(path)))
-    return {"unit": "MB", "value": run["peak_rss_mb"], "lines": run["lines"],
-            "seconds": run["seconds"], "lines_per_s": round(run["lines"] / run["seconds"]),
-            "exit": run["exit"], "target": {"max_value": 200},
-            "pass": run["exit"] == 0 and run["peak_rss_mb"] <= 200}
+    command = _replay("log", "--type", "DecisionMade", "--json", "--store", str(path))
+    run = run_measured(command)
+    return LOG_RSS.figure(run.peak_rss_mb, error=run.problem(command), details={
+        "lines": run.lines, "seconds": run.seconds,
+        "lines_per_s": round(run.lines / run.seconds), "exit": run.exit})
 
 
-def measure_rebuild(path: Path) -> dict[str, Any]:
+def measure_rebuild(path: Path) -> Figure:
     """``rebuild --json``: the first run also catches the log file's own
     projections up (untimed by the tool); the figure is the fresh replay."""
-    run = run_measured(_replay("rebuild", "--json", "--store", str(path)))
-    report = json.loads(run["last_line"])
-    return {"unit": "events/s", "value": report["events_per_s"], "events": report["events"],
-            "rebuild_seconds": report["seconds"], "command_seconds": run["seconds"],
-            "equal": report["equal"], "peak_rss_mb": run["peak_rss_mb"], "exit": run["exit"],
-            "target": {"min_value": 200_000}, "pass": report["events_per_s"] >= 200_000}
+    command = _replay("rebuild", "--json", "--store", str(path))
+    run = run_measured(command)
+    try:
+        report = msgspec.json.decode(run.last_line, type=RebuildReport)
+    except msgspec.DecodeError as exc:
+        return REBUILD.failed(run.problem(command) or f"rebuild --json printed no report: {exc}")
+    return REBUILD.figure(report.events_per_s, error=run.problem(command), details={
+        "events": report.events, "rebuild_seconds": report.seconds,
+        "command_seconds": run.seconds, "equal": report.equal,
+        "peak_rss_mb": run.peak_rss_mb, "exit": run.exit})
 
 
-def measure_state_at(path: Path, revision: int) -> dict[str, Any]:
+def measure_state_at(path: Path, revision: int) -> Figure:
     """``state --at REV`` for a mid-log revision (projections caught up before)."""
-    run = run_measured(_replay("state", "--at", str(revision), "--json", "--store", str(path)),
-                       keep=True)
-    body = json.loads(run["last_line"])
+    command = _replay("state", "--at", str(revision), "--json", "--store", str(path))
+    run = run_measured(command, keep=True)
+    try:
+        body = msgspec.json.decode(run.last_line, type=StateReport)
+    except msgspec.DecodeError as exc:
+        return STATE_AT.failed(run.problem(command) or f"state --json printed no state: {exc}")
     at_time = run_measured(_replay("state", "--at", "2026-01-01T04:00:00Z", "--json",
                                    "--store", str(path)))
-    return {"unit": "s", "value": run["seconds"], "revision": body["revision"],
-            "resources": len(body["resources"]), "exit": run["exit"],
-            "by_time_seconds": at_time["seconds"], "target": {"max_value": 2.0},
-            "pass": run["exit"] == 0 and run["seconds"] <= 2.0}
+    return STATE_AT.figure(run.seconds, error=run.problem(command), details={
+        "revision": body.revision, "resources": len(body.resources), "exit": run.exit,
+        "by_time_seconds": at_time.seconds})
 
 
-def replay_figures(work: Path, events: int = 1_000_000) -> dict[str, dict[str, Any]]:
-    """The issue's three figures on a log of ``events`` events built in ``work``."""
-    path = work / "replay.db"
-    built = asyncio.run(build_log(path, events))
-    figures = {
-        "replay_log_1m_peak_rss": measure_log_rss(path),
-        "replay_rebuild_1m": measure_rebuild(path),
-        "replay_state_at_1m": measure_state_at(path, built["events"] // 2),
-    }
-    for figure in figures.values():
-        figure["log_events"] = built["events"]
+class Figures(msgspec.Struct, frozen=True):
+    """What the child task returns."""
+
+    figures: list[Figure]
+
+
+class Events(msgspec.Struct, frozen=True):
+    events: int
+
+
+def events_for(quick: bool) -> int:
+    return 200_000 if quick else 1_000_000
+
+
+def measure(path: Path, built: LogBuilt) -> list[Figure]:
+    """The three commands on the log at ``path``, one at a time; the log
+    removed afterwards."""
+    figures = [measure_log_rss(path), measure_rebuild(path),
+               measure_state_at(path, built.events // 2)]
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return figures
+    return [msgspec.structs.replace(f, details={**f.details, "log_events": built.events})
+            for f in figures]
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+async def figures_task(ctx: Context, params: Events) -> Figures:
+    """Every figure of the group on a log of ``params.events`` events."""
+    path = ctx.scratch / "replay.db"
+    built = await build_log(path, params.events)
+    ctx.say(f"  built {built.events:,} events ({built.cycles} cycles) in {built.seconds} s")
+    return Figures(measure(path, built))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--dir", default=None, help="where to build the log (default: tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the log afterwards")
-    parser.add_argument("--figures", action="store_true",
-                        help="print only bench.py's figures, as JSON")
-    args = parser.parse_args()
-    if args.figures:
-        with tempfile.TemporaryDirectory(prefix="ovi-bench-replay-", dir=args.dir) as tmp:
-            sys.stdout.write(json.dumps(replay_figures(Path(tmp), args.events)) + "\n")
-        return
-    with tempfile.TemporaryDirectory(prefix="ovi-bench-replay-", dir=args.dir) as tmp:
-        path = Path(tmp) / "ovi.db"
-        say(f"building a {args.events:,}-event log in {path}")
-        built = asyncio.run(build_log(path, args.events))
-        built["mb"] = round(path.stat().st_size / 2**20)
-        say(f"  {built}")
-        report: dict[str, Any] = {"log": built}
-        say("log --type DecisionMade --json …")
-        report["log_rss"] = measure_log_rss(path)
-        say(f"  {report['log_rss']}")
-        say("rebuild …")
-        report["rebuild"] = measure_rebuild(path)
-        say(f"  {report['rebuild']}")
-        say("state --at (mid-log) …")
-        report["state_at"] = measure_state_at(path, built["events"] // 2)
-        say(f"  {report['state_at']}")
-        if args.keep:
-            kept = Path(args.dir or ".") / "bench-replay.db"
-            os.replace(path, kept)
-            say(f"kept the log as {kept}")
-    print(json.dumps(report, indent=2))
+class ReplayGroup:
+    """See the module docstring."""
+
+    name = "replay"
+    specs = (LOG_RSS, REBUILD, STATE_AT)
+    tasks: Mapping[str, Task[Any]] = {"figures": Task(Events, figures_task)}
+
+    def workload(self, quick: bool) -> dict[str, Detail]:
+        return {"events": events_for(quick), "estate": ESTATE,
+                "observed_per_cycle": OBSERVED_PER_CYCLE, "decided_per_cycle": DECIDED_PER_CYCLE}
+
+    async def run(self, ctx: Context) -> list[Figure]:
+        events = events_for(ctx.quick)
+        ctx.say(f"replay: log / rebuild / state --at on a {events:,}-event log")
+        return (await ctx.child("figures", Events(events), Figures)).figures
 
 
-if __name__ == "__main__":
-    main()
+GROUP = ReplayGroup()
