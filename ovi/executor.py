@@ -9,7 +9,7 @@ claim's token, so a lost claim is flagged). Decisions that must wait record
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 import msgspec
@@ -17,6 +17,7 @@ import msgspec
 from eventstore import Event, EventStore, EventStoreError, StreamBatch, WrongExpectedVersion
 from ovi.coordinator import Claim, Coordinator
 from ovi.events import (
+    PAUSE_STREAM,
     ActionExecuted,
     ActionExecuting,
     ActionFailed,
@@ -62,12 +63,16 @@ class Executor:
         coordinator: Coordinator,
         *,
         retry: RetryPolicy | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.views = views
         self.provider = provider
         self.coordinator = coordinator
         self.retry = retry or RetryPolicy()
+        #: true once the service drains: no action starts after that
+        self.stopping: Callable[[], bool] = stopping or _never
+        self._fences: Callable[[Decision], Sequence[StreamBatch]] = _no_fences
 
     async def execute(
         self,
@@ -78,8 +83,13 @@ class Executor:
         owner: str,
         max_concurrency: int,
         dry_run: bool = False,
+        fences: Callable[[Decision], Sequence[StreamBatch]] | None = None,
     ) -> list[Execution]:
-        """Execute what may run now; record why the rest waits."""
+        """Execute what may run now; record why the rest waits. ``fences``
+        gives, per decision, empty batches appended with its write-ahead: if
+        one's expected version no longer holds (a pause recorded since the
+        cycle read its state), the action is skipped."""
+        self._fences = fences or _no_fences
         actionable = [d for d in decisions if d.action != Action.NOTIFY]
         if not actionable:
             return []
@@ -141,6 +151,11 @@ class Executor:
 
         async def worker() -> None:
             for decision in queue:
+                if self.stopping():
+                    await self._release_quietly(claims.held[decision.resource_id])
+                    results.append(_execution(decision, Outcome.SKIPPED,
+                                              reason=SkipReason.DRAINING))
+                    continue
                 done = await self._run(decision, claims.held[decision.resource_id], cycle_id,
                                        owner, ahead, calls)
                 results.append(done)
@@ -201,6 +216,9 @@ class Executor:
                 # Waited so long for a slot that the claim ran out: another
                 # instance may hold it now. Leave it to a later cycle.
                 return _execution(decision, Outcome.SKIPPED, reason=SkipReason.CLAIM_EXPIRED)
+            if self.stopping():
+                await self._release_quietly(claim)
+                return _execution(decision, Outcome.SKIPPED, reason=SkipReason.DRAINING)
             try:
                 # Fenced: written only while the claim stream is still at our
                 # token, i.e. nobody took the claim over.
@@ -209,8 +227,12 @@ class Executor:
                         cycle_id=cycle_id, decision_id=decision.decision_id,
                         action=decision.action, resource_id=decision.resource_id,
                         cloud_id=decision.cloud_id, token=claim.token),)),
-                    self.coordinator.fence(claim)])
-            except WrongExpectedVersion:
+                    self.coordinator.fence(claim), *self._fences(decision)])
+            except WrongExpectedVersion as exc:
+                if exc.stream.startswith(PAUSE_STREAM):
+                    # Paused (or resumed) by someone after this cycle read the pauses.
+                    await self._release_quietly(claim)
+                    return _execution(decision, Outcome.SKIPPED, reason=SkipReason.PAUSED)
                 return _execution(decision, Outcome.SKIPPED, reason=SkipReason.CLAIM_LOST)
             except EventStoreError as exc:
                 # Write-ahead failed: the provider is not called.
@@ -274,6 +296,14 @@ class Executor:
             return None
         raise ProviderError(f"{decision.action} {decision.resource_id}: the decision lacks"
                             " the resource it acts on")
+
+
+def _never() -> bool:
+    return False
+
+
+def _no_fences(decision: Decision) -> Sequence[StreamBatch]:
+    return ()
 
 
 def _why_not_now(decision: Decision, last: DecisionOutcome | None,
