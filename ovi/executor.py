@@ -240,12 +240,21 @@ class Executor:
                 return _execution(decision, Outcome.FAILED, error=f"not attempted: cannot record"
                                   f" ActionExecuting: {exc}")
             async with calls:
+                drained = self.stopping()  # written ahead, but not started: it never will
                 try:
-                    resource = await call_with_retries(lambda: self._call(decision, owner),
-                                                       self.retry, attempted)
+                    if not drained:
+                        resource = await call_with_retries(
+                            lambda: self._call(decision, owner), self.retry, attempted)
                 except ProviderError as exc:
                     failure = exc
-        if failure is not None:
+        if drained:
+            outcome = ActionFailed(
+                cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
+                resource_id=decision.resource_id, cloud_id=decision.cloud_id,
+                token=claim.token, error="not started: the service was stopping",
+                retryable=True, attempts=0)
+            execution = _execution(decision, Outcome.SKIPPED, reason=SkipReason.DRAINING)
+        elif failure is not None:
             outcome = ActionFailed(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
                 resource_id=decision.resource_id, cloud_id=decision.cloud_id,

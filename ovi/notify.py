@@ -197,8 +197,9 @@ class Notifier:
     async def offer(self, result: CycleResult) -> int:
         """Queue this cycle's notices not announced yet; returns how many
         were queued. Never raises for a full queue (the rest waits)."""
-        # Deliveries recorded during the cycle must be seen, not offered again.
-        await self.views.catch_up("operations")
+        # Deliveries recorded during the cycle must be seen (not offered
+        # again), and the findings it opened give the notices their keys.
+        await self.views.catch_up("operations", "findings")
         revs = {r: f.detected_rev for r, f in (await self.views.query(open_findings)).items()}
         candidates = [n for n in notices(result, revs) if n.key not in self._pending]
         if not candidates:
