@@ -116,8 +116,11 @@ class OviService:
         return [line for line in self.lines() if line.get("event") == "cycle"]
 
     def wait_cycles(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
-        wait_until(lambda: self._assert_alive() or len(self.cycles()) >= count, timeout,
-                   f"{count} cycles; log:\n{self.text()}")
+        def enough() -> bool:
+            self._assert_alive()
+            return len(self.cycles()) >= count
+
+        wait_until(enough, timeout, f"{count} cycles; log:\n{self.text()}")
         return self.cycles()
 
     def port(self) -> int:
