@@ -27,7 +27,7 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,11 +126,13 @@ class Service:
     """The loop and everything around it; :meth:`run` returns the exit code."""
 
     def __init__(self, settings: ServiceSettings, *, provider: ProviderSource | None = None,
-                 log: ServiceLog | None = None, notifier: SdNotifier | None = None) -> None:
+                 log: ServiceLog | None = None, notifier: SdNotifier | None = None,
+                 on_cycle: Callable[[CycleResult], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.source = provider or aws_provider_source()
         self.log = log or ServiceLog(settings.log_format)
         self.sd = notifier or SdNotifier()
+        self.on_cycle = on_cycle  # awaited after every finished cycle (benchmarks, embedding)
         self.metrics = ServiceMetrics()
         self.health = Health(max_age=max(3 * settings.interval, 3 * settings.follow_interval))
         self.cycles = 0
@@ -301,6 +303,8 @@ class Service:
         if result is None:
             return
         await self._after_cycle(runtime, result, mode, notifier)
+        if self.on_cycle is not None:
+            await self.on_cycle(result)
 
     async def _after_cycle(self, runtime: Runtime, result: CycleResult, mode: CycleMode,
                            notifier: Notifier) -> None:

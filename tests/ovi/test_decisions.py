@@ -1,4 +1,4 @@
-"""The decision maker: base rules and policies, one test per rule of DESIGN.md."""
+"""The decision maker: base rules and policies, one test per rule in docs/architecture.md."""
 
 from __future__ import annotations
 
