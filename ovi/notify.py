@@ -252,5 +252,6 @@ class Notifier:
 
     async def aclose(self) -> None:
         self._send.close()
+        self._receive.close()
         if self.webhook is not None:
             await self.webhook.aclose()

@@ -191,7 +191,10 @@ class Service:
         compat = UnknownEventTypes(runtime.store.registry.names)
         self._unknown = await compat.check(runtime.views)
         provider_key = self.source.key(self._config)
-        provider = await stack.enter_async_context(self.source.open(self._config))
+        # The provider has a stack of its own: a reload may replace it.
+        providing = AsyncExitStack()
+        stack.push_async_callback(lambda: providing.aclose())
+        provider = await providing.enter_async_context(self.source.open(self._config))
         engine = self._engine(runtime, provider)
         recovered = 0
         if not settings.plan_only and not self._unknown:
@@ -235,7 +238,9 @@ class Service:
                 assert config is not None
                 if self.source.key(config) != provider_key:
                     provider_key = self.source.key(config)
-                    provider = await stack.enter_async_context(self.source.open(config))
+                    await providing.aclose()
+                    providing = AsyncExitStack()
+                    provider = await providing.enter_async_context(self.source.open(config))
                     engine = self._engine(runtime, provider)
                     self.log.info("reload", "provider rebuilt for the new config")
             group.cancel_scope.cancel()
