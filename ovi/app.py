@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 
+from eventstore import StreamBatch
 from ovi._exceptions import OviError
 from ovi.actor import current_actor
 from ovi.config import load_config
@@ -121,21 +122,23 @@ async def _set_paused(store_path: Path, targets: Sequence[str], *, reason: str,
         await runtime.views.catch_up("operations")
         state = await runtime.views.query(pause_state)
         now = datetime.now(UTC)
-        changed: list[str] = []
-        for target in dict.fromkeys(targets):
-            if (target in state.active) == paused:
-                if not paused:
-                    what = "the whole estate" if target == PAUSE_ALL else target
-                    raise OviError(f"{what} is not paused (paused: "
-                                   f"{', '.join(sorted(state.active)) or 'nothing'})")
-                continue
-            event = (AutomationPaused if paused else AutomationResumed)(
-                target=target, reason=reason, actor=actor, at=now)
-            # Expecting the version read: two people pausing at once both get
-            # an accurate answer instead of a duplicate pause.
-            await runtime.store.append(pause_stream(target), [event],
-                                       expected_version=state.versions.get(target, 0))
-            changed.append(target)
+        wanted = list(dict.fromkeys(targets))
+        if not paused:
+            idle = [t for t in wanted if t not in state.active]
+            if idle:  # checked first: nothing is resumed when one target is wrong
+                what = ", ".join("the whole estate" if t == PAUSE_ALL else t for t in idle)
+                raise OviError(f"{what}: not paused (paused: "
+                               f"{', '.join(sorted(state.active)) or 'nothing'})")
+        changed = [t for t in wanted if (t in state.active) != paused]
+        kind = AutomationPaused if paused else AutomationResumed
+        # One atomic append, each stream expecting the version read: two people
+        # pausing at once never record a duplicate pause, and a list of targets
+        # is paused all together or not at all.
+        if changed:
+            await runtime.store.append_streams(
+                StreamBatch(pause_stream(t), (kind(target=t, reason=reason, actor=actor, at=now),),
+                            expected_version=state.versions.get(t, 0))
+                for t in changed)
     return changed, actor
 
 

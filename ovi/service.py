@@ -267,6 +267,8 @@ class Service:
                 self.log.info("wake", f"woken: {self._wake.why}; cycle now")
             started = time.monotonic()
             await self._cycle(runtime, engine, compat, notifier)
+            if self._draining:
+                return
             if settings.max_cycles is not None and self.cycles >= settings.max_cycles:
                 self._draining = True
                 return

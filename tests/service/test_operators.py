@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.cli import client, live_instances, ovi, run_instance, write_config
 from tests.moto_server import reset_moto
-from tests.service.support import Webhook, events, service, wait_until
+from tests.service.support import Webhook, events, http_get, service, wait_until
 
 
 @pytest.fixture
@@ -87,6 +87,10 @@ def test_a_paused_resource_is_reported_not_fixed_until_resumed(aws: str, tmp_pat
         assert body["paused"][0]["target"] == "assets-0"
         assert body["paused"][0]["by"] == "alice" and body["paused"][0]["reason"] == \
             "bucket migration"
+        table = ovi("plan", "--config", str(config), endpoint=aws, cwd=tmp_path).stdout
+        assert "paused (ovi resume lifts it)" in table and "paused by alice" in table
+        code, metrics = http_get(f"http://127.0.0.1:{svc.port()}/metrics")
+        assert code == 200 and "ovi_paused_resources 1.0" in metrics.decode()
         why = subprocess.run([sys.executable, "-m", "ovi.replay", "--store", "ovi.db", "why",
                               "assets-0"], cwd=tmp_path, capture_output=True, text=True,
                              timeout=60, check=False, env={**os.environ, "NO_COLOR": "1"})

@@ -111,7 +111,7 @@ async def test_pause_and_resume_record_the_actor_and_refuse_what_makes_no_sense(
     assert paused["web-0"].uid == actor.uid
     resumed, _ = await resume_automation(store, [PAUSE_ALL])
     assert resumed == [PAUSE_ALL] and sorted(await paused_now(store)) == ["web-0"]
-    with pytest.raises(OviError, match="the whole estate is not paused"):
+    with pytest.raises(OviError, match="the whole estate: not paused"):
         await resume_automation(store, [PAUSE_ALL])
     with pytest.raises(OviError, match="--all"):
         await pause_automation(store, [], reason="x")
