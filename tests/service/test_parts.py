@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -132,3 +134,30 @@ async def test_a_hung_cycle_stops_the_watchdog_pings(
         service.sd.close()
     hung = [json.loads(line) for line in log.getvalue().splitlines()]
     assert [line["event"] for line in hung] == ["watchdog"]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--interval", "5x"], "argument --interval: expected a duration like 30s"),
+    (["--interval", "0s"], "argument --interval: expected a duration above 0"),
+    (["--metrics-addr", "9464"], "argument --metrics-addr: expected HOST:PORT"),
+    (["--log-format", "xml"], "argument --log-format: invalid choice"),
+])
+def test_bad_flags_of_ovi_run_exit_1_with_the_reason(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    done = subprocess.run([sys.executable, "-m", "ovi", "run", "--config", "ovi.yaml", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert says in done.stderr.splitlines()[-1], done.stderr
+    assert not (tmp_path / "ovi.db").exists()
+
+
+def test_an_invalid_config_at_start_is_one_line_and_nothing_is_recorded(tmp_path: Path) -> None:
+    (tmp_path / "ovi.yaml").write_text(BASE + "rules: {grace_period: soon}\n")
+    done = subprocess.run([sys.executable, "-m", "ovi", "run", "--config", "ovi.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "ovi: error: ovi.yaml:5: rules.grace_period: expected a duration like 30s, 5m, 1h30m"
+        " or 2d (or 0), got \"soon\""]
+    assert not (tmp_path / "ovi.db").exists()
