@@ -7,14 +7,18 @@ import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
-from ovi.config import Config
-from ovi.engine import CycleResult
+from ovi.config import Config, load_config
+from ovi.engine import CycleResult, Engine
+from ovi.model import CycleMode, DesiredResource, Resource
 from ovi.providers.base import Provider
 from ovi.providers.fake import FakeProvider
+from ovi.runtime import open_runtime
 from ovi.service import ProviderSource, Service, ServiceSettings
 from ovi.servicelog import LogFormat, ServiceLog
 
@@ -59,3 +63,48 @@ async def test_a_reload_that_changes_the_owner_rebuilds_the_provider(tmp_path: P
     lines = [json.loads(line) for line in log.getvalue().splitlines()]
     assert [line["msg"] for line in lines if line["event"] == "reload"] == [
         "config reloaded", "provider rebuilt for the new config"]
+
+
+class _Hanging(FakeProvider):
+    """A create that never returns: the process 'dies' between write-ahead and outcome."""
+
+    async def create(self, desired: DesiredResource, *, decision_id: str,
+                     owner: str) -> Resource:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_actions_left_in_doubt_are_resolved_before_ready(tmp_path: Path) -> None:
+    config_path = tmp_path / "ovi.yaml"
+    config_path.write_text(CONFIG.format(owner="ovi").replace(
+        "resources: []", "resources: [{type: s3, name: assets}]"))
+    store = tmp_path / "ovi.db"
+    # An earlier process, an hour ago: its claim has long expired.
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with open_runtime(store) as runtime:
+        engine = Engine(runtime.store, runtime.views, _Hanging(), clock=lambda: an_hour_ago)
+        with anyio.move_on_after(2):
+            await engine.run_cycle(load_config(config_path), source="ovi.yaml",
+                                   mode=CycleMode.APPLY)
+        types = [e.type async for e in runtime.store.read()]
+    assert "ActionExecuting" in types and "ActionFailed" not in types  # in doubt
+
+    @asynccontextmanager
+    async def fake(config: Config) -> AsyncIterator[Provider]:
+        yield FakeProvider()
+
+    log = io.StringIO()
+    service = Service(ServiceSettings(config_path=config_path, store_path=store, interval=0.05,
+                                      metrics_host=None, max_cycles=1),
+                      provider=ProviderSource(fake, lambda c: 0),
+                      log=ServiceLog(LogFormat.JSON, stream=log, journald=False))
+    assert await service.run() == 0
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    events = [line["event"] for line in lines]
+    ready = lines[events.index("ready")]
+    assert ready["recovered"] == 1 and events.index("ready") < events.index("cycle")
+    async with open_runtime(store) as runtime:
+        recorded = [e async for e in runtime.store.read()]
+    failed = next(e for e in recorded if e.type == "ActionFailed")
+    first_service_cycle = [e for e in recorded if e.type == "CycleStarted"][1]
+    assert failed.event.interrupted and failed.position < first_service_cycle.position
