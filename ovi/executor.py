@@ -151,11 +151,6 @@ class Executor:
 
         async def worker() -> None:
             for decision in queue:
-                if self.stopping():
-                    await self._release_quietly(claims.held[decision.resource_id])
-                    results.append(_execution(decision, Outcome.SKIPPED,
-                                              reason=SkipReason.DRAINING))
-                    continue
                 done = await self._run(decision, claims.held[decision.resource_id], cycle_id,
                                        owner, ahead, calls)
                 results.append(done)

@@ -145,10 +145,10 @@ class Service:
         self._cycle_scope: anyio.CancelScope | None = None
         self._cycle_started: float | None = None  # monotonic, while a cycle runs
         self._wake = _Wakeup()
-        self._stop = anyio.Event()
         self._status = "starting"
         self._statuses: dict[str, DecisionStatus] = {}
         self._unknown: frozenset[str] = frozenset()
+        self._reported_unknown: frozenset[str] = frozenset()
         self._group: TaskGroup | None = None
         self._notifier: Notifier | None = None
 
@@ -346,7 +346,8 @@ class Service:
             resources=result.resources_found, diffs=result.diffs_detected,
             decisions=result.decisions_made, executed=executed, errors=result.execution_errors,
             failed_scopes=list(result.failed_scopes), duration=result.duration,
-            log_position=position, paused=[p.target for p in result.paused])
+            log_position=position, paused=[p.target for p in result.paused],
+            refusing_to_execute=sorted(self._unknown))
         for scope, error in result.scope_errors:
             self.log.error("observe", f"could not observe {scope}: {error}", scope=scope)
         statuses: dict[str, DecisionStatus] = {}
@@ -378,11 +379,12 @@ class Service:
 
     def _report_unknown(self) -> None:
         self.health.refusing = self._unknown
-        if self._unknown:
+        if self._unknown and self._unknown != self._reported_unknown:  # once per new type
             self.log.error("upgrade", "refusing to execute: the log holds event types this Ovi"
                            " does not know (a newer Ovi wrote them); observing and reporting"
                            " only until this instance is upgraded",
                            unknown_types=sorted(self._unknown))
+        self._reported_unknown = self._unknown
 
     # -- tasks around the loop ------------------------------------------
 

@@ -35,7 +35,7 @@ from ovi.replay._render import fmt_time
 
 __all__ = ["cycle_of", "describe", "describe_resource", "resource_of", "resource_of_raw"]
 
-_STREAM_PREFIXES = ("resource/", "claim/")
+_STREAM_PREFIXES = ("resource/", "claim/", "pause/")
 
 
 class _Ref(msgspec.Struct):

@@ -141,7 +141,8 @@ def test_a_log_with_unknown_event_types_is_observed_but_never_executed(
             assert "FutureEvent" in json.loads(body)["reason"]
             assert ovi.stop() == 0
         refusal = [line for line in ovi.lines() if line.get("event") == "upgrade"]
-        assert refusal and refusal[0]["unknown_types"] == ["FutureEvent"]
+        assert len(refusal) == 1 and refusal[0]["unknown_types"] == ["FutureEvent"]
+        assert all(c["refusing_to_execute"] == ["FutureEvent"] for c in ovi.cycles())
         assert any("refusing to execute" in m["STATUS"] for m in notify.with_key("STATUS"))
     finally:
         notify.close()
