@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def test_sigterm_during_a_slow_action_records_its_outcome_and_exits_0(
     store = tmp_path / "ovi.db"
     with service(tmp_path, fault_proxy.endpoint, "--config", str(config),
                  "--interval", "30s", "--drain-timeout", "30s") as ovi:
-        wait_until(lambda: fault_proxy.calls("s3:CreateBucket"), 30, "the first CreateBucket")
+        # (The proxy lists a request once answered: the log says it started.)
+        wait_until(lambda: events(store, "ActionExecuting"), 30, "the first write-ahead")
+        time.sleep(0.5)  # the CreateBucket is on its way, held by the proxy
         ovi.signal(signal.SIGTERM)
         assert ovi.proc.wait(timeout=30) == 0, ovi.text()
     outcomes = events(store, "ActionExecuting", "ActionExecuted", "ActionFailed")
@@ -151,3 +154,25 @@ def test_a_log_with_unknown_event_types_is_observed_but_never_executed(
     decisions = [d["decision"] for _, _, d in events(store, "DecisionMade")]
     assert [(d["action"], d["resource_id"]) for d in decisions] == [("create", "assets-0")]
     assert {d["mode"] for _, _, d in events(store, "CycleStarted")} == {"plan"}
+
+
+def test_a_drain_that_times_out_exits_1_and_leaves_the_action_in_doubt(
+    moto_endpoint: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    reset_moto(moto_endpoint)
+    fault_proxy.add(Fault("s3:CreateBucket", when=When.SLOW, delay=4.0))
+    config = write_config(tmp_path / "ovi.yaml", "{type: s3, name: assets}")
+    with service(tmp_path, fault_proxy.endpoint, "--config", str(config),
+                 "--interval", "30s", "--drain-timeout", "1s") as ovi:
+        wait_until(lambda: events(tmp_path / "ovi.db", "ActionExecuting"), 30,
+                   "the write-ahead")
+        time.sleep(0.5)  # the CreateBucket is on its way, held by the proxy for 4 s
+        ovi.signal(signal.SIGTERM)
+        assert ovi.proc.wait(timeout=30) == 1, ovi.text()
+    stop = [line for line in ovi.lines() if line.get("event") == "stop"]
+    assert "drain timeout" in stop[-1]["msg"] and stop[-1]["level"] == "error"
+    store = tmp_path / "ovi.db"
+    assert [t for _, t, _ in events(store, "ActionExecuting", "ActionExecuted",
+                                    "ActionFailed")] == ["ActionExecuting"]  # in doubt
+    # The held request still reaches moto: let it land now, not in the next test.
+    wait_until(lambda: fault_proxy.calls("s3:CreateBucket"), 30, "the held CreateBucket")
