@@ -197,6 +197,8 @@ class Notifier:
     async def offer(self, result: CycleResult) -> int:
         """Queue this cycle's notices not announced yet; returns how many
         were queued. Never raises for a full queue (the rest waits)."""
+        if not notices(result, {}):
+            return 0  # nothing to announce: no query at all (the steady case)
         # Deliveries recorded during the cycle must be seen (not offered
         # again), and the findings it opened give the notices their keys.
         await self.views.catch_up("operations", "findings")
