@@ -68,8 +68,13 @@ async def test_a_reload_that_changes_the_owner_rebuilds_the_provider(tmp_path: P
 class _Hanging(FakeProvider):
     """A create that never returns: the process 'dies' between write-ahead and outcome."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = anyio.Event()
+
     async def create(self, desired: DesiredResource, *, decision_id: str,
                      owner: str) -> Resource:
+        self.entered.set()  # the write-ahead is durable by now
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
@@ -82,10 +87,16 @@ async def test_actions_left_in_doubt_are_resolved_before_ready(tmp_path: Path) -
     # An earlier process, an hour ago: its claim has long expired.
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     async with open_runtime(store) as runtime:
-        engine = Engine(runtime.store, runtime.views, _Hanging(), clock=lambda: an_hour_ago)
-        with anyio.move_on_after(2):
-            await engine.run_cycle(load_config(config_path), source="ovi.yaml",
-                                   mode=CycleMode.APPLY)
+        hanging = _Hanging()
+        engine = Engine(runtime.store, runtime.views, hanging, clock=lambda: an_hour_ago)
+        async with anyio.create_task_group() as group:
+            async def cycle() -> None:
+                await engine.run_cycle(load_config(config_path), source="ovi.yaml",
+                                       mode=CycleMode.APPLY)
+
+            group.start_soon(cycle)
+            await hanging.entered.wait()
+            group.cancel_scope.cancel()  # the process "dies" mid-call
         types = [e.type async for e in runtime.store.read()]
     assert "ActionExecuting" in types and "ActionFailed" not in types  # in doubt
 
