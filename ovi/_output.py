@@ -29,6 +29,11 @@ def result_json(result: CycleResult, *, executions: bool) -> dict[str, Any]:
             for d in result.decisions
         ],
         "failed_scopes": list(result.failed_scopes),
+        "paused": [
+            {"target": p.target, "reason": p.reason, "by": p.by, "user": p.user, "uid": p.uid,
+             "host": p.host, "at": p.at.isoformat()}
+            for p in result.paused
+        ],
     }
     if executions:
         body["executions"] = [
@@ -83,6 +88,10 @@ def result_text(result: CycleResult, *, executions: bool, colour: bool) -> str:
            + f" · {result.duration:.2f}s"]
     out.extend(paint(f"  observation failed: {scope}: {error} (no decision taken there)", "red")
                for scope, error in result.scope_errors)
+    if result.paused:
+        out.append("\npaused (ovi resume lifts it)")
+        out.append(_table([((("all" if p.target == "*" else p.target), "bold"),
+                            (p.describe(), "yellow")) for p in result.paused], paint))
     if result.diffs and not executions:  # apply: the decisions say it all
         out.append("\ndiffs")
         out.append(_table([((d.type.value, None), (d.resource_id, "bold"),

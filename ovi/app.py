@@ -5,22 +5,32 @@ only narrates.
 
 from __future__ import annotations
 
-import getpass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
+from eventstore import StreamBatch
 from ovi._exceptions import OviError
+from ovi.actor import current_actor
 from ovi.config import load_config
 from ovi.engine import CycleResult, Engine
-from ovi.events import ApprovalGranted, resource_stream
+from ovi.events import (
+    PAUSE_ALL,
+    Actor,
+    ApprovalGranted,
+    AutomationPaused,
+    AutomationResumed,
+    pause_stream,
+    resource_stream,
+)
 from ovi.model import CycleMode, Decision
 from ovi.runtime import Runtime, open_runtime
 from projections.findings import find_decision, open_findings
+from projections.operations import Pause, pause_state
 
-__all__ = ["approve_decision", "run_once"]
+__all__ = ["approve_decision", "pause_automation", "paused_now", "resume_automation", "run_once"]
 
 
 def _quiet(message: str) -> None:
@@ -61,15 +71,80 @@ async def approve_decision(
     :raises OviError: if there is no log, no such decision, or the decision is
         no longer in force (its finding changed or was resolved).
     """
-    if not await anyio.Path(store_path).exists():
-        raise OviError(f"{store_path}: no event log here (run `ovi plan` first)")
+    await _require_log(store_path)
+    actor = current_actor(by)
     async with open_runtime(store_path) as runtime:
         decision = await _decision_in_force(runtime, store_path, decision_id)
-        who = by or getpass.getuser()
         await runtime.store.append(resource_stream(decision.resource_id), [ApprovalGranted(
-            decision_id=decision.decision_id, resource_id=decision.resource_id, by=who,
-            at=datetime.now(UTC))])
-    return decision, who
+            decision_id=decision.decision_id, resource_id=decision.resource_id, by=actor.by,
+            at=datetime.now(UTC), actor=actor)])
+    return decision, actor.by
+
+
+async def pause_automation(
+    store_path: Path, targets: Sequence[str], *, reason: str, by: str | None = None
+) -> tuple[list[str], Actor]:
+    """Pause automation on resource ids (``["*"]``: the whole estate); returns
+    the targets newly paused (one already paused is left as it is) and the
+    actor recorded. Every instance sharing the log stops acting on them.
+
+    :raises OviError: if there is no log or no target.
+    """
+    return await _set_paused(store_path, targets, reason=reason, by=by, paused=True)
+
+
+async def resume_automation(
+    store_path: Path, targets: Sequence[str], *, reason: str = "", by: str | None = None
+) -> tuple[list[str], Actor]:
+    """Resume automation paused by :func:`pause_automation`; returns the
+    targets that were paused and are now resumed.
+
+    :raises OviError: if there is no log, no target, or a target is not paused.
+    """
+    return await _set_paused(store_path, targets, reason=reason, by=by, paused=False)
+
+
+async def paused_now(store_path: Path) -> dict[str, Pause]:
+    """The pauses in force, by target."""
+    await _require_log(store_path)
+    async with open_runtime(store_path) as runtime:
+        await runtime.views.catch_up("operations")
+        return (await runtime.views.query(pause_state)).active
+
+
+async def _set_paused(store_path: Path, targets: Sequence[str], *, reason: str,
+                      by: str | None, paused: bool) -> tuple[list[str], Actor]:
+    if not targets:
+        raise OviError("name the resource ids to act on, or --all for the whole estate")
+    await _require_log(store_path)
+    actor = current_actor(by)
+    async with open_runtime(store_path) as runtime:
+        await runtime.views.catch_up("operations")
+        state = await runtime.views.query(pause_state)
+        now = datetime.now(UTC)
+        wanted = list(dict.fromkeys(targets))
+        if not paused:
+            idle = [t for t in wanted if t not in state.active]
+            if idle:  # checked first: nothing is resumed when one target is wrong
+                what = ", ".join("the whole estate" if t == PAUSE_ALL else t for t in idle)
+                raise OviError(f"{what}: not paused (paused: "
+                               f"{', '.join(sorted(state.active)) or 'nothing'})")
+        changed = [t for t in wanted if (t in state.active) != paused]
+        kind = AutomationPaused if paused else AutomationResumed
+        # One atomic append, each stream expecting the version read: two people
+        # pausing at once never record a duplicate pause, and a list of targets
+        # is paused all together or not at all.
+        if changed:
+            await runtime.store.append_streams(
+                StreamBatch(pause_stream(t), (kind(target=t, reason=reason, actor=actor, at=now),),
+                            expected_version=state.versions.get(t, 0))
+                for t in changed)
+    return changed, actor
+
+
+async def _require_log(store_path: Path) -> None:
+    if not await anyio.Path(store_path).exists():
+        raise OviError(f"{store_path}: no event log here (run `ovi plan` first)")
 
 
 async def _decision_in_force(runtime: Runtime, store_path: Path, decision_id: str) -> Decision:

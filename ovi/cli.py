@@ -19,8 +19,10 @@ import msgspec
 from eventstore import EventStoreError
 from ovi._exceptions import OviError
 from ovi._output import result_json, result_text
-from ovi.app import approve_decision, run_once
+from ovi.app import approve_decision, pause_automation, resume_automation, run_once
+from ovi.config import parse_duration
 from ovi.engine import CycleResult
+from ovi.events import PAUSE_ALL
 from ovi.model import CycleMode
 from ovi.runtime import default_store_path
 from projections import ProjectionError
@@ -47,6 +49,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> float:
+    value = parse_duration(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30s, 5m, 1h30m, got {text!r}")
+    return value.total_seconds()
+
+
+def _positive_duration(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration above 0 like 30s, got {text!r}")
+    return seconds
+
+
+def _address(text: str) -> tuple[str, int] | None:
+    if text.lower() in ("off", "none", ""):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT like 127.0.0.1:9464 (or off), got {text!r}")
+    return host.strip("[]"), int(port)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ovi", description="Keep an AWS estate aligned with a YAML file.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -70,6 +97,33 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("decision_id")
     store_flag(approve)
     approve.add_argument("--by", default=None, help="who approves (default: the user name)")
+
+    run = commands.add_parser("run", help="the reconcile loop, as a (systemd) service")
+    run.add_argument("--config", type=Path, required=True, help="the desired state (YAML)")
+    store_flag(run)
+    run.add_argument("--interval", type=_positive_duration, default=30.0,
+                     help="time between cycles, like 30s or 5m (default 30s)")
+    run.add_argument("--metrics-addr", type=_address, default=("127.0.0.1", 9464),
+                     help="HOST:PORT of /metrics and /healthz, or off (default 127.0.0.1:9464)")
+    run.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="stderr log lines (default text)")
+    run.add_argument("--plan-only", action="store_true",
+                     help="observe, decide and record, never execute")
+    run.add_argument("--drain-timeout", type=_duration, default=60.0,
+                     help="on SIGTERM, how long actions in flight may take to finish"
+                          " (default 60s)")
+    run.add_argument("--cycle-timeout", type=_positive_duration, default=3600.0,
+                     help="a cycle running longer counts as hung: watchdog pings stop"
+                          " (default 1h)")
+
+    for name, verb in (("pause", "pause"), ("resume", "resume")):
+        sub = commands.add_parser(name, help=f"{verb} automation on resources or everywhere")
+        sub.add_argument("resource_ids", nargs="*", metavar="RESOURCE_ID")
+        sub.add_argument("--all", action="store_true", help="the whole estate")
+        sub.add_argument("--reason", required=name == "pause", default="",
+                         help="why (recorded, shown by plan, why, metrics and STATUS=)")
+        store_flag(sub)
+        sub.add_argument("--by", default=None, help="who (default: the user name)")
 
     demo = commands.add_parser("demo", help="plan and apply against an embedded AWS emulator")
     demo.add_argument("--dir", type=Path, default=None,
@@ -120,6 +174,55 @@ async def _approve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run(args: argparse.Namespace) -> int:
+    from ovi.service import Service, ServiceSettings
+    from ovi.servicelog import LogFormat
+
+    host, port = args.metrics_addr if args.metrics_addr is not None else (None, 0)
+    settings = ServiceSettings(
+        config_path=args.config, store_path=args.store, interval=args.interval,
+        metrics_host=host, metrics_port=port, log_format=LogFormat(args.log_format),
+        plan_only=args.plan_only, drain_timeout=args.drain_timeout,
+        cycle_timeout=args.cycle_timeout)
+    return await Service(settings).run()
+
+
+def _targets(args: argparse.Namespace) -> list[str]:
+    if args.all and args.resource_ids:
+        raise OviError("give resource ids or --all, not both")
+    return [PAUSE_ALL] if args.all else list(args.resource_ids)
+
+
+def _named(target: str) -> str:
+    return "the whole estate" if target == PAUSE_ALL else target
+
+
+async def _pause(args: argparse.Namespace) -> int:
+    targets = _targets(args)
+    if not args.reason.strip():
+        raise OviError("--reason: expected a few words saying why, got nothing")
+    changed, actor = await pause_automation(args.store, targets, reason=args.reason,
+                                            by=args.by)
+    who = f"{actor.by} (user {actor.user}, uid {actor.uid} on {actor.host})"
+    for target in targets:
+        state = "paused" if target in changed else "already paused"
+        sys.stdout.write(f"{state}: {_named(target)}"
+                         + (f", by {who}: {args.reason}\n" if target in changed else "\n"))
+    sys.stdout.write("no Ovi sharing this log acts on it until `ovi resume`; it is still"
+                     " observed and reported\n")
+    return 0
+
+
+async def _resume(args: argparse.Namespace) -> int:
+    targets = _targets(args)
+    changed, actor = await resume_automation(args.store, targets, reason=args.reason,
+                                             by=args.by)
+    for target in changed:
+        sys.stdout.write(f"resumed: {_named(target)}, by {actor.by} (user {actor.user},"
+                         f" uid {actor.uid} on {actor.host})\n")
+    return 0
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from ovi.demo import run_demo
 
@@ -136,7 +239,8 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return found
 
 
-_COMMANDS = {"plan": _plan, "apply": _apply, "approve": _approve, "demo": _demo}
+_COMMANDS = {"plan": _plan, "apply": _apply, "approve": _approve, "run": _run,
+             "pause": _pause, "resume": _resume, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,7 +41,8 @@ class Comparator(Protocol):
 
 
 class DefaultComparator:
-    """The rules of DESIGN.md: missing, unwanted, drifted, unmanaged.
+    """The rules of docs/architecture.md ("Identity, diffs and decisions"):
+    missing, unwanted, drifted, unmanaged.
 
     ``owner`` is this Ovi's owner; resources of other owners are unmanaged
     here. Tag keys matching an ``ignore_tags`` glob are never drift.

@@ -26,6 +26,7 @@ from ovi.model import DesiredResource, ResourceType, Scope
 
 __all__ = [
     "Config",
+    "Notify",
     "ResourceSpec",
     "Rules",
     "TimeWindow",
@@ -40,7 +41,9 @@ _REGION = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"
 _SIZE = r"^[a-z0-9-]+(\.[a-z0-9-]+)+$"
 _ENGINE = r"^[a-z][a-z0-9-]*$"
 _IMAGE = r"^\S+$"
+_CREDENTIAL = r"^[A-Za-z0-9_.-]{1,255}$"
 _PATTERN_WORDS = {
+    _CREDENTIAL: "a systemd credential name (letters, digits, '_', '.', '-')",
     _NAME: "a name of lowercase letters, digits and '-', starting with a letter, "
     "at most 40 characters",
     _REGION: "an AWS region like us-east-1",
@@ -131,6 +134,16 @@ class Rules(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
         return any(fnmatchcase(key, glob) for glob in self.ignore_tags)
 
 
+class Notify(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where ``ovi run`` announces findings besides its log. A webhook URL is
+    a credential, so the config says where to read it, never the URL itself:
+    a file (``webhook_url_file``) or a systemd credential
+    (``webhook_credential``, read from ``$CREDENTIALS_DIRECTORY``)."""
+
+    webhook_url_file: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    webhook_credential: Annotated[str, msgspec.Meta(pattern=_CREDENTIAL)] | None = None
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A parsed, validated config file."""
 
@@ -140,6 +153,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     owner: Name = "ovi"
     resources: tuple[ResourceSpec, ...]
     rules: Rules = msgspec.field(default_factory=Rules)
+    notify: Notify | None = None
 
     def desired_resources(self) -> list[DesiredResource]:
         """Every desired resource, in config order, with its desired id."""
@@ -278,6 +292,10 @@ def _check(config: Config, doc: SourceDocument) -> None:
                     got=f'id "{rid}", also produced by resources[{ids[rid]}]',
                 )
             ids[rid] = i
+    notify = config.notify
+    if notify is not None and notify.webhook_url_file and notify.webhook_credential:
+        raise doc.error(("notify", "webhook_credential"),
+                        "either webhook_url_file or webhook_credential, not both")
     window = config.rules.maintenance_window
     if window is not None:
         path = ("rules", "maintenance_window")

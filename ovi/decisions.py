@@ -1,10 +1,11 @@
 """From diffs to decisions: the base rules, then a chain of policies.
 
-Base rules (DESIGN.md): missing → create; drifted → update, except a change
-that needs a replacement (type, provider, region; size unless
-``allow_resize``) → notify; unmanaged → notify; unwanted → delete, except
-blessed → notify and ``skip_destructive`` → notify. Policies then hold
-decisions back (see :mod:`ovi.policies`); they can never make one bolder.
+Base rules (docs/architecture.md, "Identity, diffs and decisions"): missing →
+create; drifted → update, except a change that needs a replacement (type,
+provider, region; size unless ``allow_resize``) → notify; unmanaged → notify;
+unwanted → delete, except blessed → notify and ``skip_destructive`` → notify.
+Policies then hold decisions back (see :mod:`ovi.policies`); they can never
+make one bolder.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from ovi.config import Config
 from ovi.coordinator import Coordinator
 from ovi.decisions import DecisionContext, DecisionMaker
 from ovi.events import (
+    PAUSE_ALL,
     ConfigLoaded,
     CycleFinished,
     CycleStarted,
@@ -27,6 +28,7 @@ from ovi.events import (
     DiffDetected,
     DiffResolved,
     cycle_stream,
+    pause_stream,
     resource_stream,
 )
 from ovi.executor import Execution, Executor
@@ -42,6 +44,7 @@ from projections.findings import (
     latest_config_hash,
     open_findings,
 )
+from projections.operations import Pause, PauseState, pause_state
 
 __all__ = ["CycleResult", "Engine", "new_cycle_id"]
 
@@ -63,6 +66,8 @@ class CycleResult(msgspec.Struct, frozen=True):
     scope_errors: tuple[tuple[str, str], ...] = ()  # (scope, why its observation failed)
     recovered: int = 0
     execution_duration: float = 0.0  # seconds spent claiming and executing
+    paused: tuple[Pause, ...] = ()  # the pauses in force when the cycle read its state
+    scope_counts: tuple[tuple[str, int], ...] = ()  # (scope key, resources observed)
 
     @property
     def in_sync(self) -> bool:
@@ -75,6 +80,7 @@ class _State(msgspec.Struct):
     findings: dict[str, OpenFinding]
     approved: frozenset[str]
     config_hash: str | None
+    pauses: PauseState
 
 
 def new_cycle_id(now: datetime) -> str:
@@ -100,6 +106,7 @@ class Engine:
         decision_maker: Callable[[Config], DecisionMaker] = DecisionMaker.from_config,
         retry: RetryPolicy | None = None,
         claim_ttl: timedelta = timedelta(minutes=10),
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.views = views
@@ -108,7 +115,9 @@ class Engine:
         self._comparator = comparator
         self._decision_maker = decision_maker
         self.coordinator = Coordinator(store, views, clock=clock, ttl=claim_ttl)
-        self.executor = Executor(store, views, provider, self.coordinator, retry=retry)
+        # ``stopping`` (the service draining): no new action starts once it is true.
+        self.executor = Executor(store, views, provider, self.coordinator, retry=retry,
+                                 stopping=stopping)
 
     async def run_cycle(
         self,
@@ -158,7 +167,9 @@ class Engine:
             d.resource_id: _detected_at(state.findings.get(d.resource_id), d, started)
             for d in diffs
         }
-        context = DecisionContext(now=started, detected_at=detected_at, approved=state.approved)
+        context = DecisionContext(
+            now=started, detected_at=detected_at, approved=state.approved,
+            paused={t: p.describe() for t, p in state.pauses.active.items()})
         decisions = self._decision_maker(config).decide(diffs, context)
 
         await self._record_findings(cycle_id, config_hash, diffs, decisions, state.findings,
@@ -172,6 +183,7 @@ class Engine:
             executions = await self.executor.execute(
                 decisions, observation, cycle_id=cycle_id, owner=config.owner,
                 max_concurrency=concurrency, dry_run=dry_run,
+                fences=_pause_fences(state.pauses),
             )
         execution_duration = time.perf_counter() - execution_start
         failed = tuple(sorted(s.key for s in observation.failed))
@@ -185,6 +197,9 @@ class Engine:
             executions=tuple(executions), recovered=len(recovered),
             scope_errors=tuple(sorted((s.key, e) for s, e in observation.failed.items())),
             execution_duration=execution_duration,
+            paused=tuple(state.pauses.active[t] for t in sorted(state.pauses.active)),
+            scope_counts=tuple(sorted((s.key, len(o.resources))
+                                      for s, o in observation.scopes.items())),
         )
         await self.store.append(stream, [CycleFinished(
             cycle_id=cycle_id, resources_found=result.resources_found,
@@ -236,6 +251,19 @@ class Engine:
             )
 
 
+def _pause_fences(pauses: PauseState) -> Callable[[Decision], tuple[StreamBatch, ...]]:
+    """Empty batches expecting the pause streams of a decision's resource and of
+    the whole estate to be where the cycle read them: appended with the
+    write-ahead, they stop an action paused by anyone since."""
+
+    def fences(decision: Decision) -> tuple[StreamBatch, ...]:
+        return tuple(StreamBatch(pause_stream(target), (),
+                                 expected_version=pauses.versions.get(target, 0))
+                     for target in (PAUSE_ALL, decision.resource_id))
+
+    return fences
+
+
 def _detected_at(open_finding: OpenFinding | None, diff: Diff, now: datetime) -> datetime:
     if open_finding is not None and open_finding.fingerprint == diff.fingerprint:
         return open_finding.detected_at
@@ -278,4 +306,5 @@ def _load_state(db: sqlite3.Connection) -> _State:
     for scope, resource_id, cloud_id, fingerprint, rev in rows:
         known.setdefault(scope, {})[resource_id] = KnownResource(resource_id, cloud_id,
                                                                  fingerprint, rev or 0)
-    return _State(known, open_findings(db), approved_decisions(db), latest_config_hash(db))
+    return _State(known, open_findings(db), approved_decisions(db), latest_config_hash(db),
+                  pause_state(db))

@@ -2,24 +2,32 @@
 
 Streams: ``cycle/<cycle_id>`` holds a cycle's own events; ``resource/<id>``
 everything about one resource (observations, findings, decisions, approvals,
-executions); ``claim/<id>`` the claims on it.
+executions); ``claim/<id>`` the claims on it; ``pause/<target>`` the pauses and
+resumes of automation on one resource (``pause/*``: the whole estate).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+import msgspec
+
 from eventstore import Event, EventRegistry
 from ovi.model import Action, CycleMode, Decision, Diff, Resource, Scope, SkipReason
 
 __all__ = [
     "OVI_EVENTS",
+    "PAUSE_ALL",
+    "PAUSE_STREAM",
     "RESOURCE_STREAM",
     "ActionExecuted",
     "ActionExecuting",
     "ActionFailed",
     "ActionSkipped",
+    "Actor",
     "ApprovalGranted",
+    "AutomationPaused",
+    "AutomationResumed",
     "ClaimAcquired",
     "ClaimReleased",
     "ConfigLoaded",
@@ -28,12 +36,14 @@ __all__ = [
     "DecisionMade",
     "DiffDetected",
     "DiffResolved",
+    "NotificationSent",
     "ObservationCompleted",
     "ObservationFailed",
     "ResourceDisappeared",
     "ResourceObserved",
     "claim_stream",
     "cycle_stream",
+    "pause_stream",
     "registry",
     "resource_stream",
     "stream_resource",
@@ -54,6 +64,17 @@ def resource_stream(resource_id: str) -> str:
 
 def claim_stream(resource_id: str) -> str:
     return f"claim/{resource_id}"
+
+
+#: the prefix of a pause stream: ``pause/<resource id>``, or ``pause/*``
+PAUSE_STREAM = "pause/"
+#: the pause target that stands for the whole estate
+PAUSE_ALL = "*"
+
+
+def pause_stream(target: str) -> str:
+    """The stream of the pauses of ``target``: a resource id or :data:`PAUSE_ALL`."""
+    return f"{PAUSE_STREAM}{target}"
 
 
 def stream_resource(stream: str) -> str | None:
@@ -140,10 +161,52 @@ class DecisionMade(Event, frozen=True):
     evidence: tuple[int, ...]  # positions of the observation events it relied on
 
 
+class Actor(msgspec.Struct, frozen=True, kw_only=True):
+    """Who did something by hand: the free text they gave (``--by``, else the
+    user name), and the OS account and host the command ran under, which they
+    cannot choose."""
+
+    by: str
+    user: str
+    uid: int
+    host: str
+
+
 class ApprovalGranted(Event, frozen=True):
     decision_id: str
     resource_id: str
     by: str
+    at: datetime
+    actor: Actor | None = None  # absent in logs written before it was recorded
+
+
+class AutomationPaused(Event, frozen=True):
+    """No action runs on ``target`` (a resource id, or ``*``: the whole estate)
+    until it is resumed; it is still observed and reported."""
+
+    target: str
+    reason: str
+    actor: Actor
+    at: datetime
+
+
+class AutomationResumed(Event, frozen=True):
+    target: str
+    reason: str
+    actor: Actor
+    at: datetime
+
+
+class NotificationSent(Event, frozen=True):
+    """A finding was announced (``kind``: notify, awaiting_approval, failed) to
+    the sinks: recorded so that a restart does not announce it again. ``key``
+    names the open finding (resource, position of its ``DiffDetected``)."""
+
+    key: str
+    kind: str
+    resource_id: str
+    decision_id: str
+    sinks: tuple[str, ...]
     at: datetime
 
 
@@ -242,6 +305,9 @@ OVI_EVENTS: tuple[type[Event], ...] = (
     ActionFailed,
     ActionSkipped,
     CycleFinished,
+    AutomationPaused,
+    AutomationResumed,
+    NotificationSent,
 )
 
 

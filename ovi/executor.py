@@ -9,7 +9,7 @@ claim's token, so a lost claim is flagged). Decisions that must wait record
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 import msgspec
@@ -17,6 +17,7 @@ import msgspec
 from eventstore import Event, EventStore, EventStoreError, StreamBatch, WrongExpectedVersion
 from ovi.coordinator import Claim, Coordinator
 from ovi.events import (
+    PAUSE_STREAM,
     ActionExecuted,
     ActionExecuting,
     ActionFailed,
@@ -62,12 +63,16 @@ class Executor:
         coordinator: Coordinator,
         *,
         retry: RetryPolicy | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.views = views
         self.provider = provider
         self.coordinator = coordinator
         self.retry = retry or RetryPolicy()
+        #: true once the service drains: no action starts after that
+        self.stopping: Callable[[], bool] = stopping or _never
+        self._fences: Callable[[Decision], Sequence[StreamBatch]] = _no_fences
 
     async def execute(
         self,
@@ -78,8 +83,13 @@ class Executor:
         owner: str,
         max_concurrency: int,
         dry_run: bool = False,
+        fences: Callable[[Decision], Sequence[StreamBatch]] | None = None,
     ) -> list[Execution]:
-        """Execute what may run now; record why the rest waits."""
+        """Execute what may run now; record why the rest waits. ``fences``
+        gives, per decision, empty batches appended with its write-ahead: if
+        one's expected version no longer holds (a pause recorded since the
+        cycle read its state), the action is skipped."""
+        self._fences = fences or _no_fences
         actionable = [d for d in decisions if d.action != Action.NOTIFY]
         if not actionable:
             return []
@@ -201,6 +211,9 @@ class Executor:
                 # Waited so long for a slot that the claim ran out: another
                 # instance may hold it now. Leave it to a later cycle.
                 return _execution(decision, Outcome.SKIPPED, reason=SkipReason.CLAIM_EXPIRED)
+            if self.stopping():
+                await self._release_quietly(claim)
+                return _execution(decision, Outcome.SKIPPED, reason=SkipReason.DRAINING)
             try:
                 # Fenced: written only while the claim stream is still at our
                 # token, i.e. nobody took the claim over.
@@ -209,8 +222,12 @@ class Executor:
                         cycle_id=cycle_id, decision_id=decision.decision_id,
                         action=decision.action, resource_id=decision.resource_id,
                         cloud_id=decision.cloud_id, token=claim.token),)),
-                    self.coordinator.fence(claim)])
-            except WrongExpectedVersion:
+                    self.coordinator.fence(claim), *self._fences(decision)])
+            except WrongExpectedVersion as exc:
+                if exc.stream.startswith(PAUSE_STREAM):
+                    # Paused (or resumed) by someone after this cycle read the pauses.
+                    await self._release_quietly(claim)
+                    return _execution(decision, Outcome.SKIPPED, reason=SkipReason.PAUSED)
                 return _execution(decision, Outcome.SKIPPED, reason=SkipReason.CLAIM_LOST)
             except EventStoreError as exc:
                 # Write-ahead failed: the provider is not called.
@@ -218,12 +235,21 @@ class Executor:
                 return _execution(decision, Outcome.FAILED, error=f"not attempted: cannot record"
                                   f" ActionExecuting: {exc}")
             async with calls:
+                drained = self.stopping()  # written ahead, but not started: it never will
                 try:
-                    resource = await call_with_retries(lambda: self._call(decision, owner),
-                                                       self.retry, attempted)
+                    if not drained:
+                        resource = await call_with_retries(
+                            lambda: self._call(decision, owner), self.retry, attempted)
                 except ProviderError as exc:
                     failure = exc
-        if failure is not None:
+        if drained:
+            outcome = ActionFailed(
+                cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
+                resource_id=decision.resource_id, cloud_id=decision.cloud_id,
+                token=claim.token, error="not started: the service was stopping",
+                retryable=True, attempts=0)
+            execution = _execution(decision, Outcome.SKIPPED, reason=SkipReason.DRAINING)
+        elif failure is not None:
             outcome = ActionFailed(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
                 resource_id=decision.resource_id, cloud_id=decision.cloud_id,
@@ -274,6 +300,14 @@ class Executor:
             return None
         raise ProviderError(f"{decision.action} {decision.resource_id}: the decision lacks"
                             " the resource it acts on")
+
+
+def _never() -> bool:
+    return False
+
+
+def _no_fences(decision: Decision) -> Sequence[StreamBatch]:
+    return ()
 
 
 def _why_not_now(decision: Decision, last: DecisionOutcome | None,

@@ -89,6 +89,7 @@ class DecisionStatus(StrEnum):
     GRACE_PERIOD = "grace_period"  # unwanted, but not for long enough yet
     MAINTENANCE_WINDOW = "maintenance_window"  # destructive, outside the window
     CAPPED = "capped"  # over max_deletes_per_cycle
+    PAUSED = "paused"  # automation paused on the resource or the whole estate (ovi pause)
 
 
 class SkipReason(StrEnum):
@@ -99,6 +100,7 @@ class SkipReason(StrEnum):
     GRACE_PERIOD = "grace_period"
     MAINTENANCE_WINDOW = "maintenance_window"
     CAPPED = "capped"
+    PAUSED = "paused"  # also: paused by another process after the cycle read its state
     # The executor's own reasons.
     DRY_RUN = "dry-run"
     CLAIMED = "claimed"  # another live instance holds the resource
@@ -108,6 +110,7 @@ class SkipReason(StrEnum):
     ALREADY_EXECUTED = "already-executed"
     IN_DOUBT = "in-doubt"  # an earlier attempt has no outcome yet; recovery decides
     FAILED_PERMANENTLY = "failed-permanently"
+    DRAINING = "draining"  # the service is stopping: no new action starts
 
     @classmethod
     def holding(cls, status: DecisionStatus) -> SkipReason:

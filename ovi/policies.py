@@ -2,7 +2,7 @@
 
 A policy takes the decisions of a cycle and may only make them more cautious:
 it can hold a ``READY`` decision back (grace period, approval, maintenance
-window, blast-radius cap) and say why, but it never releases a held decision,
+window, blast-radius cap, a pause) and say why, but it never releases a held decision,
 never changes an action and never turns a notify into an action. The
 :class:`~ovi.decisions.DecisionMaker` enforces that contract.
 """
@@ -16,6 +16,7 @@ from typing import Protocol
 import msgspec
 
 from ovi.config import Rules, TimeWindow
+from ovi.events import PAUSE_ALL
 from ovi.model import Action, Decision, DecisionStatus
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "DecisionContext",
     "GracePeriod",
     "MaintenanceWindow",
+    "Paused",
     "Policy",
     "RequireApproval",
     "default_policies",
@@ -36,12 +38,15 @@ class DecisionContext(msgspec.Struct, frozen=True):
 
     ``detected_at`` maps a resource id to when its current finding was first
     recorded in the log (a finding new this cycle is absent or ``now``);
-    ``approved`` holds the decision ids with a valid approval.
+    ``approved`` holds the decision ids with a valid approval; ``paused``
+    maps a paused target (a resource id, or ``*`` for the whole estate) to
+    why, in words.
     """
 
     now: datetime
     detected_at: Mapping[str, datetime] = {}
     approved: frozenset[str] = frozenset()
+    paused: Mapping[str, str] = {}
 
     def detected(self, resource_id: str) -> datetime:
         """When the finding behind ``resource_id`` was first recorded."""
@@ -72,6 +77,28 @@ def _ready(decision: Decision, *actions: Action) -> bool:
 
 def _when(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
+
+
+class Paused:
+    """Nothing is executed on a paused resource, nor anywhere while the whole
+    estate is paused (``ovi pause``): its decisions, waiting or ready, are held
+    as ``paused``; notifications still go out. First in the chain, so the
+    blast-radius cap counts only deletes that could really run."""
+
+    name = "paused"
+
+    def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
+        """Hold every actionable decision on a paused target."""
+        if not ctx.paused:
+            return decisions
+        estate = ctx.paused.get(PAUSE_ALL)
+        out: list[Decision] = []
+        for d in decisions:
+            why = ctx.paused.get(d.resource_id, estate)
+            if why is not None and d.status is not DecisionStatus.INFORMATIONAL:
+                d = hold(d, DecisionStatus.PAUSED, self.name, why)
+            out.append(d)
+        return out
 
 
 class GracePeriod:
@@ -185,10 +212,10 @@ class BlastRadius:
 
 
 def default_policies(rules: Rules) -> list[Policy]:
-    """The chain the rules ask for, in order: grace period, approval, approval
-    for sizes, maintenance window, blast radius (last, so it counts only the
-    deletes that would really run)."""
-    chain: list[Policy] = [GracePeriod(rules.grace_period)]
+    """The chain the rules ask for, in order: pauses (always), grace period,
+    approval, approval for sizes, maintenance window, blast radius (last, so it
+    counts only the deletes that would really run)."""
+    chain: list[Policy] = [Paused(), GracePeriod(rules.grace_period)]
     if rules.require_approval:
         chain.append(RequireApproval())
     if rules.approval_for_sizes:

@@ -14,6 +14,7 @@ from ovi.events import registry
 from projections import Projection, ProjectionRunner
 from projections.claims import ClaimsProjection
 from projections.findings import FindingsProjection
+from projections.operations import OperationsProjection
 from projections.resources import ResourcesProjection
 
 __all__ = ["Runtime", "default_store_path", "open_runtime", "ovi_projections"]
@@ -26,7 +27,8 @@ def default_store_path() -> Path:
 
 def ovi_projections() -> list[Projection]:
     """The projections the engine reads, in the log's own file."""
-    return [ResourcesProjection(), FindingsProjection(), ClaimsProjection()]
+    return [ResourcesProjection(), FindingsProjection(), ClaimsProjection(),
+            OperationsProjection()]
 
 
 class Runtime(msgspec.Struct):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import http.client
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transf
 class When(StrEnum):
     BEFORE = "before"  # answered instead of forwarded: the call had no effect
     AFTER = "after"  # forwarded, then the answer is replaced: the effect is real
+    SLOW = "slow"  # forwarded after ``Fault.delay`` seconds, the real answer kept
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class Fault:
     times: int = 1
     match: Callable[[Request], bool] | None = None
     message: str = "injected by the test's fault proxy"
+    delay: float = 0.0  # seconds, for When.SLOW
     hits: int = 0
 
     def wants(self, request: Request) -> bool:
@@ -173,6 +176,9 @@ class FaultProxy:
             if fault is not None:
                 fault.hits += 1
             remembered = self._tokens.get(token) if token and self.honour_client_tokens else None
+        if fault is not None and fault.when is When.SLOW:
+            time.sleep(fault.delay)  # this request's own thread: others go on
+            fault = None
         if remembered is not None and (fault is None or fault.when is When.AFTER):
             status, headers, payload = remembered  # AWS answers a known token from memory
         elif fault is not None and fault.when is When.BEFORE:

@@ -8,11 +8,14 @@ import msgspec
 
 from eventstore import UnknownEvent
 from ovi.events import (
+    PAUSE_ALL,
     ActionExecuted,
     ActionExecuting,
     ActionFailed,
     ActionSkipped,
     ApprovalGranted,
+    AutomationPaused,
+    AutomationResumed,
     ClaimAcquired,
     ClaimReleased,
     ConfigLoaded,
@@ -21,6 +24,7 @@ from ovi.events import (
     DecisionMade,
     DiffDetected,
     DiffResolved,
+    NotificationSent,
     ObservationCompleted,
     ObservationFailed,
     ResourceDisappeared,
@@ -31,7 +35,7 @@ from ovi.replay._render import fmt_time
 
 __all__ = ["cycle_of", "describe", "describe_resource", "resource_of", "resource_of_raw"]
 
-_STREAM_PREFIXES = ("resource/", "claim/")
+_STREAM_PREFIXES = ("resource/", "claim/", "pause/")
 
 
 class _Ref(msgspec.Struct):
@@ -155,6 +159,16 @@ def describe(event: Any) -> str:
             return f"decided {d.action}: {d.status} (rule {event.rule}) {d.decision_id}"
         case ApprovalGranted():
             return f"{event.decision_id} approved by {event.by} at {fmt_time(event.at)}"
+        case AutomationPaused() | AutomationResumed():
+            verb = "paused" if isinstance(event, AutomationPaused) else "resumed"
+            what = "the whole estate" if event.target == PAUSE_ALL else event.target
+            actor = event.actor
+            why = f": {event.reason}" if event.reason else ""
+            return (f"{what} {verb} by {actor.by} (user {actor.user}, uid {actor.uid} on"
+                    f" {actor.host}){why}")
+        case NotificationSent():
+            return (f"announced {event.kind} about {event.resource_id} to"
+                    f" {', '.join(event.sinks)}")
         case ClaimAcquired():
             took = f", taking over from {event.takeover_of}" if event.takeover_of else ""
             return (f"claimed by {event.instance_id} until {fmt_time(event.expires_at)},"

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from eventstore import EventStore, RawRow, RecordedEvent, UnknownEvent, format_timestamp
-from ovi.events import claim_stream, cycle_stream, resource_stream
+from ovi.events import claim_stream, cycle_stream, pause_stream, resource_stream
 from ovi.replay._describe import cycle_of, describe, probe, resource_of, resource_of_raw
 from ovi.replay._errors import ReplayError
 from ovi.replay._render import Output, fmt_time
@@ -101,7 +101,8 @@ async def _plan(store: EventStore, f: Filters) -> tuple[_Range, tuple[str | None
     span = await _cycle_range(store, f.cycle) if f.cycle else _Range()
     streams: tuple[str | None, ...] = (None,)
     if f.resource is not None:
-        streams = (resource_stream(f.resource), claim_stream(f.resource))
+        streams = (resource_stream(f.resource), claim_stream(f.resource),
+                   pause_stream(f.resource))
     # The store can stop early only when no row is dropped after it.
     limit = f.limit if f.cycle is None and f.resource is None else None
     return span, streams, limit

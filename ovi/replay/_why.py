@@ -15,11 +15,14 @@ import msgspec
 
 from eventstore import EventStore, RecordedEvent
 from ovi.events import (
+    PAUSE_ALL,
     ActionExecuted,
     ActionExecuting,
     ActionFailed,
     ActionSkipped,
     ApprovalGranted,
+    AutomationPaused,
+    AutomationResumed,
     ClaimAcquired,
     ClaimReleased,
     ConfigLoaded,
@@ -32,6 +35,7 @@ from ovi.events import (
     ResourceObserved,
     claim_stream,
     cycle_stream,
+    pause_stream,
     resource_stream,
 )
 from ovi.model import Decision, Diff, Resource
@@ -71,6 +75,7 @@ class Chain(msgspec.Struct, kw_only=True):
     actions: list[Step] = []  # skipped / executing / executed / failed, in order
     afterwards: list[Step] = []  # disappearance or closed finding after the last outcome
     other_decisions: list[str] = []  # the resource's other decision ids, oldest first
+    pauses: list[Step] = []  # pauses and resumes of the resource or the whole estate
 
 
 def _step(recorded: RecordedEvent) -> Step:
@@ -170,6 +175,11 @@ async def explain(store: EventStore, resource_id: str, decision_id: str | None =
     chain.cloud_id = chain.cloud_id or _cloud_id(chain)
     chain.config_source = await _config_source(store, latest.config_hash, last_step.position)
     chain.cycle = await _cycle_start(store, latest.cycle_id)
+    for target in (resource_id, PAUSE_ALL):
+        async for recorded in store.read(stream=pause_stream(target)):
+            if isinstance(recorded.event, AutomationPaused | AutomationResumed):
+                chain.pauses.append(_step(recorded))
+    chain.pauses.sort(key=lambda step: step.position)
     if walk.tokens:
         async for recorded in store.read(stream=claim_stream(resource_id)):
             event = recorded.event

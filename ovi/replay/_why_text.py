@@ -31,6 +31,7 @@ _STATUS_WORDS = {
     DecisionStatus.GRACE_PERIOD: "waiting out the grace period",
     DecisionStatus.MAINTENANCE_WINDOW: "waiting for the maintenance window",
     DecisionStatus.CAPPED: "held back by the cap on deletes per cycle",
+    DecisionStatus.PAUSED: "held: automation paused (ovi pause)",
 }
 _DIFF_WORDS = {
     DiffType.MISSING: "wanted by the config but not found in the cloud",
@@ -109,6 +110,7 @@ def _decided(out: Output, chain: Chain) -> None:
         lines.append(f"{'made' if i == 0 else 'then'}: {_STATUS_WORDS[event.decision.status]}"
                      f" (rule {event.rule}) at {_where(step)} by {step.instance_id}")
     lines.append(f"because: {d.reason}")
+    lines += [f"{step.says} ({_where(step)})" for step in chain.pauses]
     last = chain.decided[-1].event
     assert isinstance(last, DecisionMade)
     source = chain.config_source

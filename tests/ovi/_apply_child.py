@@ -21,10 +21,8 @@ from ovi.engine import Engine
 from ovi.events import registry
 from ovi.model import CycleMode, DesiredResource, Resource
 from ovi.providers.fake import SharedFakeProvider
+from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
-from projections.claims import ClaimsProjection
-from projections.findings import FindingsProjection
-from projections.resources import ResourcesProjection
 
 
 class PausingProvider(SharedFakeProvider):
@@ -51,7 +49,7 @@ async def main(argv: Sequence[str]) -> None:
     config = load_config(config_path)
     provider = PausingProvider(estate, pause, where)
     async with SQLiteEventStore(log, registry()) as store, ProjectionRunner(
-        store, log, [ResourcesProjection(), FindingsProjection(), ClaimsProjection()]
+        store, log, ovi_projections()
     ) as views:
         engine = Engine(store, views, provider)
         for _ in range(cycles):

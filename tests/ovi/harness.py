@@ -14,10 +14,8 @@ from ovi.engine import CycleResult, Engine
 from ovi.events import registry
 from ovi.model import ID_TAG, MANAGED_TAG, OWNER_TAG, CycleMode, Resource, ResourceType
 from ovi.providers.fake import FakeProvider
+from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
-from projections.claims import ClaimsProjection
-from projections.findings import FindingsProjection
-from projections.resources import ResourcesProjection
 
 
 class Clock:
@@ -72,7 +70,7 @@ async def environment(tmp_path: Path, *resources: Resource,
     path = tmp_path / log_name
     async with SQLiteEventStore(path, registry(), instance_id="test", clock=clock) as store, \
             ProjectionRunner(
-                store, path, [ResourcesProjection(), FindingsProjection(), ClaimsProjection()]
+                store, path, ovi_projections()
             ) as views:
         yield Env(store, views, FakeProvider(resources), clock)
 

@@ -1,4 +1,4 @@
-"""The comparator: one test per identity and diff rule of DESIGN.md."""
+"""The comparator: one test per identity and diff rule in docs/architecture.md."""
 
 from __future__ import annotations
 

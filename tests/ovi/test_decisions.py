@@ -1,4 +1,4 @@
-"""The decision maker: base rules and policies, one test per rule of DESIGN.md."""
+"""The decision maker: base rules and policies, one test per rule in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from ovi.policies import (
     BlastRadius,
     GracePeriod,
     MaintenanceWindow,
+    Paused,
     RequireApproval,
 )
 
@@ -278,10 +279,11 @@ def test_default_chain_follows_the_rules() -> None:
     full = Rules(approval_for_sizes=("m5.large",), maintenance_window=window)
     chain = DecisionMaker(full).policies
     assert [type(p) for p in chain] == [
-        GracePeriod, RequireApproval, ApprovalForSizes, MaintenanceWindow, BlastRadius,
+        Paused, GracePeriod, RequireApproval, ApprovalForSizes, MaintenanceWindow, BlastRadius,
     ]
     bare = Rules(require_approval=False)
-    assert [p.name for p in DecisionMaker(bare).policies] == ["grace_period", "blast_radius"]
+    assert [p.name for p in DecisionMaker(bare).policies] == [
+        "paused", "grace_period", "blast_radius"]
 
 
 def test_from_config_uses_the_config_rules() -> None:
