@@ -15,6 +15,7 @@ from projections import Projection, ProjectionRunner
 from projections.claims import ClaimsProjection
 from projections.findings import FindingsProjection
 from projections.resources import ResourcesProjection
+from projections.restarts import RestartsProjection
 
 __all__ = ["Runtime", "default_store_path", "open_runtime", "ovi_projections"]
 
@@ -26,7 +27,8 @@ def default_store_path() -> Path:
 
 def ovi_projections() -> list[Projection]:
     """The projections the engine reads, in the log's own file."""
-    return [ResourcesProjection(), FindingsProjection(), ClaimsProjection()]
+    return [ResourcesProjection(), FindingsProjection(), ClaimsProjection(),
+            RestartsProjection()]
 
 
 class Runtime(msgspec.Struct):

@@ -21,10 +21,8 @@ from ovi.engine import Engine
 from ovi.events import registry
 from ovi.model import CycleMode, DesiredResource, Resource
 from ovi.providers.fake import SharedFakeProvider
+from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
-from projections.claims import ClaimsProjection
-from projections.findings import FindingsProjection
-from projections.resources import ResourcesProjection
 
 
 class PausingProvider(SharedFakeProvider):
@@ -33,11 +31,13 @@ class PausingProvider(SharedFakeProvider):
         self.pause = pause
         self.where = where
 
-    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str) -> Resource:
+    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
+                     attempt: int = 1) -> Resource:
         if self.pause and self.where == "before":
             print(f"creating {desired.id}", flush=True)  # noqa: T201
             await anyio.sleep(self.pause)
-        resource = await super().create(desired, decision_id=decision_id, owner=owner)
+        resource = await super().create(desired, decision_id=decision_id, owner=owner,
+                                        attempt=attempt)
         if self.pause and self.where == "after":
             print(f"created {desired.id}", flush=True)  # noqa: T201
             await anyio.sleep(self.pause)
@@ -51,7 +51,7 @@ async def main(argv: Sequence[str]) -> None:
     config = load_config(config_path)
     provider = PausingProvider(estate, pause, where)
     async with SQLiteEventStore(log, registry()) as store, ProjectionRunner(
-        store, log, [ResourcesProjection(), FindingsProjection(), ClaimsProjection()]
+        store, log, ovi_projections()
     ) as views:
         engine = Engine(store, views, provider)
         for _ in range(cycles):
