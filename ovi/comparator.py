@@ -13,7 +13,16 @@ from collections.abc import Collection, Sequence
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Protocol
 
-from ovi.model import ID_TAG, DesiredResource, Diff, DiffType, FieldChange, Resource, Scope
+from ovi.model import (
+    ID_TAG,
+    RUNNING_STATUSES,
+    DesiredResource,
+    Diff,
+    DiffType,
+    FieldChange,
+    Resource,
+    Scope,
+)
 
 if TYPE_CHECKING:
     from ovi.config import Config
@@ -34,9 +43,13 @@ class Comparator(Protocol):
         observed: Sequence[Resource],
         *,
         unknown_scopes: Collection[Scope] = (),
+        restart_owed: Collection[str] = (),
     ) -> list[Diff]:
         """Every finding, sorted by scope key then resource id. Resources in
-        ``unknown_scopes`` (observation failed) get no diff at all."""
+        ``unknown_scopes`` (observation failed) get no diff at all. A desired
+        resource in ``restart_owed`` (one an interrupted update of Ovi's
+        stopped, from the log) that is not running drifts in ``status`` only:
+        it is started again before anything else is changed."""
         ...
 
 
@@ -63,6 +76,7 @@ class DefaultComparator:
         observed: Sequence[Resource],
         *,
         unknown_scopes: Collection[Scope] = (),
+        restart_owed: Collection[str] = (),
     ) -> list[Diff]:
         """See :meth:`Comparator.compare`."""
         unknown = set(unknown_scopes)
@@ -95,6 +109,8 @@ class DefaultComparator:
             if want is None:
                 reason = f"{key} is managed by {self.owner!r} but no longer desired"
                 diffs.append(_unwanted(primary, key, reason))
+            elif key in restart_owed and primary.status not in RUNNING_STATUSES:
+                diffs.append(_restart(want, primary))
             elif changes := self._changes(want, primary):
                 diffs.append(self._drifted(want, primary, changes))
         diffs.extend(
@@ -160,6 +176,18 @@ class DefaultComparator:
             type=DiffType.UNMANAGED, resource_id=r.cloud_id, resource_type=r.type,
             scope=r.scope, reason=reason, cloud_id=r.cloud_id, observed=r,
         )
+
+
+def _restart(want: DesiredResource, have: Resource) -> Diff:
+    # Only the start: other changes (the size the update was making, say)
+    # are decided afresh once it runs, under their own rules.
+    change = FieldChange("status", "running", have.status or None)
+    return Diff(
+        type=DiffType.DRIFTED, resource_id=want.id, resource_type=have.type, scope=have.scope,
+        reason=f"{want.id} is {have.status or 'not running'}: an update of Ovi's stopped it and"
+               " did not finish, so Ovi starts it again",
+        cloud_id=have.cloud_id, desired=want, observed=have, changes=(change,),
+    )
 
 
 def _unwanted(r: Resource, resource_id: str, reason: str) -> Diff:

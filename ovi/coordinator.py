@@ -5,32 +5,79 @@ expected version, so two instances can never both hold a claim: the second
 append fails. A claim expires; an expired one (or one held by a process of
 this host that is no longer alive) may be taken over, and the takeover is
 recorded. The claim stream's version after the claim is its fencing token: an
-outcome is recorded together with the release, expecting that version, so an
-instance whose claim was taken over mid-action finds out and says so.
+outcome is recorded together with the release, expecting the stream's
+version, so an instance whose claim was taken over mid-action finds out and
+says so.
+
+While work goes on, the holder renews its claims (``ClaimRenewed``, appended
+expecting the stream's version, so a claim taken over is never renewed): an
+action longer than the TTL keeps its claim. Renewals move the stream's
+version but not the fencing token, so a :class:`Claim` tracks both. A claim
+that could not be renewed, or was taken over, is no longer *usable*: no new
+work starts under it.
+
+"What time is it" for claims is answered in one place, :meth:`Coordinator.now`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta
 
+import anyio
 import msgspec
 
-from eventstore import Event, EventStore, StreamBatch, WrongExpectedVersion, process_home
-from ovi.events import ClaimAcquired, ClaimReleased, claim_stream
+from eventstore import (
+    Appended,
+    Event,
+    EventStore,
+    EventStoreError,
+    StreamBatch,
+    WrongExpectedVersion,
+    process_home,
+)
+from ovi.events import ClaimAcquired, ClaimReleased, ClaimRenewed, claim_stream
 from projections import ProjectionRunner
 from projections.claims import ClaimState, claim_states
 
 __all__ = ["Claim", "ClaimResult", "Coordinator", "holder_is_gone"]
 
 
-class Claim(msgspec.Struct, frozen=True):
-    """A claim this instance holds."""
+class Claim:
+    """A claim this instance holds: a live handle, moved on by renewals.
 
-    resource_id: str
-    token: int
-    expires_at: datetime
+    ``token`` is the fencing token, recorded in every action done under the
+    claim; it never changes. ``version`` is the claim stream's version now:
+    what the next append to it (a renewal, a fenced write, the release)
+    expects. ``lost`` means the claim was taken over or could not be renewed:
+    no new work may start under it; ``released`` that it was given back.
+    """
+
+    __slots__ = ("_lock", "confirmed_at", "expires_at", "lost", "released", "resource_id",
+                 "token", "version")
+
+    def __init__(self, resource_id: str, token: int, expires_at: datetime, *,
+                 confirmed_at: datetime, version: int | None = None) -> None:
+        self.resource_id = resource_id
+        self.token = token
+        self.version = token if version is None else version
+        self.expires_at = expires_at
+        self.confirmed_at = confirmed_at  # when an append last proved it ours
+        self.lost = False
+        self.released = False
+        self._lock = anyio.Lock()  # one append to the claim stream at a time
+
+    @property
+    def active(self) -> bool:
+        """Neither lost nor released."""
+        return not (self.lost or self.released)
+
+    def __repr__(self) -> str:
+        return (f"Claim({self.resource_id!r}, token={self.token}, version={self.version},"
+                f" expires_at={self.expires_at.isoformat()}, lost={self.lost},"
+                f" released={self.released})")
 
 
 class ClaimResult(msgspec.Struct):
@@ -56,7 +103,12 @@ def holder_is_gone(instance_id: str) -> bool:
 
 
 class Coordinator:
-    """Claims and releases resources for one instance."""
+    """Claims, renews and releases resources for one instance.
+
+    Claims are renewed every :attr:`heartbeat` (a third of the TTL) while
+    :meth:`keeping` them; a claim is usable until :attr:`margin` before it
+    expires, so work never starts on a claim about to run out.
+    """
 
     #: rounds of optimistic claiming before falling back to one claim at a time
     rounds = 4
@@ -74,6 +126,13 @@ class Coordinator:
         self.instance_id = store.instance_id
         self._clock = clock
         self.ttl = ttl
+        self.heartbeat = ttl / 3
+        self.margin = min(timedelta(minutes=1), ttl / 4)
+
+    async def now(self) -> datetime:
+        """The time that claims are judged by: every expiry, renewal and
+        takeover asks here (and only here)."""
+        return self._clock()
 
     async def claim(self, resource_ids: Iterable[str]) -> ClaimResult:
         """Claim every given resource that is free, in as few atomic appends as
@@ -108,7 +167,7 @@ class Coordinator:
     ) -> list[tuple[Claim, StreamBatch]]:
         await self.views.catch_up("claims")
         states = await self.views.query(lambda db: claim_states(db, pending))
-        now = self._clock()
+        now = await self.now()
         planned: list[tuple[Claim, StreamBatch]] = []
         for resource_id in sorted(pending):
             state = states.get(resource_id)
@@ -119,7 +178,7 @@ class Coordinator:
             version = state.version if state is not None else 0
             takeover = (state.instance_id if state is not None and not state.released
                         and state.instance_id != self.instance_id else None)
-            claim = Claim(resource_id, version + 1, now + self.ttl)
+            claim = Claim(resource_id, version + 1, now + self.ttl, confirmed_at=now)
             event = ClaimAcquired(resource_id=resource_id, instance_id=self.instance_id,
                                   claimed_at=now, expires_at=claim.expires_at,
                                   token=claim.token, takeover_of=takeover)
@@ -137,28 +196,152 @@ class Coordinator:
         return (state.held_at(now) and state.instance_id != self.instance_id
                 and not holder_is_gone(state.instance_id))
 
-    def expired(self, claim: Claim) -> bool:
-        """Whether ``claim`` has run out (or is about to, within a minute)."""
-        return self._clock() >= claim.expires_at - timedelta(minutes=1)
+    # -- keeping claims --------------------------------------------------
+
+    async def usable(self, claim: Claim) -> bool:
+        """Whether new work may start under ``claim``: not lost, not released,
+        and not within :attr:`margin` of running out."""
+        return claim.active and await self.now() < claim.expires_at - self.margin
+
+    async def confirm(self, claim: Claim) -> bool:
+        """:meth:`usable`, after renewing ``claim`` if no append proved it ours
+        for a heartbeat (work that waited long for a slot finds a takeover
+        before it starts, not when it records its outcome)."""
+        if not await self.usable(claim):
+            return False
+        if await self.now() - claim.confirmed_at >= self.heartbeat:
+            try:
+                await self.renew([claim])
+            except EventStoreError:
+                return False
+        return await self.usable(claim)
+
+    async def renew(self, claims: Iterable[Claim]) -> None:
+        """Extend every active claim given to a full TTL from now, in one
+        atomic append when none was taken over (else one at a time). A claim
+        taken over, or one whose renewal failed, is marked lost.
+
+        :raises EventStoreError: if the log cannot be written (every claim of
+            the append is then marked lost).
+        """
+        claims = sorted(claims, key=lambda c: c.resource_id)
+        async with AsyncExitStack() as locks:
+            for claim in claims:
+                await locks.enter_async_context(claim._lock)
+            live = [c for c in claims if c.active]
+            if not live:
+                return
+            now = await self.now()
+            expires = now + self.ttl
+            try:
+                await self.store.append_streams(self._renewal(c, now, expires) for c in live)
+            except WrongExpectedVersion:
+                for claim in live:  # which one was taken over?
+                    try:
+                        await self.store.append_streams([self._renewal(claim, now, expires)])
+                    except WrongExpectedVersion:
+                        claim.lost = True
+                    else:
+                        self._renewed(claim, now, expires)
+                return
+            except EventStoreError:
+                for claim in live:
+                    claim.lost = True
+                raise
+            for claim in live:
+                self._renewed(claim, now, expires)
+
+    def _renewal(self, claim: Claim, now: datetime, expires: datetime) -> StreamBatch:
+        event = ClaimRenewed(resource_id=claim.resource_id, instance_id=self.instance_id,
+                             token=claim.token, renewed_at=now, expires_at=expires)
+        return StreamBatch(claim_stream(claim.resource_id), (event,),
+                           expected_version=claim.version)
+
+    @staticmethod
+    def _renewed(claim: Claim, now: datetime, expires: datetime) -> None:
+        claim.version += 1
+        claim.expires_at = expires
+        claim.confirmed_at = now
+
+    @asynccontextmanager
+    async def keeping(self, claims: Iterable[Claim]) -> AsyncIterator[None]:
+        """Renew ``claims`` every :attr:`heartbeat` while the block runs, each
+        until it is released or lost."""
+        kept = list(claims)
+        if not kept:
+            yield
+            return
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._heartbeat, kept)
+            try:
+                yield
+            finally:
+                group.cancel_scope.cancel()
+
+    async def _heartbeat(self, kept: list[Claim]) -> None:
+        while any(c.active for c in kept):
+            await anyio.sleep(self.heartbeat.total_seconds())
+            try:
+                await self.renew(kept)
+            except EventStoreError:
+                pass  # marked lost: nothing new starts under them; they run out
+
+    # -- appending under a claim -----------------------------------------
 
     def fence(self, claim: Claim) -> StreamBatch:
-        """An empty batch that holds only while the claim stream is still at
-        ``claim``'s token: append it with a write to make that write fenced."""
-        return StreamBatch(claim_stream(claim.resource_id), (),
-                           expected_version=claim.token)
+        """An empty batch that holds only while the claim stream is still
+        where ``claim`` left it: append it with a write to make that write
+        fenced (use :meth:`append_fenced`, which keeps renewals out of the way)."""
+        return StreamBatch(claim_stream(claim.resource_id), (), expected_version=claim.version)
 
     def release_batch(self, claim: Claim) -> StreamBatch:
-        """The release of ``claim``, expecting its token: append it together
-        with an outcome to prove the claim was still ours."""
+        """The release of ``claim``, expecting the claim stream's version:
+        append it together with an outcome to prove the claim was still ours
+        (use :meth:`append_releasing`)."""
         event: Event = ClaimReleased(resource_id=claim.resource_id,
                                      instance_id=self.instance_id, token=claim.token)
         return StreamBatch(claim_stream(claim.resource_id), (event,),
-                           expected_version=claim.token)
+                           expected_version=claim.version)
+
+    async def append_fenced(self, claim: Claim, batches: Sequence[StreamBatch]) -> Appended:
+        """Append ``batches`` only while ``claim`` is still ours.
+
+        :raises WrongExpectedVersion: if the claim was taken over; nothing is
+            written and the claim is marked lost.
+        :raises EventStoreError: if the log cannot be written.
+        """
+        async with claim._lock:
+            try:
+                appended = await self.store.append_streams([*batches, self.fence(claim)])
+            except WrongExpectedVersion as exc:
+                # Another fence among ``batches`` (a pause stream) may be what moved.
+                if exc.stream == claim_stream(claim.resource_id):
+                    claim.lost = True
+                raise
+            claim.confirmed_at = await self.now()
+            return appended
+
+    async def append_releasing(self, claim: Claim, batches: Sequence[StreamBatch]) -> Appended:
+        """Append ``batches`` together with the release of ``claim``.
+
+        :raises WrongExpectedVersion: if the claim was taken over meanwhile;
+            nothing is written and the claim is marked lost.
+        :raises EventStoreError: if the log cannot be written.
+        """
+        async with claim._lock:
+            try:
+                appended = await self.store.append_streams(
+                    [*batches, self.release_batch(claim)])
+            except WrongExpectedVersion:
+                claim.lost = True
+                raise
+            claim.released = True
+            return appended
 
     async def release(self, claim: Claim) -> bool:
         """Release a claim; False when it had been taken over meanwhile."""
         try:
-            await self.store.append_streams([self.release_batch(claim)])
+            await self.append_releasing(claim, [])
         except WrongExpectedVersion:
             return False
         return True

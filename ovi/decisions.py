@@ -69,6 +69,8 @@ class DecisionMaker:
             return Action.NOTIFY, info, "unmanaged→notify", diff.reason
         if diff.type is DiffType.DRIFTED:
             fields = {c.field for c in diff.changes}
+            if fields == {"status"}:  # the comparator's word for a start Ovi owes
+                return Action.UPDATE, ready, "restart-owed→start", diff.reason
             if needs := sorted(fields & _REPLACEMENT_FIELDS):
                 why = f"{diff.reason}; reported, not done: {', '.join(needs)} needs a replacement"
                 return Action.NOTIFY, info, "drift-needs-replacement", why

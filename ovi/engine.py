@@ -27,12 +27,22 @@ from ovi.events import (
     DecisionMade,
     DiffDetected,
     DiffResolved,
+    RestartSettled,
     cycle_stream,
     pause_stream,
     resource_stream,
 )
 from ovi.executor import Execution, Executor
-from ovi.model import Action, CycleMode, Decision, Diff, Outcome, ResourceType, Scope
+from ovi.model import (
+    RUNNING_STATUSES,
+    Action,
+    CycleMode,
+    Decision,
+    Diff,
+    Outcome,
+    ResourceType,
+    Scope,
+)
 from ovi.observer import KnownResource, Observation, observe
 from ovi.providers.base import Provider
 from ovi.recovery import recover_in_doubt
@@ -45,6 +55,7 @@ from projections.findings import (
     open_findings,
 )
 from projections.operations import Pause, PauseState, pause_state
+from projections.restarts import OwedRestart, owed_restarts
 
 __all__ = ["CycleResult", "Engine", "new_cycle_id"]
 
@@ -81,6 +92,7 @@ class _State(msgspec.Struct):
     approved: frozenset[str]
     config_hash: str | None
     pauses: PauseState
+    restarts: dict[str, OwedRestart] = {}
 
 
 def new_cycle_id(now: datetime) -> str:
@@ -159,9 +171,10 @@ class Engine:
             self.store, self.provider, _scopes(config, state.known), state.known,
             cycle_id=cycle_id, max_concurrency=concurrency,
         )
+        restart_owed = await self._restarts_owed(cycle_id, state.restarts, observation)
         diffs = self._comparator(config).compare(
             config.desired_resources(), observation.resources,
-            unknown_scopes=tuple(observation.failed),
+            unknown_scopes=tuple(observation.failed), restart_owed=restart_owed,
         )
         detected_at = {
             d.resource_id: _detected_at(state.findings.get(d.resource_id), d, started)
@@ -208,6 +221,35 @@ class Engine:
             failed_scopes=failed,
         )])
         return result
+
+    async def _restarts_owed(self, cycle_id: str, owed: dict[str, OwedRestart],
+                             observation: Observation) -> frozenset[str]:
+        """The resources still owed a start after an update of Ovi's that did
+        not finish (the comparator reports them when they are not running).
+        One seen running by an observation that began after that update ended
+        is owed nothing any more, and that is recorded (``RestartSettled``);
+        one still in doubt is left to recovery."""
+        if not owed:
+            return frozenset()
+        seen = {r.id: (r, s.observed_after) for s in observation.scopes.values()
+                for r in s.resources if r.id in owed}
+        still: set[str] = set()
+        settled: list[StreamBatch] = []
+        for resource_id, restart in owed.items():
+            if restart.ended_rev is None:
+                continue
+            found = seen.get(resource_id)
+            if found is not None and found[0].status in RUNNING_STATUSES \
+                    and found[1] >= restart.ended_rev:
+                settled.append(StreamBatch(resource_stream(resource_id), (RestartSettled(
+                    cycle_id=cycle_id, resource_id=resource_id, decision_id=restart.decision_id,
+                    token=restart.token, ended_rev=restart.ended_rev,
+                    status=found[0].status),)))
+            else:
+                still.add(resource_id)
+        if settled:
+            await self.store.append_streams(settled)
+        return frozenset(still)
 
     async def _record_findings(
         self,
@@ -307,4 +349,4 @@ def _load_state(db: sqlite3.Connection) -> _State:
         known.setdefault(scope, {})[resource_id] = KnownResource(resource_id, cloud_id,
                                                                  fingerprint, rev or 0)
     return _State(known, open_findings(db), approved_decisions(db), latest_config_hash(db),
-                  pause_state(db))
+                  pause_state(db), owed_restarts(db))

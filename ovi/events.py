@@ -30,6 +30,7 @@ __all__ = [
     "AutomationResumed",
     "ClaimAcquired",
     "ClaimReleased",
+    "ClaimRenewed",
     "ConfigLoaded",
     "CycleFinished",
     "CycleStarted",
@@ -41,6 +42,7 @@ __all__ = [
     "ObservationFailed",
     "ResourceDisappeared",
     "ResourceObserved",
+    "RestartSettled",
     "claim_stream",
     "cycle_stream",
     "pause_stream",
@@ -228,6 +230,19 @@ class ClaimReleased(Event, frozen=True):
     token: int
 
 
+class ClaimRenewed(Event, frozen=True):
+    """The holder of the claim with fencing token ``token`` still works on the
+    resource: the claim now runs until ``expires_at``. Appended to the claim
+    stream expecting its version, like a claim, so a renewal never extends a
+    claim that was taken over; the fencing token does not change."""
+
+    resource_id: str
+    instance_id: str
+    token: int
+    renewed_at: datetime
+    expires_at: datetime
+
+
 class ActionExecuting(Event, frozen=True):
     """Written durably before the provider is called (write-ahead)."""
 
@@ -237,6 +252,14 @@ class ActionExecuting(Event, frozen=True):
     resource_id: str
     cloud_id: str | None
     token: int  # the claim's fencing token
+    # A disruptive update (an EC2 resize stops the instance): whether the
+    # resource was running in the observation the decision relied on. True
+    # means Ovi owes a start until the action ends in ActionExecuted.
+    was_running: bool | None = None
+    # Creates: the attempt, which makes the idempotency token (the decision
+    # id, then ``<decision id>.<attempt>``); a new attempt only once the
+    # resource of the one before is known to be gone.
+    create_attempt: int = 1
 
 
 class ActionExecuted(Event, frozen=True):
@@ -249,6 +272,7 @@ class ActionExecuted(Event, frozen=True):
     attempts: int = 1
     recovered: bool = False  # resolved at start-up from what the cloud shows
     stale_token: bool = False  # the claim was lost mid-action: flagged, not hidden
+    create_attempt: int = 1  # the ActionExecuting this answers (creates)
 
 
 class ActionFailed(Event, frozen=True):
@@ -260,9 +284,24 @@ class ActionFailed(Event, frozen=True):
     token: int
     error: str
     retryable: bool
-    attempts: int = 1
+    attempts: int = 1  # provider calls made; 0: not attempted after the write-ahead
     interrupted: bool = False  # found in doubt at start-up
     stale_token: bool = False
+    create_attempt: int = 1  # the ActionExecuting this answers (creates)
+
+
+class RestartSettled(Event, frozen=True):
+    """Ovi no longer owes a start to a resource that a disruptive update
+    (``ActionExecuting.was_running``) stopped and that did not end in
+    ``ActionExecuted``: an observation that began after that action ended
+    (position ≥ ``ended_rev``) saw it running."""
+
+    cycle_id: str
+    resource_id: str
+    decision_id: str  # the update that owed the start
+    token: int
+    ended_rev: int
+    status: str  # as observed
 
 
 class ActionSkipped(Event, frozen=True):
@@ -300,10 +339,12 @@ OVI_EVENTS: tuple[type[Event], ...] = (
     ApprovalGranted,
     ClaimAcquired,
     ClaimReleased,
+    ClaimRenewed,
     ActionExecuting,
     ActionExecuted,
     ActionFailed,
     ActionSkipped,
+    RestartSettled,
     CycleFinished,
     AutomationPaused,
     AutomationResumed,

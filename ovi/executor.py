@@ -1,10 +1,16 @@
 """Turn decisions into provider calls: claimed, write-ahead, bounded, fenced.
 
 Per action: claim → ``ActionExecuting`` (durable; if it can't be written the
-provider is not called) → provider call with retries → ``ActionExecuted`` or
-``ActionFailed`` appended together with the claim's release (expecting the
-claim's token, so a lost claim is flagged). Decisions that must wait record
-``ActionSkipped`` with their reason once, not every cycle.
+provider is not called) → a call slot, and the claim checked again → provider
+call with retries → ``ActionExecuted`` or ``ActionFailed`` appended together
+with the claim's release (expecting the claim stream's version, so a lost
+claim is flagged). Claims are renewed while the actions run. Decisions that
+must wait record ``ActionSkipped`` with their reason once, not every cycle.
+
+The write-ahead says what a retry, a recovery or a later cycle needs to finish
+the action safely: whether a disruptive update found the resource running
+(``was_running``: it is started again), and which attempt of a create this
+is (``create_attempt``: its idempotency token).
 """
 
 from __future__ import annotations
@@ -24,9 +30,18 @@ from ovi.events import (
     ActionSkipped,
     resource_stream,
 )
-from ovi.model import Action, Decision, DecisionStatus, Outcome, Resource, SkipReason
+from ovi.model import (
+    RUNNING_STATUSES,
+    Action,
+    Decision,
+    DecisionStatus,
+    Outcome,
+    Resource,
+    ResourceType,
+    SkipReason,
+)
 from ovi.observer import Observation
-from ovi.providers.base import Provider, ProviderError
+from ovi.providers.base import CreatedResourceGone, Provider, ProviderError
 from ovi.retry import Attempted, RetryPolicy, call_with_retries
 from projections import ProjectionRunner
 from projections.findings import DecisionOutcome, decision_outcomes
@@ -152,13 +167,16 @@ class Executor:
         async def worker() -> None:
             for decision in queue:
                 done = await self._run(decision, claims.held[decision.resource_id], cycle_id,
-                                       owner, ahead, calls)
+                                       owner, ahead, calls, outcomes.get(decision.decision_id))
                 results.append(done)
 
         # Enough workers to fill both limiters and record outcomes meanwhile,
         # not a task per action: starting a thousand tasks up front delayed
-        # the first call by ~25 ms.
-        async with anyio.create_task_group() as group:
+        # the first call by ~25 ms. The claims are renewed while they work:
+        # an action may outlast the claim's TTL (a resize waits for a stop
+        # and a start), and actions queued behind slow ones wait for slots.
+        async with self.coordinator.keeping(claims.held[d.resource_id] for d in runnable), \
+                anyio.create_task_group() as group:
             for _ in range(min(len(runnable), 3 * max_concurrency)):
                 group.start_soon(worker)
         return executions + results
@@ -198,31 +216,34 @@ class Executor:
         await self.store.append_streams(StreamBatch(s, tuple(e)) for s, e in events.items())
 
     async def _run(self, decision: Decision, claim: Claim, cycle_id: str, owner: str,
-                   ahead: anyio.CapacityLimiter, calls: anyio.CapacityLimiter) -> Execution:
+                   ahead: anyio.CapacityLimiter, calls: anyio.CapacityLimiter,
+                   previous: DecisionOutcome | None) -> Execution:
         stream = resource_stream(decision.resource_id)
-        attempted = Attempted()
         resource: Resource | None = None
-        failure: ProviderError | None = None
+        failure: ProviderError | EventStoreError | None = None
+        unkept: SkipReason | None = None
+        drained = False
         outcome: ActionExecuted | ActionFailed
+        progress = _Progress(await self._create_attempt(decision, previous))
         # The outcome is recorded after both slots are freed, so the next
         # action's call overlaps this one's commit.
         async with ahead:
-            if self.coordinator.expired(claim):
-                # Waited so long for a slot that the claim ran out: another
-                # instance may hold it now. Leave it to a later cycle.
-                return _execution(decision, Outcome.SKIPPED, reason=SkipReason.CLAIM_EXPIRED)
+            if not await self.coordinator.usable(claim):
+                # Waited so long for a slot that the claim ran out, or it could
+                # not be renewed: another instance may hold it now. Leave it
+                # to a later cycle.
+                await self._release_quietly(claim)
+                return _execution(decision, Outcome.SKIPPED, reason=_unkept(claim))
             if self.stopping():
                 await self._release_quietly(claim)
                 return _execution(decision, Outcome.SKIPPED, reason=SkipReason.DRAINING)
             try:
-                # Fenced: written only while the claim stream is still at our
-                # token, i.e. nobody took the claim over.
-                await self.store.append_streams([
-                    StreamBatch(stream, (ActionExecuting(
-                        cycle_id=cycle_id, decision_id=decision.decision_id,
-                        action=decision.action, resource_id=decision.resource_id,
-                        cloud_id=decision.cloud_id, token=claim.token),)),
-                    self.coordinator.fence(claim), *self._fences(decision)])
+                # Fenced: written only while the claim stream is still where
+                # our claim left it (nobody took the claim over) and the pause
+                # streams are where this cycle read them (nobody paused since).
+                await self.coordinator.append_fenced(claim, [StreamBatch(stream, (
+                    self._executing(decision, claim, cycle_id, progress.attempt),)),
+                    *self._fences(decision)])
             except WrongExpectedVersion as exc:
                 if exc.stream.startswith(PAUSE_STREAM):
                     # Paused (or resumed) by someone after this cycle read the pauses.
@@ -235,33 +256,50 @@ class Executor:
                 return _execution(decision, Outcome.FAILED, error=f"not attempted: cannot record"
                                   f" ActionExecuting: {exc}")
             async with calls:
-                drained = self.stopping()  # written ahead, but not started: it never will
-                try:
-                    if not drained:
-                        resource = await call_with_retries(
-                            lambda: self._call(decision, owner), self.retry, attempted)
-                except ProviderError as exc:
-                    failure = exc
+                # Checked again now: the service may be stopping, the wait for
+                # a slot may have outlasted the claim, or a renewal may have
+                # found it taken over.
+                if self.stopping():
+                    drained = True  # written ahead, but not started: it never will
+                elif not await self.coordinator.confirm(claim):
+                    unkept = _unkept(claim)
+                else:
+                    try:
+                        resource = await self._call_attempts(decision, claim, cycle_id, owner,
+                                                             progress)
+                    except (ProviderError, EventStoreError) as exc:
+                        failure = exc
         if drained:
             outcome = ActionFailed(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
                 resource_id=decision.resource_id, cloud_id=decision.cloud_id,
                 token=claim.token, error="not started: the service was stopping",
-                retryable=True, attempts=0)
+                retryable=True, attempts=0, create_attempt=progress.attempt)
             execution = _execution(decision, Outcome.SKIPPED, reason=SkipReason.DRAINING)
-        elif failure is not None:
+        elif unkept is not None:
             outcome = ActionFailed(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
                 resource_id=decision.resource_id, cloud_id=decision.cloud_id,
-                token=claim.token, error=str(failure), retryable=failure.retryable,
-                attempts=attempted.count)
+                token=claim.token, error=f"not attempted: the claim was {_LOST[unkept]} while"
+                " the action waited for a call slot", retryable=True, attempts=0,
+                create_attempt=progress.attempt)
+            execution = _execution(decision, Outcome.SKIPPED, reason=unkept)
+        elif failure is not None:
+            # A dead resource behind the token is for a new attempt to fix.
+            retryable = (not isinstance(failure, ProviderError) or failure.retryable
+                         or isinstance(failure, CreatedResourceGone))
+            outcome = ActionFailed(
+                cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
+                resource_id=decision.resource_id, cloud_id=decision.cloud_id,
+                token=claim.token, error=str(failure), retryable=retryable,
+                attempts=progress.calls.count, create_attempt=progress.attempt)
             execution = _execution(decision, Outcome.FAILED, error=str(failure))
         else:
             cloud_id = resource.cloud_id if resource is not None else decision.cloud_id
             outcome = ActionExecuted(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
                 resource_id=decision.resource_id, cloud_id=cloud_id, token=claim.token,
-                attempts=attempted.count)
+                attempts=progress.calls.count, create_attempt=progress.attempt)
             execution = _execution(decision, Outcome.EXECUTED, cloud_id=cloud_id)
         try:
             await self._record_outcome(stream, outcome, claim)
@@ -273,11 +311,63 @@ class Executor:
                 error=f"{execution.error or 'done'}; outcome not recorded: {exc}")
         return execution
 
+    def _executing(self, decision: Decision, claim: Claim, cycle_id: str,
+                   attempt: int) -> ActionExecuting:
+        return ActionExecuting(
+            cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
+            resource_id=decision.resource_id, cloud_id=decision.cloud_id, token=claim.token,
+            was_running=_was_running(decision), create_attempt=attempt)
+
+    async def _create_attempt(self, decision: Decision, previous: DecisionOutcome | None) -> int:
+        """The attempt a create runs as: the last one the log recorded for
+        this decision (its token may have made the resource, which must not be
+        made twice), 1 for a decision that never ran."""
+        if decision.action is not Action.CREATE or previous is None or previous.outcome is None:
+            return 1
+        attempt = 1
+        async for recorded in self.store.read(stream=resource_stream(decision.resource_id),
+                                              types=("ActionExecuting",)):
+            event = recorded.event
+            if isinstance(event, ActionExecuting) and event.decision_id == decision.decision_id:
+                attempt = max(attempt, event.create_attempt)
+        return attempt
+
+    async def _call_attempts(self, decision: Decision, claim: Claim, cycle_id: str,
+                             owner: str, progress: _Progress) -> Resource | None:
+        """The provider call, with retries (the same attempt: a lost response
+        is answered by the same token, never duplicated). A create whose
+        token answers with a dead resource is closed and made again as the
+        next attempt, both recorded (fenced) before the new token is used.
+        ``progress`` says, even when this raises, which attempt is open and
+        how many calls it made."""
+        stream = resource_stream(decision.resource_id)
+        try:
+            return await call_with_retries(
+                lambda: self._call(decision, owner, progress.attempt), self.retry,
+                progress.calls)
+        except CreatedResourceGone as gone:
+            if not await self.coordinator.usable(claim):
+                raise
+            closed = ActionFailed(
+                cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
+                resource_id=decision.resource_id, cloud_id=gone.cloud_id, token=claim.token,
+                error=str(gone), retryable=True, attempts=progress.calls.count,
+                create_attempt=progress.attempt)
+            following = self._executing(decision, claim, cycle_id, progress.attempt + 1)
+            try:
+                await self.coordinator.append_fenced(claim, [StreamBatch(stream, (closed,
+                                                                                  following))])
+            except EventStoreError as exc:
+                raise gone from exc  # not recorded: the old attempt stays the open one
+        progress.attempt += 1
+        progress.calls = Attempted()
+        return await call_with_retries(
+            lambda: self._call(decision, owner, progress.attempt), self.retry, progress.calls)
+
     async def _record_outcome(self, stream: str, outcome: ActionExecuted | ActionFailed,
                               claim: Claim) -> None:
         try:
-            await self.store.append_streams([StreamBatch(stream, (outcome,)),
-                                             self.coordinator.release_batch(claim)])
+            await self.coordinator.append_releasing(claim, [StreamBatch(stream, (outcome,))])
         except WrongExpectedVersion:
             # The claim moved on while we acted: record the outcome, flagged.
             await self.store.append(stream, [msgspec.structs.replace(outcome, stale_token=True)])
@@ -288,11 +378,11 @@ class Executor:
         except EventStoreError:
             pass  # the claim expires on its own
 
-    async def _call(self, decision: Decision, owner: str) -> Resource | None:
+    async def _call(self, decision: Decision, owner: str, attempt: int) -> Resource | None:
         diff = decision.diff
         if decision.action == Action.CREATE and diff.desired is not None:
             return await self.provider.create(diff.desired, decision_id=decision.decision_id,
-                                              owner=owner)
+                                              owner=owner, attempt=attempt)
         if decision.action == Action.UPDATE and diff.desired is not None and diff.observed:
             return await self.provider.update(diff.desired, diff.observed, diff.changes)
         if decision.action == Action.DELETE and diff.observed is not None:
@@ -310,6 +400,35 @@ def _no_fences(decision: Decision) -> Sequence[StreamBatch]:
     return ()
 
 
+class _Progress(msgspec.Struct):
+    """Where one action's provider calls stand: the create attempt open (its
+    write-ahead recorded) and the calls made for it."""
+
+    attempt: int
+    calls: Attempted = msgspec.field(default_factory=Attempted)
+
+
+_LOST = {SkipReason.CLAIM_LOST: "taken over", SkipReason.CLAIM_EXPIRED: "running out"}
+
+
+def _unkept(claim: Claim) -> SkipReason:
+    """Why work may not start under ``claim``."""
+    return SkipReason.CLAIM_LOST if claim.lost else SkipReason.CLAIM_EXPIRED
+
+
+def _was_running(decision: Decision) -> bool | None:
+    """For a disruptive update (an EC2 resize stops the instance): whether
+    the observation the decision relied on saw the resource running, i.e.
+    whether it must be started again. ``None`` for every other action."""
+    diff = decision.diff
+    observed = diff.observed
+    if (decision.action is Action.UPDATE and observed is not None
+            and observed.type is ResourceType.EC2
+            and any(c.field == "size" for c in diff.changes)):
+        return observed.status in RUNNING_STATUSES
+    return None
+
+
 def _why_not_now(decision: Decision, last: DecisionOutcome | None,
                  observed_after: int) -> tuple[SkipReason, bool] | None:
     """Why a decision is not executed now (reason, whether to record it), or
@@ -317,8 +436,10 @@ def _why_not_now(decision: Decision, last: DecisionOutcome | None,
 
     An executed action whose diff is still there in an observation that
     started after it was recorded did not stick (an instance that died at
-    once, say): it may run again; the provider's idempotency on the decision
-    id keeps a create that merely was not listed yet from running twice."""
+    once, say): it may run again, as the attempt recorded last, so the
+    provider's idempotency on the decision id and attempt keeps a create that
+    merely was not listed yet from running twice; only when that attempt's
+    token answers with a dead resource does the next attempt get a new one."""
     reason: SkipReason | None = None
     if decision.status != DecisionStatus.READY:
         reason = SkipReason.holding(decision.status)

@@ -17,6 +17,7 @@ __all__ = [
     "ID_TAG",
     "MANAGED_TAG",
     "OWNER_TAG",
+    "RUNNING_STATUSES",
     "Action",
     "CycleMode",
     "Decision",
@@ -40,6 +41,8 @@ MANAGED_TAG = "ovi:managed"
 OWNER_TAG = "ovi:owner"
 BLESSED_TAG = "ovi:blessed"
 DECISION_TAG = "ovi:decision"
+#: observed statuses of a resource that is up or on its way up (EC2's names)
+RUNNING_STATUSES = frozenset({"pending", "running"})
 
 
 class ResourceType(StrEnum):

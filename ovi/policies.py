@@ -169,7 +169,11 @@ class ApprovalForSizes:
 
 
 class MaintenanceWindow:
-    """Deletes happen only inside the weekly ``window`` (UTC)."""
+    """Deletes and disruptive changes happen only inside the weekly ``window``
+    (UTC). A disruptive change is an update that changes a size: an EC2
+    resize stops and starts the instance, an RDS one is applied immediately
+    (``ApplyImmediately``). A start Ovi owes after an interrupted resize (a
+    ``status`` change only) is restorative and never waits."""
 
     name = "maintenance_window"
 
@@ -177,15 +181,21 @@ class MaintenanceWindow:
         self.window = window
 
     def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
-        """Hold deletes while ``ctx.now`` is outside the window."""
+        """Hold deletes and resizes while ``ctx.now`` is outside the window."""
         if self.window.contains(ctx.now):
             return decisions
         return [
             hold(d, DecisionStatus.MAINTENANCE_WINDOW, self.name,
                  "outside the maintenance window")
-            if _ready(d, Action.DELETE) else d
+            if _ready(d, Action.DELETE) or _disruptive(d) else d
             for d in decisions
         ]
+
+
+def _disruptive(decision: Decision) -> bool:
+    """A ready update that changes a size (it stops or reboots the resource)."""
+    return _ready(decision, Action.UPDATE) and any(
+        c.field == "size" for c in decision.diff.changes)
 
 
 class BlastRadius:

@@ -2,24 +2,46 @@
 
 An ``ActionExecuting`` without an outcome means the process died between the
 write-ahead record and the outcome. At start-up each such action (unless its
-claim is still held by a live instance) is checked against reality: a create
-whose resource now exists (found by its ``ovi:decision`` or ``ovi:id`` tag)
-and a delete whose resource is gone get ``ActionExecuted`` (recovered);
-everything else gets ``ActionFailed`` (interrupted) and the next cycle decides
-afresh. A create is therefore never made twice.
+claim is still held by a live instance) is checked against reality:
+
+- a create whose resource now exists (found by its ``ovi:decision`` tag) and
+  a delete whose resource is gone get ``ActionExecuted`` (recovered);
+- an update whose write-ahead says the resource was running (a resize stops
+  it) first has the resource started again if it is not running: a crash
+  between stop and start must not leave it stopped. An update whose every
+  change is now in effect gets ``ActionExecuted`` (recovered);
+- everything else gets ``ActionFailed`` (interrupted) and the next cycle
+  decides afresh. A create is therefore never made twice, and if starting a
+  stopped resource fails here, the start is still owed (the restarts
+  projection) and a later cycle makes it.
+
+The claims are kept (renewed) while recovery works: starting an instance and
+waiting for it may take longer than a claim lives.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from eventstore import EventStore, StreamBatch, WrongExpectedVersion
 from ovi.coordinator import Coordinator
-from ovi.events import ActionExecuted, ActionFailed, resource_stream
-from ovi.model import DECISION_TAG, Action, Outcome
+from ovi.events import ActionExecuted, ActionExecuting, ActionFailed, resource_stream
+from ovi.model import (
+    DECISION_TAG,
+    RUNNING_STATUSES,
+    Action,
+    DesiredResource,
+    FieldChange,
+    Outcome,
+    Resource,
+)
 from ovi.providers.base import Provider, ProviderError
 from projections import ProjectionRunner
 from projections.findings import DecisionOutcome, decision_outcomes
 
 __all__ = ["recover_in_doubt"]
+
+_TAGS = "tags."
 
 
 async def recover_in_doubt(
@@ -41,30 +63,46 @@ async def recover_in_doubt(
     # in fact still alive then finds its claim gone and writes nothing more.
     claimed = await coordinator.claim(o.decision.resource_id for o in in_doubt.values())
     resolved: list[ActionExecuted | ActionFailed] = []
-    for outcome in in_doubt.values():
-        resource_id = outcome.decision.resource_id
-        claim = claimed.held.get(resource_id)
-        if claim is None:
-            continue  # a live instance is on it
-        try:
-            event = await _resolve(provider, outcome, cycle_id)
-        except ProviderError:
-            await coordinator.release(claim)
-            continue
-        try:
-            await store.append_streams([StreamBatch(resource_stream(resource_id), (event,)),
-                                        coordinator.release_batch(claim)])
-        except WrongExpectedVersion:
-            continue  # lost the claim meanwhile: whoever holds it resolves it
-        resolved.append(event)
+    async with coordinator.keeping(claimed.held.values()):
+        for outcome in in_doubt.values():
+            resource_id = outcome.decision.resource_id
+            claim = claimed.held.get(resource_id)
+            if claim is None:
+                continue  # a live instance is on it
+            executing = await _write_ahead(store, outcome)
+            try:
+                event = await _resolve(provider, outcome, executing, cycle_id)
+            except ProviderError:
+                await coordinator.release(claim)
+                continue
+            try:
+                await coordinator.append_releasing(
+                    claim, [StreamBatch(resource_stream(resource_id), (event,))])
+            except WrongExpectedVersion:
+                continue  # lost the claim meanwhile: whoever holds it resolves it
+            resolved.append(event)
     return resolved
 
 
+async def _write_ahead(store: EventStore, outcome: DecisionOutcome) -> ActionExecuting | None:
+    """The ``ActionExecuting`` left in doubt (the decision's last outcome)."""
+    if outcome.rev is None:
+        return None
+    async for recorded in store.read(after=outcome.rev - 1, until=outcome.rev):
+        if isinstance(recorded.event, ActionExecuting):
+            return recorded.event
+    return None
+
+
 async def _resolve(provider: Provider, outcome: DecisionOutcome,
-                   cycle_id: str) -> ActionExecuted | ActionFailed:
+                   executing: ActionExecuting | None, cycle_id: str
+                   ) -> ActionExecuted | ActionFailed:
     decision = outcome.decision
     token = outcome.token or 0
+    attempt = executing.create_attempt if executing is not None else 1
     found = await provider.observe(decision.diff.scope)
+    why = ("interrupted: the process stopped before recording the outcome, and the cloud does"
+           " not show it done")
     if decision.action == Action.CREATE:
         # Only what this decision made counts: another owner's resource may
         # carry the same ovi:id.
@@ -74,15 +112,47 @@ async def _resolve(provider: Provider, outcome: DecisionOutcome,
     else:
         match = next((r for r in found if r.cloud_id == decision.cloud_id), None)
         done = decision.action == Action.DELETE and match is None
+        if decision.action == Action.UPDATE and match is not None:
+            if executing is not None and executing.was_running and \
+                    match.status not in RUNNING_STATUSES:
+                try:
+                    match = await _start(provider, decision.diff.desired, match)
+                except ProviderError as exc:
+                    why = (f"interrupted, and the resource it stopped could not be started"
+                           f" again: {exc} (the start is still owed)")
+            done = _in_effect(decision.diff.changes, match)
     if done:
         return ActionExecuted(
             cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
             resource_id=decision.resource_id,
             cloud_id=match.cloud_id if match is not None else decision.cloud_id,
-            token=token, recovered=True)
+            token=token, recovered=True, create_attempt=attempt)
     return ActionFailed(
         cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
         resource_id=decision.resource_id, cloud_id=decision.cloud_id, token=token,
-        error="interrupted: the process stopped before recording the outcome, and the"
-              " cloud does not show it done", retryable=True, interrupted=True)
+        error=why, retryable=True, interrupted=True, create_attempt=attempt)
 
+
+async def _start(provider: Provider, desired: DesiredResource | None,
+                 current: Resource) -> Resource:
+    """Start ``current`` again (restorative: no window or approval applies)."""
+    if desired is None:
+        raise ProviderError(f"{current.id}: the decision lacks the desired resource")
+    return await provider.update(desired, current,
+                                 [FieldChange("status", "running", current.status)])
+
+
+def _in_effect(changes: Sequence[FieldChange], resource: Resource) -> bool:
+    """Whether every change of an update shows in ``resource``."""
+    for change in changes:
+        if change.field == "size":
+            ok = resource.size == change.desired
+        elif change.field == "status":
+            ok = change.desired != "running" or resource.status in RUNNING_STATUSES
+        elif change.field.startswith(_TAGS):
+            ok = resource.tags.get(change.field.removeprefix(_TAGS)) == change.desired
+        else:
+            ok = False
+        if not ok:
+            return False
+    return True

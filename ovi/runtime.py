@@ -16,6 +16,7 @@ from projections.claims import ClaimsProjection
 from projections.findings import FindingsProjection
 from projections.operations import OperationsProjection
 from projections.resources import ResourcesProjection
+from projections.restarts import RestartsProjection
 
 __all__ = ["Runtime", "default_store_path", "open_runtime", "ovi_projections"]
 
@@ -28,7 +29,7 @@ def default_store_path() -> Path:
 def ovi_projections() -> list[Projection]:
     """The projections the engine reads, in the log's own file."""
     return [ResourcesProjection(), FindingsProjection(), ClaimsProjection(),
-            OperationsProjection()]
+            OperationsProjection(), RestartsProjection()]
 
 
 class Runtime(msgspec.Struct):

@@ -3,7 +3,9 @@
 Table ``claims(resource_id PK, instance_id, claimed_at, expires_at, token,
 version, released, takeover_of)``. ``version`` is the claim stream's version
 (the expected version for the next claim); the claim is held when it is not
-released and ``expires_at`` is in the future. The projection may lag the log:
+released and ``expires_at`` is in the future. A renewal (``ClaimRenewed``)
+moves ``expires_at`` and ``version``, never ``token``: the fencing token is
+the version the stream had right after ``ClaimAcquired``. The projection may lag the log:
 that is safe, because claiming appends with the expected version, and a stale
 read only makes the append fail.
 """
@@ -18,7 +20,7 @@ from typing import ClassVar
 import msgspec
 
 from eventstore import RecordedEvent, format_timestamp, parse_timestamp
-from ovi.events import ClaimAcquired, ClaimReleased
+from ovi.events import ClaimAcquired, ClaimReleased, ClaimRenewed
 from projections._projection import Projection
 
 __all__ = ["ClaimState", "ClaimsProjection", "claim_states", "held_claims"]
@@ -41,9 +43,10 @@ class ClaimState(msgspec.Struct, frozen=True):
 
 class ClaimsProjection(Projection):
     name: ClassVar[str] = "claims"
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2  # 2: renewals
     tables: ClassVar[tuple[str, ...]] = ("claims",)
-    event_types: ClassVar[frozenset[str] | None] = frozenset({"ClaimAcquired", "ClaimReleased"})
+    event_types: ClassVar[frozenset[str] | None] = frozenset(
+        {"ClaimAcquired", "ClaimReleased", "ClaimRenewed"})
 
     def create(self, db: sqlite3.Connection) -> None:
         db.execute(
@@ -73,6 +76,15 @@ class ClaimsProjection(Projection):
                 db.execute(
                     "UPDATE claims SET released = 1, version = ? WHERE resource_id = ?",
                     (recorded.stream_version, event.resource_id),
+                )
+            elif isinstance(event, ClaimRenewed):
+                # Appended expecting the stream's version, so it always renews
+                # the claim in force; the token check only guards odd logs.
+                db.execute(
+                    "UPDATE claims SET version = ?, expires_at = CASE WHEN token = ?"
+                    " AND released = 0 THEN ? ELSE expires_at END WHERE resource_id = ?",
+                    (recorded.stream_version, event.token,
+                     format_timestamp(event.expires_at), event.resource_id),
                 )
 
 

@@ -8,7 +8,10 @@ it reaches the emulator (throttling: nothing happened) or *after* (a lost
 response: it happened, the caller does not know). With
 ``honour_client_tokens`` a repeated ``RunInstances`` with a ``ClientToken``
 gets the first call's response again, as AWS answers for at least a day, even
-when that instance has been terminated since.
+when that instance has been terminated since; repeated with other parameters
+(an AMI that moved) it gets ``IdempotentParameterMismatch``, as from AWS. A
+fault with a ``delay`` holds the request first (a slow call, or one a test
+kills its caller during).
 
 Requests are named ``service:Operation`` (``ec2:RunInstances``,
 ``s3:GetBucketTagging``, ``ssm:GetParameter``): the service from the SigV4
@@ -72,7 +75,8 @@ class Request:
 class Fault:
     """Answer ``times`` requests named ``operation`` (and passing ``match``)
     with ``status`` and the AWS error ``code``, ``when`` before or after
-    forwarding them."""
+    forwarding them, after holding each for ``delay`` seconds (the proxy's
+    :meth:`FaultProxy.stop` ends the wait)."""
 
     operation: str
     code: str = "RequestLimitExceeded"
@@ -81,7 +85,7 @@ class Fault:
     times: int = 1
     match: Callable[[Request], bool] | None = None
     message: str = "injected by the test's fault proxy"
-    delay: float = 0.0  # seconds, for When.SLOW
+    delay: float = 0.0  # seconds each matching request is held first
     hits: int = 0
 
     def wants(self, request: Request) -> bool:
@@ -104,8 +108,12 @@ class FaultProxy:
     honour_client_tokens: bool = True
     faults: list[Fault] = field(default_factory=list)
     seen: list[_Seen] = field(default_factory=list)
-    _tokens: dict[str, tuple[int, list[tuple[str, str]], bytes]] = field(default_factory=dict)
+    arrived: list[Request] = field(default_factory=list)  # answered or not yet
+    # ClientToken → the first call's parameters and answer
+    _tokens: dict[str, tuple[dict[str, list[str]], int, list[tuple[str, str]], bytes]] = field(
+        default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -124,12 +132,26 @@ class FaultProxy:
         with self._lock:
             self.faults.clear()
             self.seen.clear()
+            self.arrived.clear()
             self._tokens.clear()
 
     def calls(self, operation: str) -> list[Request]:
         """Every request named ``operation`` seen so far (faulted ones too)."""
         with self._lock:
             return [s.request for s in self.seen if s.request.name == operation]
+
+    def wait_for(self, operation: str, timeout: float = 60.0) -> Request:
+        """The first request named ``operation`` to arrive (held ones too),
+        waiting up to ``timeout`` seconds for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                found = next((r for r in self.arrived if r.name == operation), None)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {operation} request within {timeout} s")
+            time.sleep(0.01)
 
     def seen_requests(self) -> list[Request]:
         """Every request seen so far, in order."""
@@ -161,6 +183,7 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # held requests are answered now
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -172,33 +195,44 @@ class FaultProxy:
                target: urllib.parse.SplitResult) -> None:
         token = request.param("ClientToken") if request.name == "ec2:RunInstances" else None
         with self._lock:
+            self.arrived.append(request)
             fault = next((f for f in self.faults if f.wants(request)), None)
             if fault is not None:
                 fault.hits += 1
             remembered = self._tokens.get(token) if token and self.honour_client_tokens else None
+        if fault is not None and fault.delay:
+            self._stopping.wait(fault.delay)  # this request's own thread: others go on
         if fault is not None and fault.when is When.SLOW:
-            time.sleep(fault.delay)  # this request's own thread: others go on
-            fault = None
+            fault = None  # only held: forwarded, and the real answer kept
         if remembered is not None and (fault is None or fault.when is When.AFTER):
-            status, headers, payload = remembered  # AWS answers a known token from memory
+            first_params, status, headers, payload = remembered
+            # AWS answers a known token from memory, if asked the same thing
+            if first_params != request.form:
+                status, headers, payload = _error(request, Fault(
+                    request.name, code="IdempotentParameterMismatch", status=400,
+                    message=f"Arguments on this idempotent request are inconsistent with"
+                            f" arguments used in previous request(s) with token {token}"))
         elif fault is not None and fault.when is When.BEFORE:
             status, headers, payload = _error(request, fault)
         else:
             status, headers, payload = _forward(handler, body, target)
             if token and self.honour_client_tokens and status == 200:
                 with self._lock:
-                    self._tokens.setdefault(token, (status, headers, payload))
+                    self._tokens.setdefault(token, (request.form, status, headers, payload))
         if fault is not None and fault.when is When.AFTER:
             status, headers, payload = _error(request, fault)
         with self._lock:
             self.seen.append(_Seen(request, status, fault is not None))
-        handler.send_response(status)
-        for key, value in headers:
-            handler.send_header(key, value)
-        handler.send_header("Content-Length", str(len(payload)))
-        handler.end_headers()
-        if handler.command != "HEAD":
-            handler.wfile.write(payload)
+        try:
+            handler.send_response(status)
+            for key, value in headers:
+                handler.send_header(key, value)
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            if handler.command != "HEAD":
+                handler.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the caller is gone (killed while its request was held)
 
 
 def _describe(method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Request:

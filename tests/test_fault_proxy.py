@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,6 +75,33 @@ def test_a_repeated_client_token_gets_the_first_instance_even_when_terminated(
     assert _run(ec2, image, token="d-abc") == first
     assert _run(ec2, image, token="d-abc.2") != first
     assert _count(ec2) == 2
+
+
+def test_a_repeated_client_token_with_other_parameters_is_a_mismatch(via_proxy: Any) -> None:
+    ec2 = via_proxy("ec2")
+    _run(ec2, "ami-12345678", token="d-moved")
+    with pytest.raises(ClientError, match="IdempotentParameterMismatch"):
+        _run(ec2, "ami-87654321", token="d-moved")
+    assert _count(ec2) == 1
+
+
+def test_a_held_request_is_answered_when_the_proxy_stops(
+    via_proxy: Any, fault_proxy: FaultProxy, moto_endpoint: str
+) -> None:
+    ec2 = via_proxy("ec2")
+    fault_proxy.add(Fault("ec2:DescribeInstances", delay=60))
+    done = threading.Event()
+
+    def call() -> None:
+        with contextlib.suppress(ClientError):
+            ec2.describe_instances()
+        done.set()
+
+    threading.Thread(target=call, daemon=True).start()
+    fault_proxy.wait_for("ec2:DescribeInstances")
+    assert not done.is_set() and fault_proxy.calls("ec2:DescribeInstances") == []  # held
+    fault_proxy.stop()
+    assert done.wait(10)
 
 
 def test_s3_operations_are_named_and_matched_per_bucket(

@@ -24,6 +24,7 @@ ALLOCATED_STORAGE_GB = 20
 MASTER_USERNAME = "ovi_admin"
 _NOT_FOUND = ("DBInstanceNotFound", "DBInstanceNotFoundFault")
 _EXISTS = ("DBInstanceAlreadyExists", "DBInstanceAlreadyExistsFault")
+_INVALID_STATE = ("InvalidDBInstanceState", "InvalidDBInstanceStateFault")
 _MAX_IDENTIFIER = 63
 
 
@@ -105,16 +106,26 @@ class RDSInstances:
 
     async def delete(self, current: Resource) -> None:
         """Delete the DB instance, after a final snapshot unless configured
-        otherwise; one already gone counts as deleted."""
+        otherwise; one already gone, or already being deleted (a repeat of a
+        delete whose answer was lost gets ``InvalidDBInstanceState``), counts
+        as deleted."""
         params: dict[str, object] = {"SkipFinalSnapshot": not self._final_snapshot}
         if self._final_snapshot:
             stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
             params["FinalDBSnapshotIdentifier"] = f"{current.cloud_id}-final-{stamp}"
+        target = label(current)
         try:
-            await self._calls.call("rds", current.region, "delete_db_instance", label(current),
+            await self._calls.call("rds", current.region, "delete_db_instance", target,
                                    DBInstanceIdentifier=current.cloud_id, **params)
         except ProviderError as exc:
-            if exc.code not in _NOT_FOUND:
+            if exc.code in _NOT_FOUND:
+                return
+            if exc.code not in _INVALID_STATE:
+                raise
+            # Refused because of its state: fine if that state is "deleting"
+            # (or it is gone by now); any other state is a real refusal.
+            item = await self._describe(current.region, current.cloud_id, target)
+            if item is not None and item.get("DBInstanceStatus") != "deleting":
                 raise
 
     async def _describe(self, region: str, identifier: str, target: str) -> Page | None:

@@ -105,22 +105,34 @@ class AWSProvider:
         self._check_provider(scope.provider, f"observe {scope.key}")
         return await self._kinds[scope.type].observe(scope.region)
 
-    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str) -> Resource:
+    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
+                     attempt: int = 1) -> Resource:
         """Create ``desired`` with ``ovi:id``, ``ovi:managed``, ``ovi:owner``,
         ``ovi:decision`` and its declared tags in the create call itself. A
         retry with the same ``decision_id`` returns what the first attempt
-        created instead of creating it twice.
+        created instead of creating it twice. ``attempt`` makes the EC2
+        ``ClientToken`` (:func:`~ovi.providers.base.create_token`); a DB
+        instance or bucket is known by its name, which needs no token.
 
+        :raises CreatedResourceGone: if the attempt's token answers with an
+            instance that is gone.
         :raises ProviderError: if the resource cannot be created.
         """
         self._check_provider(desired.provider, f"create {desired.id}")
-        return await self._kinds[desired.type].create(desired, decision_id, owner or self.owner)
+        owner = owner or self.owner
+        if desired.type is ResourceType.EC2:
+            return await self._ec2.create(desired, decision_id, owner, attempt)
+        return await self._kinds[desired.type].create(desired, decision_id, owner)
 
     async def update(
         self, desired: DesiredResource, current: Resource, changes: Sequence[FieldChange]
     ) -> Resource:
         """Set the declared tags among ``changes`` in place (other tags are
-        never removed) and, when ``allow_resize``, change the size.
+        never removed) and, when ``allow_resize``, change the size; a
+        ``status`` change to ``running`` starts an EC2 instance (one a resize
+        left stopped). An EC2 resize stops the instance and starts it again
+        if ``current`` (as the decision saw it) was running; a retry resumes
+        where the attempt before stopped.
 
         :raises ProviderError: if a change cannot be made in place (type,
             region, provider; a size while resizing is disabled), or a call fails.
@@ -133,9 +145,13 @@ class AWSProvider:
             if c.field.startswith(_TAG_PREFIX) and c.desired is not None
         }
         size = None
+        start = False
         for change in changes:
             if change.field == "size" and change.desired is not None:
                 size = change.desired
+            elif (change.field == "status" and change.desired == "running"
+                  and current.type is ResourceType.EC2):
+                start = True
             elif not change.field.startswith(_TAG_PREFIX) and change.field != "size":
                 raise ProviderError(
                     f"update {where}: {change.field} cannot change in place "
@@ -152,6 +168,8 @@ class AWSProvider:
                 await self._ec2.resize(current, size)
             else:
                 await self._rds.resize(current, size)
+        if start:
+            await self._ec2.ensure_running(current)
         return await self._reread(current, tags, size)
 
     async def delete(self, current: Resource) -> None:

@@ -8,7 +8,15 @@ from typing import Protocol
 from ovi._exceptions import OviError
 from ovi.model import DesiredResource, FieldChange, Resource, Scope
 
-__all__ = ["Provider", "ProviderError"]
+__all__ = ["CreatedResourceGone", "Provider", "ProviderError", "create_token"]
+
+
+def create_token(decision_id: str, attempt: int = 1) -> str:
+    """The idempotency token of a create: the decision id for its first
+    attempt (what logs before attempts were recorded used), then
+    ``<decision id>.<attempt>``. AWS's ``ClientToken`` takes up to 64 ASCII
+    characters."""
+    return decision_id if attempt <= 1 else f"{decision_id}.{attempt}"
 
 
 class ProviderError(OviError):
@@ -47,6 +55,29 @@ def _rebuild_provider_error(
     return ProviderError(message, retryable=retryable, operation=operation, code=code)
 
 
+class CreatedResourceGone(ProviderError):
+    """A create's idempotency token answered with the resource an earlier
+    call with that token made, and that resource is gone (terminated, or the
+    token was first used with other parameters and nothing it made is alive).
+    Retrying with the same token can never create anything: the next attempt
+    needs a new token (:func:`create_token`), recorded before it is used.
+    ``cloud_id`` names the dead resource when known."""
+
+    def __init__(self, message: str, *, operation: str | None = None,
+                 code: str | None = None, cloud_id: str | None = None) -> None:
+        super().__init__(message, retryable=False, operation=operation,
+                         code=code or "CreatedResourceGone")
+        self.cloud_id = cloud_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_gone, (str(self), self.operation, self.code, self.cloud_id))
+
+
+def _rebuild_gone(message: str, operation: str | None, code: str | None,
+                  cloud_id: str | None) -> CreatedResourceGone:
+    return CreatedResourceGone(message, operation=operation, code=code, cloud_id=cloud_id)
+
+
 class Provider(Protocol):
     """What the engine and executor need from a cloud.
 
@@ -60,16 +91,30 @@ class Provider(Protocol):
         """Every live resource of ``scope`` (terminated/deleting ones left out)."""
         ...
 
-    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str) -> Resource:
+    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
+                     attempt: int = 1) -> Resource:
         """Create ``desired`` tagged with ``ovi:id``, ``ovi:managed``, ``ovi:owner``,
-        ``ovi:decision`` and its declared tags; ``decision_id`` doubles as the
-        idempotency token."""
+        ``ovi:decision`` and its declared tags. Idempotent per (``decision_id``,
+        ``attempt``): the idempotency token is ``create_token(decision_id,
+        attempt)``, and a live resource this decision made (any attempt) is
+        returned instead of creating another.
+
+        :raises CreatedResourceGone: if the token answers with a resource an
+            earlier call made that is gone: only a new attempt can create it.
+        """
         ...
 
     async def update(
         self, desired: DesiredResource, current: Resource, changes: Sequence[FieldChange]
     ) -> Resource:
-        """Bring ``current`` in line with ``desired`` for the given changes."""
+        """Bring ``current`` in line with ``desired`` for the given changes.
+
+        ``current`` is the resource as the decision saw it, and it decides what
+        a disruptive change restores: a resize that must stop the resource
+        starts it again iff ``current`` was running, whatever state a retry
+        finds it in (a retry resumes, it never decides afresh). A change of
+        ``status`` to ``running`` starts a resource Ovi left stopped.
+        """
         ...
 
     async def delete(self, current: Resource) -> None:

@@ -3,6 +3,7 @@ for tests and benchmarks. They also measure how many calls were in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import os
@@ -19,12 +20,14 @@ from ovi.model import (
     ID_TAG,
     MANAGED_TAG,
     OWNER_TAG,
+    RUNNING_STATUSES,
     DesiredResource,
     FieldChange,
     Resource,
+    ResourceType,
     Scope,
 )
-from ovi.providers.base import ProviderError
+from ovi.providers.base import CreatedResourceGone, ProviderError, create_token
 
 __all__ = ["FakeProvider", "SharedFakeProvider"]
 
@@ -35,10 +38,20 @@ Estate = dict[str, Resource]
 class FakeProvider:
     """A cloud in a dict (cloud id → resource).
 
-    ``latency`` seconds are slept in every call; scopes in ``failing_scopes``
-    fail to observe; ``fail_next`` holds errors raised by the next calls of
-    create/update/delete, in order. Creates are idempotent on the decision id,
-    as an idempotency token makes them in a real cloud.
+    ``latency`` seconds are slept in every call, and ``slow[kind]`` more in
+    each call of that kind (``"update"``…); scopes in ``failing_scopes`` fail
+    to observe; ``fail_next`` holds errors raised by the next calls of
+    create/update/delete, in order.
+
+    Creates behave as AWS's idempotency tokens make them: a live resource the
+    decision made is returned; a token used before answers with what it made,
+    and when that died (:meth:`die`) the create raises
+    :class:`~ovi.providers.base.CreatedResourceGone`, so only a new attempt
+    creates it again. An EC2 resize stops the instance, changes its size and
+    starts it again (if it was running when the decision saw it), one step at
+    a time: ``fail_steps["stop" | "modify" | "start"]`` holds errors raised
+    by the next such steps, leaving the estate as that step found it (a
+    resize interrupted between stop and start leaves the instance stopped).
     """
 
     name = "aws"
@@ -48,11 +61,15 @@ class FakeProvider:
         self.latency = latency
         self.failing_scopes: set[Scope] = set()
         self.fail_next: list[ProviderError] = []
+        self.fail_steps: dict[str, list[ProviderError]] = {}
+        self.slow: dict[str, float] = {}
+        self.steps: list[tuple[str, str]] = []  # (resize/start step, cloud id) made
         self.calls: list[tuple[str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._created = itertools.count(1)
         self._by_decision: dict[str, str] = {}  # decision id → cloud id
+        self.tokens: dict[str, Resource] = {}  # idempotency token → what it made
 
     def _new_cloud_id(self, desired: DesiredResource) -> str:
         return f"{desired.type}-{next(self._created):012x}"
@@ -71,8 +88,9 @@ class FakeProvider:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if self.latency:
-                await anyio.sleep(self.latency)
+            delay = self.latency + self.slow.get(kind, 0.0)
+            if delay:
+                await anyio.sleep(delay)
         finally:
             self.in_flight -= 1
         if kind != "observe" and self.fail_next:
@@ -84,13 +102,22 @@ class FakeProvider:
             raise ProviderError(f"cannot observe {scope.key}: injected failure", retryable=True)
         return await self._state(lambda estate: [r for r in estate.values() if r.scope == scope])
 
-    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str) -> Resource:
+    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
+                     attempt: int = 1) -> Resource:
         await self._call("create", desired.id)
+        token = create_token(decision_id, attempt)
 
         def create(estate: Estate) -> Resource:
             existing = self._made_by(estate, decision_id)
             if existing is not None:
                 return existing
+            made = self.tokens.get(token)
+            if made is not None:
+                if made.cloud_id in estate:
+                    return estate[made.cloud_id]
+                raise CreatedResourceGone(
+                    f"create {desired.id}: token {token} answers with {made.cloud_id},"
+                    " which no longer exists", cloud_id=made.cloud_id)
             cloud_id = self._new_cloud_id(desired)
             self._by_decision[decision_id] = cloud_id
             tags = {**desired.tags, ID_TAG: desired.id, MANAGED_TAG: "true", OWNER_TAG: owner,
@@ -100,31 +127,75 @@ class FakeProvider:
                 region=desired.region, size=desired.size, status="running", tags=tags,
             )
             estate[cloud_id] = resource
+            self.tokens[token] = resource
             return resource
 
         return await self._state(create)
+
+    def die(self, cloud_id: str) -> None:
+        """The resource dies (an instance terminated by AWS or by hand)."""
+        del self.resources[cloud_id]
 
     async def update(
         self, desired: DesiredResource, current: Resource, changes: Sequence[FieldChange]
     ) -> Resource:
         await self._call("update", current.cloud_id)
+        size = next((c.desired for c in changes if c.field == "size"), None)
+        start = any(c.field == "status" and c.desired == "running" for c in changes)
 
         def update(estate: Estate) -> Resource:
-            existing = estate.get(current.cloud_id)
-            if existing is None:
-                raise ProviderError(f"{current.cloud_id} does not exist")
+            existing = self._existing(estate, current)
             tags = dict(existing.tags)
-            size = existing.size
             for change in changes:
                 if change.field.startswith("tags.") and change.desired is not None:
                     tags[change.field.removeprefix("tags.")] = change.desired
-                elif change.field == "size":
-                    size = change.desired
-            updated = msgspec.structs.replace(existing, size=size, tags=tags)
+            updated = msgspec.structs.replace(existing, tags=tags)
+            if size is not None and current.type is not ResourceType.EC2:
+                updated = msgspec.structs.replace(updated, size=size)  # in place
             estate[current.cloud_id] = updated
             return updated
 
-        return await self._state(update)
+        updated = await self._state(update)
+        # As decided from the observation, never from what a retry finds.
+        restore = start or (size is not None and current.status in RUNNING_STATUSES)
+        if size is not None and current.type is ResourceType.EC2 and updated.size != size:
+            if updated.status != "stopped":
+                await self._step("stop", current, status="stopped")
+            try:
+                await self._step("modify", current, size=size)
+            except ProviderError:
+                if restore:  # stopped is worse than running at the old size
+                    with contextlib.suppress(ProviderError):
+                        await self._start(current)
+                raise
+        if restore:
+            await self._start(current)
+        return await self._state(lambda estate: self._existing(estate, current))
+
+    async def _start(self, current: Resource) -> None:
+        found = await self._state(lambda estate: self._existing(estate, current))
+        if found.status not in RUNNING_STATUSES:
+            await self._step("start", current, status="running")
+
+    async def _step(self, step: str, current: Resource, **change: str) -> None:
+        """One step of a resize or start, failing if ``fail_steps`` says so."""
+        failures = self.fail_steps.get(step)
+        if failures:
+            raise failures.pop(0)
+
+        def apply(estate: Estate) -> None:
+            estate[current.cloud_id] = msgspec.structs.replace(
+                self._existing(estate, current), **change)
+
+        await self._state(apply)
+        self.steps.append((step, current.cloud_id))
+
+    @staticmethod
+    def _existing(estate: Estate, current: Resource) -> Resource:
+        existing = estate.get(current.cloud_id)
+        if existing is None:
+            raise ProviderError(f"{current.cloud_id} does not exist")
+        return existing
 
     async def delete(self, current: Resource) -> None:
         await self._call("delete", current.cloud_id)
@@ -156,6 +227,9 @@ class SharedFakeProvider(FakeProvider):
             if existing.tags.get(DECISION_TAG) == decision_id:
                 return existing
         return None
+
+    def die(self, cloud_id: str) -> None:
+        self._locked(lambda estate: estate.pop(cloud_id))
 
     def seed(self, resources: Iterable[Resource]) -> None:
         """Write an initial estate."""

@@ -18,6 +18,7 @@ from ovi.events import (
     AutomationResumed,
     ClaimAcquired,
     ClaimReleased,
+    ClaimRenewed,
     ConfigLoaded,
     CycleFinished,
     CycleStarted,
@@ -29,6 +30,7 @@ from ovi.events import (
     ObservationFailed,
     ResourceDisappeared,
     ResourceObserved,
+    RestartSettled,
 )
 from ovi.model import Resource
 from ovi.replay._render import fmt_time
@@ -175,8 +177,19 @@ def describe(event: Any) -> str:
                     f" token {event.token}{took}")
         case ClaimReleased():
             return f"claim released by {event.instance_id}, token {event.token}"
+        case ClaimRenewed():
+            return (f"claim renewed by {event.instance_id} until {fmt_time(event.expires_at)},"
+                    f" token {event.token}")
         case ActionExecuting():
-            return f"executing {event.action} {event.decision_id} (token {event.token})"
+            notes = ""
+            if event.create_attempt > 1:
+                notes += f", attempt {event.create_attempt}"
+            if event.was_running is not None:
+                notes += ", was running" if event.was_running else ", was not running"
+            return f"executing {event.action} {event.decision_id} (token {event.token}{notes})"
+        case RestartSettled():
+            return (f"start no longer owed ({event.decision_id}): seen {event.status} after"
+                    f" position {event.ended_rev}")
         case ActionExecuted():
             return (f"{event.action} done {event.decision_id}, {_attempts(event.attempts)}"
                     f"{_flags(event)}")

@@ -3,12 +3,18 @@
 Causal rules (a violation fails verification, naming its position):
 
 - every ``ActionExecuting`` has at most one outcome (``ActionExecuted`` or
-  ``ActionFailed`` with the same decision id and fencing token); one with
-  none is *in doubt* (reported, not a failure: a crash or a run in flight);
+  ``ActionFailed`` with the same decision id, fencing token and create
+  attempt); one with none is *in doubt* (reported, not a failure: a crash or
+  a run in flight). The one exception is honest: an instance that lost its
+  claim mid-action records what it did flagged ``stale_token``, besides the
+  outcome recovery recorded for it after taking the claim over;
 - every outcome follows its ``ActionExecuting`` (recovery's recovered and
   interrupted outcomes too: they answer one);
 - every action event and approval names a decision recorded earlier by a
-  ``DecisionMade`` about the same resource.
+  ``DecisionMade`` about the same resource;
+- a claim's token is its claim stream's version after ``ClaimAcquired``, and
+  a ``ClaimRenewed`` renews the claim in force (same token and instance, not
+  released): renewals move the stream's version, never the fencing token.
 
 Two type-filtered passes keep memory proportional to the actions, never to
 the log: actions first, then only the decisions they named.
@@ -16,6 +22,7 @@ the log: actions first, then only the decisions they named.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +35,9 @@ from ovi.events import (
     ActionFailed,
     ActionSkipped,
     ApprovalGranted,
+    ClaimAcquired,
+    ClaimReleased,
+    ClaimRenewed,
     DecisionMade,
 )
 
@@ -35,6 +45,7 @@ __all__ = ["InDoubt", "Verification", "Violation", "verify_log"]
 
 _ACTION_TYPES = ("ActionExecuting", "ActionExecuted", "ActionFailed", "ActionSkipped",
                  "ApprovalGranted")
+_CLAIM_TYPES = ("ClaimAcquired", "ClaimRenewed", "ClaimReleased")
 
 
 class Violation(msgspec.Struct, frozen=True):
@@ -97,17 +108,22 @@ async def verify_log(store: EventStore, *, max_violations: int = 50) -> Verifica
 
 async def _actions(store: EventStore, result: Verification, until: int | None,
                    cap: int) -> dict[str, _Ref]:
-    """Pair executions with outcomes; return the decisions they depend on."""
-    open_: dict[tuple[str, int], tuple[int, Any, str, datetime]] = {}
-    closed: dict[tuple[str, int], int] = {}
+    """Pair executions with outcomes, check claim histories; return the
+    decisions the actions depend on."""
+    open_: dict[tuple[str, int, int], tuple[int, Any, str, datetime]] = {}
+    closed: dict[tuple[str, int, int], tuple[int, ActionExecuted | ActionFailed]] = {}
     needed: dict[str, _Ref] = {}
+    claims: dict[str, ClaimAcquired | None] = {}  # resource → the claim in force
 
     def bad(position: int, type_: str, reason: str) -> None:
         if len(result.violations) < cap:
             result.violations.append(Violation(position, type_, reason))
 
-    async for recorded in store.read(until=until, types=_ACTION_TYPES):
+    async for recorded in store.read(until=until, types=_ACTION_TYPES + _CLAIM_TYPES):
         event, position, type_ = recorded.event, recorded.position, recorded.type
+        if type_ in _CLAIM_TYPES:
+            _claim(recorded.event, recorded.stream_version, claims, position, type_, bad)
+            continue
         if not isinstance(event, ActionExecuting | ActionExecuted | ActionFailed
                           | ActionSkipped | ApprovalGranted):
             bad(position, type_, "the event's data does not match its type")
@@ -118,28 +134,65 @@ async def _actions(store: EventStore, result: Verification, until: int | None,
                 f" here but {first.resource_id} at position {first.position}")
         if isinstance(event, ActionExecuting):
             result.actions += 1
-            key = (event.decision_id, event.token)
+            key = (event.decision_id, event.token, event.create_attempt)
             if key in open_ or key in closed:
                 bad(position, type_, f"decision {event.decision_id} executed again under the"
-                    f" same claim token {event.token}")
+                    f" same claim token {event.token}{_attempt(event)}")
                 continue
             open_[key] = (position, event, recorded.instance_id, recorded.recorded_at)
         elif isinstance(event, ActionExecuted | ActionFailed):
-            key = (event.decision_id, event.token)
+            key = (event.decision_id, event.token, event.create_attempt)
             if key in open_:
-                closed[key] = position
+                closed[key] = (position, event)
                 del open_[key]
             elif key in closed:
-                bad(position, type_, f"a second outcome for decision {event.decision_id}"
-                    f" (token {event.token}); the first is at position {closed[key]}")
+                if not _both_honest(closed[key][1], event):
+                    bad(position, type_, f"a second outcome for decision {event.decision_id}"
+                        f" (token {event.token}{_attempt(event)}); the first is at position"
+                        f" {closed[key][0]}")
             else:
                 bad(position, type_, f"an outcome for decision {event.decision_id} (token"
-                    f" {event.token}) without an ActionExecuting before it")
-    for (decision_id, token), (position, event, instance, at) in open_.items():
+                    f" {event.token}{_attempt(event)}) without an ActionExecuting before it")
+    for (decision_id, token, _), (position, event, instance, at) in open_.items():
         result.in_doubt.append(InDoubt(position, decision_id, event.resource_id,
                                        str(event.action), token, instance, at))
     result.in_doubt.sort(key=lambda d: d.position)
     return needed
+
+
+def _attempt(event: ActionExecuting | ActionExecuted | ActionFailed) -> str:
+    return f", create attempt {event.create_attempt}" if event.create_attempt > 1 else ""
+
+
+def _both_honest(first: ActionExecuted | ActionFailed,
+                 second: ActionExecuted | ActionFailed) -> bool:
+    """Two outcomes of one execution that are both true: recovery's, recorded
+    after taking the claim over, and the late holder's own, flagged stale."""
+    def recovery(e: ActionExecuted | ActionFailed) -> bool:
+        return e.recovered if isinstance(e, ActionExecuted) else e.interrupted
+    return (first.stale_token and recovery(second)) or (second.stale_token and recovery(first))
+
+
+def _claim(event: object, version: int, claims: dict[str, ClaimAcquired | None],
+           position: int, type_: str, bad: Callable[[int, str, str], None]) -> None:
+    """Follow one claim stream: tokens are stream versions, renewals renew
+    the claim in force."""
+    if isinstance(event, ClaimAcquired):
+        if event.token != version:
+            bad(position, type_, f"claim token {event.token} on {event.resource_id} is not the"
+                f" claim stream's version ({version})")
+        claims[event.resource_id] = event
+    elif isinstance(event, ClaimRenewed):
+        held = claims.get(event.resource_id)
+        if held is None or (held.token, held.instance_id) != (event.token, event.instance_id):
+            in_force = (f"token {held.token} of {held.instance_id}" if held is not None
+                        else "no claim")
+            bad(position, type_, f"{event.instance_id} renews claim token {event.token} on"
+                f" {event.resource_id}, but {in_force} is in force")
+    elif isinstance(event, ClaimReleased):
+        claims[event.resource_id] = None
+    else:
+        bad(position, type_, "the event's data does not match its type")
 
 
 async def _decisions(store: EventStore, result: Verification, needed: dict[str, _Ref],

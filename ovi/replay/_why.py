@@ -25,6 +25,7 @@ from ovi.events import (
     AutomationResumed,
     ClaimAcquired,
     ClaimReleased,
+    ClaimRenewed,
     ConfigLoaded,
     CycleStarted,
     DecisionMade,
@@ -183,7 +184,8 @@ async def explain(store: EventStore, resource_id: str, decision_id: str | None =
     if walk.tokens:
         async for recorded in store.read(stream=claim_stream(resource_id)):
             event = recorded.event
-            if isinstance(event, ClaimAcquired | ClaimReleased) and event.token in walk.tokens:
+            if isinstance(event, ClaimAcquired | ClaimRenewed | ClaimReleased) \
+                    and event.token in walk.tokens:
                 chain.claims.append(_step(recorded))
     return chain
 

@@ -31,11 +31,13 @@ class PausingProvider(SharedFakeProvider):
         self.pause = pause
         self.where = where
 
-    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str) -> Resource:
+    async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
+                     attempt: int = 1) -> Resource:
         if self.pause and self.where == "before":
             print(f"creating {desired.id}", flush=True)  # noqa: T201
             await anyio.sleep(self.pause)
-        resource = await super().create(desired, decision_id=decision_id, owner=owner)
+        resource = await super().create(desired, decision_id=decision_id, owner=owner,
+                                        attempt=attempt)
         if self.pause and self.where == "after":
             print(f"created {desired.id}", flush=True)  # noqa: T201
             await anyio.sleep(self.pause)

@@ -3,7 +3,7 @@ fake provider and a clock the test moves by hand."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,12 +35,20 @@ class Env:
     """Everything a cycle needs, wired together."""
 
     def __init__(self, store: SQLiteEventStore, views: ProjectionRunner,
-                 provider: FakeProvider, clock: Clock) -> None:
+                 provider: FakeProvider, clock: Callable[[], datetime], *,
+                 claim_ttl: timedelta = timedelta(minutes=10)) -> None:
         self.store = store
         self.views = views
         self.provider = provider
-        self.clock = clock
-        self.engine = Engine(store, views, provider, clock=clock)
+        self._clock = clock
+        self.engine = Engine(store, views, provider, clock=clock, claim_ttl=claim_ttl)
+
+    @property
+    def clock(self) -> Clock:
+        """The hand-moved clock (every environment but a real-time one has it)."""
+        if not isinstance(self._clock, Clock):
+            raise TypeError("this environment runs on the real clock")
+        return self._clock
 
     async def cycle(self, config: Config | str) -> CycleResult:
         """One plan cycle (nothing executed)."""
@@ -64,15 +72,17 @@ class Env:
 
 
 @asynccontextmanager
-async def environment(tmp_path: Path, *resources: Resource,
-                      log_name: str = "ovi.db") -> AsyncIterator[Env]:
-    clock = Clock()
+async def environment(tmp_path: Path, *resources: Resource, log_name: str = "ovi.db",
+                      instance_id: str = "test", real_time: bool = False,
+                      claim_ttl: timedelta = timedelta(minutes=10)) -> AsyncIterator[Env]:
+    """An environment on ``tmp_path/log_name``; ``real_time`` runs it on the
+    wall clock (claims that expire while a test waits)."""
+    clock: Callable[[], datetime] = (lambda: datetime.now(UTC)) if real_time else Clock()
     path = tmp_path / log_name
-    async with SQLiteEventStore(path, registry(), instance_id="test", clock=clock) as store, \
-            ProjectionRunner(
-                store, path, ovi_projections()
-            ) as views:
-        yield Env(store, views, FakeProvider(resources), clock)
+    async with SQLiteEventStore(path, registry(), instance_id=instance_id,
+                                clock=clock) as store, \
+            ProjectionRunner(store, path, ovi_projections()) as views:
+        yield Env(store, views, FakeProvider(resources), clock, claim_ttl=claim_ttl)
 
 
 def managed(resource_id: str, cloud_id: str, *, type_: ResourceType = ResourceType.EC2,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import msgspec
+
 from ovi.comparator import Comparator, DefaultComparator
 from ovi.config import parse_config
 from ovi.model import (
@@ -214,3 +216,20 @@ def test_output_order_is_deterministic() -> None:
         assert compare(desired, observed) == expected
     keys = [(d.scope.key, d.resource_id) for d in expected]
     assert keys == sorted(keys)
+
+
+def test_a_start_owed_is_a_status_change_only_while_not_running() -> None:
+    stopped = msgspec.structs.replace(ours("web-0", "i-1", size="t3.small"), status="stopped")
+    comparator = DefaultComparator()
+    # Owed a start: only the start is reported, whatever else differs.
+    [diff] = comparator.compare([want("web-0", size="t3.large")], [stopped],
+                                restart_owed={"web-0"})
+    assert (diff.type, diff.changes) == (
+        DiffType.DRIFTED, (FieldChange("status", "running", "stopped"),))
+    assert "starts it again" in diff.reason
+    # Not owed (stopped by someone else): a stopped instance is not drift.
+    assert comparator.compare([want("web-0", size="t3.small")], [stopped]) == []
+    # Owed, but running already: nothing to start.
+    running = msgspec.structs.replace(stopped, status="running")
+    assert comparator.compare([want("web-0", size="t3.small")], [running],
+                              restart_owed={"web-0"}) == []

@@ -240,6 +240,21 @@ def test_maintenance_window_policy() -> None:
     assert decide(diffs, rules, ctx(detected=old, now=past_midnight))[1].status is READY
 
 
+def test_disruptive_changes_wait_for_the_window_and_a_start_owed_does_not() -> None:
+    window = TimeWindow(days=(Weekday.SAT,), start=time(22), end=time(2))
+    rules = Rules(allow_resize=True, maintenance_window=window)
+    resize = diffs_of([want("web-0", size="t3.large")], [seen("web-0")])
+    retag = diffs_of([want("web-1", tags={"team": "a"})], [seen("web-1")])
+    stopped = msgspec.structs.replace(seen("web-2"), status="stopped")
+    restart = DefaultComparator().compare([want("web-2")], [stopped], restart_owed={"web-2"})
+    held, tags, start = decide(resize + retag + restart, rules)
+    assert (held.status, held.rule) == (DecisionStatus.MAINTENANCE_WINDOW, "maintenance_window")
+    assert tags.status is READY  # tags change in place: nothing is disrupted
+    assert (start.action, start.status, start.rule) == (Action.UPDATE, READY,
+                                                         "restart-owed→start")
+    assert decide(resize, rules, ctx(now=NOW.replace(hour=23)))[0].status is READY
+
+
 def test_policies_only_hold_back_never_release() -> None:
     class Release:
         name = "release"

@@ -6,12 +6,24 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from eventstore import SQLiteEventStore
-from ovi.events import ActionExecuted, ActionExecuting, ActionFailed, registry, resource_stream
+from ovi.events import (
+    ActionExecuted,
+    ActionExecuting,
+    ActionFailed,
+    ClaimAcquired,
+    ClaimReleased,
+    ClaimRenewed,
+    claim_stream,
+    registry,
+    resource_stream,
+)
 from ovi.model import Action
 from ovi.replay import verify_log
 from tests.ovi.harness import config_text, environment
@@ -145,3 +157,48 @@ def test_in_doubt_is_reported_and_verify_still_passes(story: Story, tmp_path: Pa
     assert done.returncode == 0, done.stdout
     assert "in doubt     1 execution(s) started without an outcome" in done.stdout
     assert "web-1" in done.stdout and "by tester" in done.stdout
+
+
+@pytest.mark.asyncio
+async def test_claim_histories_renewals_and_an_honest_late_outcome(tmp_path: Path) -> None:
+    async with environment(tmp_path) as env:
+        plan = await env.cycle(config_text("{type: ec2, name: web}"))
+        decision = plan.decisions[0].decision_id
+        now = env.clock()
+        later = now + timedelta(minutes=10)
+        claims = claim_stream("web-0")
+
+        def renewal(token: int, by: str) -> ClaimRenewed:
+            return ClaimRenewed(resource_id="web-0", instance_id=by, token=token,
+                                renewed_at=now, expires_at=later)
+
+        await env.store.append(claims, [
+            ClaimAcquired(resource_id="web-0", instance_id="a", claimed_at=now,
+                          expires_at=later, token=1),
+            renewal(1, "a"),  # fine: version 2, token still 1
+            ClaimAcquired(resource_id="web-0", instance_id="b", claimed_at=now,
+                          expires_at=later, token=3, takeover_of="a"),
+        ])
+        await env.store.append(resource_stream("web-0"), [
+            _executing(decision),
+            # b's recovery resolved a's action; a, late, says what it did: flagged.
+            ActionFailed(cycle_id="c", decision_id=decision, action=Action.CREATE,
+                         resource_id="web-0", cloud_id=None, token=1, error="x",
+                         retryable=True, interrupted=True),
+            msgspec.structs.replace(_executed(decision), stale_token=True),
+        ])
+        honest = await verify_log(env.store)
+        await env.store.append(claims, [
+            renewal(1, "a"),  # a renews a claim b holds now
+            ClaimReleased(resource_id="web-0", instance_id="b", token=3),
+            renewal(3, "b"),  # after the release
+            ClaimAcquired(resource_id="web-0", instance_id="c", claimed_at=now,
+                          expires_at=later, token=9),  # not the stream's version
+        ])
+        report = await verify_log(env.store)
+    assert honest.ok, honest.violations
+    reasons = [v.reason for v in report.violations]
+    assert len(reasons) == 3, reasons
+    assert "a renews claim token 1 on web-0, but token 3 of b is in force" in reasons[0]
+    assert "but no claim is in force" in reasons[1]
+    assert "claim token 9 on web-0 is not the claim stream's version (7)" in reasons[2]
