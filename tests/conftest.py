@@ -2,6 +2,8 @@
 
 Every async test runs on asyncio and on uvloop. Tests that talk to "AWS" ask
 for ``moto_endpoint``: one moto server on loopback for the whole session.
+Tests that need PostgreSQL ask for ``postgres_schema``: a schema of their own
+on the server ``$OVI_TEST_POSTGRES_DSN`` names (they skip without it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 import uvloop
 
 from tests.moto_server import moto_endpoint as moto_endpoint
+from tests.postgres import postgres_schema as postgres_schema
 
 
 def pytest_asyncio_loop_factories(
