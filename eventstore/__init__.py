@@ -43,6 +43,17 @@ from eventstore.sqlite import SQLiteEventStore
 
 if TYPE_CHECKING:
     from eventstore.postgres import PostgresEventStore
+else:
+
+    def __getattr__(name: str) -> object:
+        # The PostgreSQL driver is imported when first asked for, so that a
+        # program using only SQLite logs does not pay for loading it. (Hidden
+        # from mypy, which would otherwise accept any name from this package.)
+        if name == "PostgresEventStore":
+            from eventstore.postgres import PostgresEventStore
+
+            return PostgresEventStore
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ANY",
@@ -77,12 +88,3 @@ __all__ = [
     "store_for",
 ]
 
-
-def __getattr__(name: str) -> object:
-    # The PostgreSQL driver is imported when first asked for, so that a
-    # program using only SQLite logs does not pay for loading it.
-    if name == "PostgresEventStore":
-        from eventstore.postgres import PostgresEventStore
-
-        return PostgresEventStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,6 +25,8 @@ Triggers refuse UPDATE, DELETE and TRUNCATE on ``events``.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, NoReturn, cast
@@ -410,6 +412,11 @@ def _describe(exc: BaseException) -> str:
         return text
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return f"cannot resolve the host name: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
+        # "Connection refused" on asyncio and uvloop alike (their texts differ)
+        return os.strerror(exc.errno)
     if isinstance(exc, OSError):
         return str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -10,7 +10,6 @@ import re
 import signal
 import sqlite3
 import stat
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, closing, contextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -40,9 +39,9 @@ from tests.eventstore.contract import (
     read_all,
 )
 from tests.eventstore.sample_events import Note, Ping, sample_registry
+from tests.eventstore.support import child, read_line
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = (
     "position", "stream", "stream_version", "type", "recorded_at",
     "instance_id", "data", "prev_hash", "hash",
@@ -365,29 +364,6 @@ async def test_a_file_that_is_not_a_database_is_refused(log_path: Path) -> None:
 
 
 # -- other processes ------------------------------------------------------
-
-
-@asynccontextmanager
-async def child(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Run tests/eventstore/_child.py; kill it if the test leaves it running."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.eventstore._child", *args,
-        cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.communicate()
-
-
-async def read_line(process: asyncio.subprocess.Process, within: float = 30) -> str:
-    assert process.stdout is not None
-    async with asyncio.timeout(within):
-        line = await process.stdout.readline()
-    assert line, f"child exited early with status {await process.wait()}"
-    return line.decode().strip()
 
 
 @pytest.mark.asyncio
