@@ -76,6 +76,32 @@ INSERT INTO {s}.log_schema (id, version) VALUES (1, {SCHEMA_VERSION})
 CREATE OR REPLACE FUNCTION {s}.events_refuse_change() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN RAISE EXCEPTION 'the event log is append-only'; END $$;
+-- What an appender needs once it holds the head's lock, in one round trip.
+-- Two statements: in READ COMMITTED each sees what was committed before it
+-- began, so the second sees the rows of the writer the first waited for
+-- (one statement that also took the lock would not: its snapshot predates
+-- the wait).
+CREATE OR REPLACE FUNCTION {s}.log_lock_head(
+    streams text[],
+    OUT head_position bigint, OUT head_hash text, OUT newest_position bigint,
+    OUT newest_hash text, OUT newest_recorded_at text, OUT server_now text,
+    OUT stream_versions bigint[]
+) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    SELECT h.position, h.hash INTO head_position, head_hash
+        FROM {s}.log_head AS h WHERE h.id = 1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT (SELECT max(n.position) FROM {s}.events AS n), e.hash, e.recorded_at,
+           to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           ARRAY(SELECT coalesce((SELECT max(v.stream_version) FROM {s}.events AS v
+                                  WHERE v.stream = u.name), 0)
+                 FROM unnest(streams) WITH ORDINALITY AS u(name, i) ORDER BY u.i)
+        INTO newest_position, newest_hash, newest_recorded_at, server_now, stream_versions
+        FROM (SELECT head_position AS position) AS h
+        LEFT JOIN {s}.events AS e ON e.position = h.position;
+END $$;
 DROP TRIGGER IF EXISTS events_append_only ON {s}.events;
 CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON {s}.events
     FOR EACH ROW EXECUTE FUNCTION {s}.events_refuse_change();
@@ -87,10 +113,12 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON {s}.events
 
 async def _installed(conn: asyncpg.Connection, schema: str) -> int | None:
     """The schema version installed in ``schema``, or None if anything is missing
-    or older (tables, or the append-only triggers someone dropped)."""
+    or older (tables, the lock function, or the append-only triggers someone
+    dropped)."""
     row = await conn.fetchrow(
         "SELECT to_regclass(format('%I.log_schema', $1::text)) IS NOT NULL"
-        " AND to_regclass(format('%I.log_head', $1::text)) IS NOT NULL,"
+        " AND to_regclass(format('%I.log_head', $1::text)) IS NOT NULL"
+        " AND to_regprocedure(format('%I.log_lock_head(text[])', $1::text)) IS NOT NULL,"
         " (SELECT count(*) FROM pg_trigger"
         "  WHERE tgrelid = to_regclass(format('%I.events', $1::text)) AND tgname = ANY($2))",
         schema, list(_TRIGGERS),
