@@ -276,6 +276,7 @@ class PostgresEventStore(EventStore):
 
     async def _commit_group(self, group: list[tuple[EncodedBatch, ...]]) -> list[GroupResult]:
         streams = sorted({batch.stream for request in group for batch in request})
+        rows: list[RawRow] = []
         async with self._write_lock:
             conn = await self._writer_connection()
             try:
@@ -288,12 +289,39 @@ class PostgresEventStore(EventStore):
                     )  # fmt: skip
                     await self._write_rows(conn, rows)
             except _DRIVER_ERRORS as exc:
-                self._raise(exc, f"append to {self.location} failed")
+                # A connection lost once the rows went out may have taken the
+                # COMMIT with it, or only its answer: find out which.
+                if not (rows and conn.is_closed() and await self._committed(rows[-1], exc)):
+                    self._raise(exc, f"append to {self.location} failed, nothing written")
         return results
+
+    async def _committed(self, last: RawRow, lost: BaseException) -> bool:
+        """Whether the transaction that wrote ``last`` committed before its
+        connection was lost: the row is there, with its hash. Asked under the
+        head's lock on a new connection, so the old transaction has ended
+        (committed or rolled back) by the time the answer is read.
+
+        :raises BackendError: if that cannot be found out either.
+        """
+        try:
+            conn = await self._writer_connection()
+            async with conn.transaction():
+                await self._locked_state(conn, [])
+                found = await conn.fetchval(
+                    "SELECT hash FROM events WHERE position = $1", last[0]
+                )
+        except (*_DRIVER_ERRORS, BackendError) as exc:
+            self._raise(
+                lost, f"append to {self.location}: the connection was lost while committing,"
+                f" and whether positions up to {last[0]} were written could not be checked"
+                f" ({_describe(exc)}); read the log before trying again",
+            )
+        return bool(found == last[8])
 
     async def _import_rows(self, rows: list[RawRow]) -> dict[str, int]:
         # Only names a query can carry: check_continuation names the row of any other.
         streams = sorted({row[1] for row in rows if len(row) > 1 and _storable(row[1])})
+        written = False
         async with self._write_lock:
             conn = await self._writer_connection()
             try:
@@ -303,9 +331,11 @@ class PostgresEventStore(EventStore):
                                                  state.versions)
                     if problem is not None:
                         raise ImportRejectedError(problem.position, problem.reason)
+                    written = True
                     await self._write_rows(conn, rows)
             except _DRIVER_ERRORS as exc:
-                self._raise(exc, f"import into {self.location} failed, nothing written")
+                if not (written and conn.is_closed() and await self._committed(rows[-1], exc)):
+                    self._raise(exc, f"import into {self.location} failed, nothing written")
         return {row[1]: row[2] for row in rows}
 
     # -- reading ---------------------------------------------------------

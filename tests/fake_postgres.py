@@ -1,7 +1,12 @@
-"""A loopback server that speaks just enough of PostgreSQL's wire protocol to
-ask for a password and refuse it, as a server with password authentication
-does: the test server trusts every local connection, so a wrong password can
-only be tried against this. It records the password it was sent."""
+"""Stand-ins on loopback for what the test server cannot do on demand.
+
+:func:`password_refusing_server` speaks just enough of PostgreSQL's wire
+protocol to ask for a password and refuse it, as a server with password
+authentication does (the test server trusts every local connection); it
+records the password it was sent. :func:`cutting_proxy` forwards to the real
+server and, when told, cuts a connection at a chosen message: the network
+failing at the worst moment.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-__all__ = ["PasswordRefusingServer", "password_refusing_server"]
+__all__ = ["CuttingProxy", "PasswordRefusingServer", "cutting_proxy", "password_refusing_server"]
 
 _SSL_REQUEST = 80877103
 _GSS_REQUEST = 80877104
@@ -59,4 +64,78 @@ async def password_refusing_server() -> AsyncIterator[PasswordRefusingServer]:
         yield fake
     finally:
         server.close()
+        await server.wait_closed()
+
+
+class CuttingProxy:
+    """Forwards every connection to ``host:port``. Once :meth:`cut_at` is
+    called, the next client chunk holding ``marker`` is handled as asked,
+    then that connection is cut on both sides; later ones pass again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.listen_port = 0
+        self.cuts = 0
+        self._marker: bytes | None = None
+        self._forward = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    def cut_at(self, marker: bytes, *, forward: bool) -> None:
+        """Cut at the next chunk holding ``marker``; with ``forward``, the
+        server gets that chunk first (and acts on it), but its answer never
+        comes back."""
+        self._marker, self._forward = marker, forward
+
+    async def handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        self._writers += [client_w, server_w]
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       watch: bool) -> None:
+            while chunk := await reader.read(65536):
+                marker = self._marker
+                if watch and marker is not None and marker in chunk:
+                    self._marker = None
+                    self.cuts += 1
+                    client_w.transport.abort()  # the client sees the connection drop now
+                    if self._forward:
+                        server_w.write(chunk)
+                        await server_w.drain()
+                        await asyncio.sleep(0.3)  # the server acts on it before it sees EOF
+                    server_w.transport.abort()
+                    return
+                writer.write(chunk)
+                await writer.drain()
+            writer.close()
+
+        pumps = [asyncio.create_task(pump(client_r, server_w, True)),
+                 asyncio.create_task(pump(server_r, client_w, False))]
+        self._tasks.update(pumps)
+        try:
+            await asyncio.gather(*pumps, return_exceptions=True)
+        finally:
+            self._tasks.difference_update(pumps)
+            for writer in (client_w, server_w):
+                writer.transport.abort()
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.transport.abort()
+
+
+@asynccontextmanager
+async def cutting_proxy(host: str, port: int) -> AsyncIterator[CuttingProxy]:
+    proxy = CuttingProxy(host, port)
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    proxy.listen_port = server.sockets[0].getsockname()[1]
+    try:
+        yield proxy
+    finally:
+        server.close()
+        await proxy.aclose()
         await server.wait_closed()

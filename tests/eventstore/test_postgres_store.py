@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -37,7 +38,7 @@ from tests.eventstore.contract import (
 )
 from tests.eventstore.sample_events import Note, Ping, sample_registry
 from tests.eventstore.support import child, read_line, tell
-from tests.fake_postgres import password_refusing_server
+from tests.fake_postgres import cutting_proxy, password_refusing_server
 from tests.postgres import PostgresSchema, drop_schema, with_search_path
 
 T = TypeVar("T")
@@ -409,6 +410,44 @@ async def test_an_append_that_waits_too_long_for_the_lock_fails_and_writes_nothi
         assert isinstance(caught.value.__cause__, asyncpg.LockNotAvailableError)
         assert (await store.append("s", [Ping(n=2)], expected_version=1)).last_position == 2
         await assert_intact(store, 2)
+
+
+@pytest.mark.parametrize(
+    ("marker", "forward", "written"),
+    [
+        pytest.param(b"COMMIT", True, True, id="lost-after-commit-was-sent"),
+        # the rows' Bind message: the statement was prepared by the first append
+        pytest.param(b'{"n":424242}', False, False, id="lost-before-commit"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_an_append_whose_connection_drops_reports_what_happened(
+    postgres_schema: PostgresSchema, marker: bytes, forward: bool, written: bool
+) -> None:
+    server = urlsplit(postgres_schema.server_dsn)
+    assert server.hostname is not None and server.port is not None
+    async with cutting_proxy(server.hostname, server.port) as proxy:
+        via_proxy = postgres_schema.server_dsn.replace(
+            server.netloc.rsplit("@", 1)[-1], f"127.0.0.1:{proxy.listen_port}"
+        )
+        store = PostgresEventStore(via_proxy, sample_registry(), schema=postgres_schema.name)
+        async with store:
+            await store.append("s", [Ping(n=0)])  # the statements are prepared by now
+            proxy.cut_at(marker, forward=forward)
+            appended = None
+            try:
+                appended = await store.append("t", [Ping(n=1), Ping(n=424242)])
+            except BackendError as exc:
+                assert "nothing written" in str(exc)
+            assert proxy.cuts == 1
+            # committed: the append says so, it is not reported as failed (a
+            # retry would write it twice); lost before: it failed, and nothing
+            # of it is there, nor is the lock left held
+            assert (appended is not None) == written
+            count = 3 if written else 1
+            await assert_intact(store, count)
+            next_ = await store.append("t", [Ping(n=3)], expected_version=count - 1)
+            assert next_.last_position == count + 1
 
 
 # -- the server's clock, and copies ----------------------------------------
