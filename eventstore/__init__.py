@@ -1,8 +1,16 @@
-"""A generic, append-only, hash-chained event log. Knows nothing about clouds."""
+"""A generic, append-only, hash-chained event log. Knows nothing about clouds.
+
+Two backends implement :class:`EventStore`: :class:`SQLiteEventStore` (one
+file, embedded) and :class:`PostgresEventStore` (one database shared by
+several hosts); :func:`store_for` picks one from a path or a DSN.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from eventstore._chain import GENESIS_HASH, row_hash
+from eventstore._dsn import mask_dsn
 from eventstore._events import (
     ANY,
     NO_STREAM,
@@ -17,6 +25,7 @@ from eventstore._exceptions import (
     BackendError,
     EventEncodingError,
     EventStoreError,
+    ImportRejectedError,
     LogCorruptedError,
     StoreClosedError,
     WrongExpectedVersion,
@@ -28,8 +37,23 @@ from eventstore._store import (
     parse_timestamp,
     process_home,
 )
+from eventstore._store_for import store_for
 from eventstore._store_types import ChainBreak, EncodedRow, RawRow, VerifyReport
 from eventstore.sqlite import SQLiteEventStore
+
+if TYPE_CHECKING:
+    from eventstore.postgres import PostgresEventStore
+else:
+
+    def __getattr__(name: str) -> object:
+        # The PostgreSQL driver is imported when first asked for, so that a
+        # program using only SQLite logs does not pay for loading it. (Hidden
+        # from mypy, which would otherwise accept any name from this package.)
+        if name == "PostgresEventStore":
+            from eventstore.postgres import PostgresEventStore
+
+            return PostgresEventStore
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ANY",
@@ -44,7 +68,9 @@ __all__ = [
     "EventRegistry",
     "EventStore",
     "EventStoreError",
+    "ImportRejectedError",
     "LogCorruptedError",
+    "PostgresEventStore",
     "RawRow",
     "RecordedEvent",
     "SQLiteEventStore",
@@ -55,7 +81,10 @@ __all__ = [
     "WrongExpectedVersion",
     "default_instance_id",
     "format_timestamp",
+    "mask_dsn",
     "parse_timestamp",
     "process_home",
     "row_hash",
+    "store_for",
 ]
+

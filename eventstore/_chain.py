@@ -8,24 +8,39 @@ newline, then the ``data`` column's UTF-8 bytes. Including the position makes
 swapped or renumbered rows break the chain; the ``log_head`` row (last
 position and hash, written in the same transaction as the events) makes a cut
 tail visible.
+
+Rows copied from another log (:func:`check_continuation`) are held to the
+same chain: they must carry on from this log's head exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
 from eventstore._events import Appended, StreamBatch
-from eventstore._exceptions import WrongExpectedVersion
+from eventstore._exceptions import LogCorruptedError, WrongExpectedVersion
 from eventstore._store_types import ChainBreak, EncodedBatch, RawRow, VerifyReport
 
-__all__ = ["GENESIS_HASH", "ChainVerifier", "chain_group", "check_batches", "row_hash"]
+__all__ = [
+    "GENESIS_HASH",
+    "ChainVerifier",
+    "chain_group",
+    "check_batches",
+    "check_continuation",
+    "check_head",
+    "check_name",
+    "row_hash",
+]
 
 GENESIS_HASH = "0" * 64
 
 _encode = msgspec.json.encode
+# format_timestamp's output: fixed width, so that text order is time order.
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
 def row_hash(
@@ -107,11 +122,43 @@ class ChainVerifier:
         )
 
 
+def check_head(position: int, hash_: str, newest: int | None, hash_at_head: str | None) -> None:
+    """Refuse to write after a head that does not match the newest row: appending
+    after a cut or foreign tail would chain new events onto a lie.
+
+    :raises LogCorruptedError: naming the first position that is wrong.
+    """
+    newest = newest or 0
+    if newest != position:
+        raise LogCorruptedError(
+            min(newest, position) + 1,
+            f"the newest row is at position {newest} but the head records {position}",
+        )
+    if position and hash_at_head != hash_:
+        raise LogCorruptedError(position, "the newest row's hash differs from the head")
+
+
+def check_name(what: str, name: str) -> None:
+    """Refuse a stream name or instance id that not every backend can store
+    as given: PostgreSQL text holds no NUL character, and neither backend
+    stores a lone surrogate. (A log must copy between backends unchanged.)
+
+    :raises ValueError: naming ``what`` and the problem.
+    """
+    if "\x00" in name:
+        raise ValueError(f"{what} must not contain a NUL character, got {name!r}")
+    try:
+        name.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} must be valid Unicode text, got {name!r}: {exc.reason}") from exc
+
+
 def check_batches(batches: Iterable[StreamBatch]) -> None:
     """Reject malformed append requests before anything is encoded."""
     for batch in batches:
         if not batch.stream:
             raise ValueError("stream name must not be empty")
+        check_name("stream name", batch.stream)
         if batch.expected_version is not None and batch.expected_version < 0:
             raise ValueError(f"expected_version must be ≥ 0, got {batch.expected_version}")
 
@@ -158,3 +205,51 @@ def chain_group(
             versions[stream] = version
         results.append(Appended(first, position, tentative))
     return rows, results
+
+
+def check_continuation(
+    rows: Sequence[RawRow], head: tuple[int, str], versions: Mapping[str, int]
+) -> ChainBreak | None:
+    """Whether ``rows``, copied verbatim from another log, continue this one
+    exactly: the next positions after ``head``, each ``prev_hash`` the previous
+    row's hash (the head's for the first), each hash verifying, each stream's
+    versions going on from ``versions`` (the current version of every stream
+    the rows touch), timestamps in the log's format. Returns the first row
+    that does not, and why; ``None`` when they all do.
+    """
+    position, prev = head
+    current = dict(versions)
+    for row in rows:
+        if len(row) != 9:
+            return ChainBreak(position + 1, f"expected a row of 9 columns, got {len(row)}")
+        at, stream, version, type_, recorded_at, instance_id, data, prev_hash, hash_ = row
+        texts = (stream, type_, recorded_at, instance_id, data, prev_hash, hash_)
+        if not (isinstance(at, int) and isinstance(version, int)
+                and all(isinstance(text, str) for text in texts)):
+            return ChainBreak(position + 1, "expected integer positions and versions, text"
+                              " elsewhere (a RawRow)")
+        if at != position + 1:
+            return ChainBreak(
+                position + 1, f"expected the row at position {position + 1}, got position {at}"
+            )
+        if prev_hash != prev:
+            return ChainBreak(at, "its prev_hash is not the hash of the log's previous row")
+        if not _TIMESTAMP.fullmatch(recorded_at):
+            return ChainBreak(at, f"recorded_at {recorded_at!r} is not ISO-8601 UTC text")
+        for what, name in (("stream name", stream), ("instance id", instance_id)):
+            try:
+                check_name(what, name)
+            except ValueError as exc:
+                return ChainBreak(at, str(exc))
+        expected_version = current.get(stream, 0) + 1
+        if version != expected_version:
+            return ChainBreak(
+                at, f"stream {stream!r} is at version {expected_version - 1}, the row has"
+                f" version {version}"
+            )
+        if row_hash(prev_hash, at, stream, version, type_, recorded_at, instance_id,
+                    data) != hash_:
+            return ChainBreak(at, "its hash does not match the row")
+        current[stream] = version
+        position, prev = at, hash_
+    return None

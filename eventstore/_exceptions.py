@@ -1,13 +1,15 @@
 """Errors raised by the event store.
 
 Every error an adapter can raise derives from :class:`EventStoreError`; driver
-exceptions (``sqlite3.Error``, ``msgspec`` errors, …) are translated at the
-boundary and chained with ``from``::
+exceptions (``sqlite3.Error``, ``asyncpg`` errors, ``msgspec`` errors, …) are
+translated at the boundary and chained with ``from``; no message carries a
+database password (DSNs are shown through :func:`eventstore.mask_dsn`)::
 
     EventStoreError
      ├── WrongExpectedVersion   optimistic concurrency: the stream moved on
      ├── EventEncodingError     an event could not be encoded (unregistered type, bad value)
      ├── LogCorruptedError      the log's hash chain or head is inconsistent; appends refused
+     ├── ImportRejectedError    copied rows do not continue the log exactly; nothing imported
      ├── StoreClosedError       the store was used after ``aclose()``
      └── BackendError           the database failed (I/O error, lock timeout, …)
 """
@@ -18,6 +20,7 @@ __all__ = [
     "BackendError",
     "EventEncodingError",
     "EventStoreError",
+    "ImportRejectedError",
     "LogCorruptedError",
     "StoreClosedError",
     "WrongExpectedVersion",
@@ -53,6 +56,17 @@ class LogCorruptedError(EventStoreError):
         self.position = position
         self.reason = reason
         super().__init__(f"event log corrupted at position {position}: {reason}")
+
+
+class ImportRejectedError(EventStoreError):
+    """Rows given to :meth:`~eventstore.EventStore.import_rows` do not continue
+    the log exactly (position, ``prev_hash``, hash, stream version); nothing of
+    them was written."""
+
+    def __init__(self, position: int, reason: str) -> None:
+        self.position = position
+        self.reason = reason
+        super().__init__(f"cannot import the row at position {position}: {reason}")
 
 
 class StoreClosedError(EventStoreError):

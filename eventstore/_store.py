@@ -1,9 +1,10 @@
 """The backend-neutral event store contract.
 
 :class:`EventStore` documents the contract once; backends (``SQLiteEventStore``,
-later ``PostgresEventStore``) implement a handful of primitives (commit a
-group of encoded appends, page raw rows, read the head) and inherit the rest:
-encoding, group commit, decoding, following and chain verification.
+``PostgresEventStore``) implement a handful of primitives (commit a group of
+encoded appends, import copied rows, page raw rows, read the head and the
+store's clock) and inherit the rest: encoding, group commit, decoding,
+following and chain verification.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Self, TypeVar
 
 import msgspec
 
-from eventstore._chain import ChainVerifier, check_batches
+from eventstore._chain import ChainVerifier, check_batches, check_name
 from eventstore._events import ANY, Appended, Event, EventRegistry, RecordedEvent, StreamBatch
 from eventstore._exceptions import StoreClosedError, WrongExpectedVersion
 from eventstore._store_types import (
@@ -32,7 +33,7 @@ from eventstore._store_types import (
     VerifyReport,
 )
 
-__all__ = ["EventStore", "ReadFilter", "format_timestamp", "parse_timestamp"]
+__all__ = ["EventStore", "ReadFilter", "format_timestamp", "parse_timestamp", "stamp_after"]
 
 GroupResult = Appended | WrongExpectedVersion
 _Row = TypeVar("_Row", bound=tuple[Any, ...])
@@ -49,8 +50,19 @@ def parse_timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
+    """This host's clock, for backends whose clock is the host's."""
     return datetime.now(UTC)
+
+
+def stamp_after(now: str, newest: str | None) -> str:
+    """The ``recorded_at`` of rows committed now: the clock's reading, but never
+    earlier than the newest row's, so that time order follows position order
+    even when clocks of several writers (or one clock) go backwards.
+
+    Both are :func:`format_timestamp` text, whose order is time order.
+    """
+    return now if newest is None or now >= newest else newest
 
 
 def process_home() -> str:
@@ -110,6 +122,12 @@ class EventStore(ABC):
 
     Appends from many tasks are committed together (group commit): each caller
     awaits its own durable commit, and a group costs one transaction.
+
+    ``recorded_at`` is the store's clock (:meth:`now`), read inside the
+    transaction that assigns the positions and never earlier than the newest
+    row's, so time never runs against position order. ``clock`` replaces the
+    store's own clock (tests); ``instance_id`` names the writer in every row
+    (default :func:`default_instance_id`).
     """
 
     #: events read per round trip; bounds memory of every read
@@ -124,7 +142,9 @@ class EventStore(ABC):
     ) -> None:
         self.registry = registry
         self.instance_id = instance_id or default_instance_id()
-        self._clock = clock or _utc_now
+        check_name("instance id", self.instance_id)
+        #: the test clock given, or None: each backend then uses its own clock
+        self._clock = clock
         self._queue: list[_PendingAppend] = []
         self._flusher: asyncio.Task[None] | None = None
         self._appended = asyncio.Event()
@@ -201,9 +221,7 @@ class EventStore(ABC):
         while self._queue:
             group, self._queue = self._queue, []
             try:
-                results = await self._commit_group(
-                    [p.batches for p in group], format_timestamp(self._clock())
-                )
+                results = await self._commit_group([p.batches for p in group])
             except BaseException as exc:
                 for pending in group:
                     if not pending.future.done():
@@ -223,6 +241,31 @@ class EventStore(ABC):
     def _notify_appended(self) -> None:
         self._appended.set()
         self._appended = asyncio.Event()
+
+    async def import_rows(self, rows: Sequence[RawRow]) -> Appended | None:
+        """Append rows copied from another log *verbatim* — same positions,
+        hashes, ``recorded_at`` and ``instance_id`` — in one transaction: to
+        copy a log between backends, or to keep a mirror of a shared log.
+
+        The rows must continue this log exactly: the first at the next
+        position with ``prev_hash`` equal to the head's hash, each row's hash
+        verifying, stream versions going on from the log's. Pass a page at a
+        time (``read_raw`` pages): each call is one transaction. Returns what
+        was written (``None`` for no rows).
+
+        :raises ImportRejectedError: naming the first row that does not
+            continue the log, and why; nothing of ``rows`` was written.
+        :raises LogCorruptedError: if this log's head does not match its rows.
+        :raises BackendError: if the database fails; nothing written.
+        """
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+        rows = list(rows)
+        if not rows:
+            return None
+        versions = await self._import_rows(rows)
+        self._notify_appended()
+        return Appended(rows[0][0], rows[-1][0], versions)
 
     # -- reading ---------------------------------------------------------
 
@@ -343,10 +386,12 @@ class EventStore(ABC):
     ) -> AsyncGenerator[RecordedEvent, None]:
         """Yield matching events after ``after``, then keep tailing new ones.
 
-        Appends through this store wake the follower at once; appends by other
-        processes are seen within ``poll_interval`` seconds. Never returns:
-        cancel the iterating task (or break) to stop. Closing the store ends
-        it at once with :class:`StoreClosedError`.
+        Appends through this store wake the follower at once. Appends by other
+        processes are seen within ``poll_interval`` seconds — or at once where
+        the backend is told of them (PostgreSQL's NOTIFY; the poll is then
+        only a safety net). Never returns: cancel the iterating task (or
+        break) to stop. Closing the store ends it at once with
+        :class:`StoreClosedError`.
         """
         position = after
         while True:
@@ -384,7 +429,36 @@ class EventStore(ABC):
                 )
         return verifier.finish(head_position, head_hash)
 
+    async def now(self) -> datetime:
+        """The store's clock: the ``recorded_at`` an append would get now.
+
+        That is the backend's clock (SQLite: this host's; PostgreSQL: the
+        database server's) or the test clock given to the constructor, but
+        never earlier than the newest row's ``recorded_at``. Time that decides
+        between instances (claim expiry) is read here, so that two hosts'
+        wall clocks are never compared.
+        """
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+        return parse_timestamp(await self._now())
+
+    async def event_types(self, *, after: int = 0) -> frozenset[str]:
+        """The distinct type names of the events with position > ``after``:
+        an instance notices types it does not know (written by a newer
+        version) without decoding the log."""
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+        return frozenset(await self._event_types(after))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.location!r})"
+
     # -- backend primitives ---------------------------------------------
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the log is, for messages: a path, or a DSN without its password."""
 
     @abstractmethod
     async def last_position(self) -> int:
@@ -401,16 +475,37 @@ class EventStore(ABC):
     async def _close_backend(self) -> None: ...
 
     @abstractmethod
-    async def _commit_group(
-        self, group: list[tuple[EncodedBatch, ...]], recorded_at: str
-    ) -> list[GroupResult]:
+    async def _commit_group(self, group: list[tuple[EncodedBatch, ...]]) -> list[GroupResult]:
         """Write every request of ``group`` whose expectations hold, in one
         durable transaction, chaining hashes; return per request what it wrote
         or the version conflict that kept it out.
 
+        The rows' ``recorded_at`` is read once the transaction holds the log's
+        write lock: :func:`stamp_after` of the clock and the newest row's.
+
         :raises LogCorruptedError: if the head does not match the rows.
         :raises BackendError: if the transaction failed (then nothing was written).
         """
+
+    @abstractmethod
+    async def _import_rows(self, rows: list[RawRow]) -> dict[str, int]:
+        """Write ``rows`` verbatim in one transaction holding the write lock,
+        once :func:`~eventstore._chain.check_continuation` accepts them against
+        the head and stream versions read under that lock; return each
+        stream's new version.
+
+        :raises ImportRejectedError: if they do not continue the log.
+        :raises LogCorruptedError: if the head does not match the rows.
+        :raises BackendError: if the transaction failed (then nothing was written).
+        """
+
+    @abstractmethod
+    async def _now(self) -> str:
+        """:meth:`now` as :func:`format_timestamp` text."""
+
+    @abstractmethod
+    async def _event_types(self, after: int) -> Iterable[str]:
+        """Type names of the rows with position > ``after`` (repeats allowed)."""
 
     @abstractmethod
     async def _read_page(self, after: int, limit: int, filters: ReadFilter) -> list[RawRow]:

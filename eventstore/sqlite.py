@@ -11,36 +11,54 @@ Schema (stable; operators may query it with the ``sqlite3`` tool)::
 event's JSON. Triggers refuse UPDATE and DELETE on ``events``: the log is
 append-only, and changing it by hand means dropping them first (``verify``
 will then name the position that was touched).
+
+The file and its ``-wal``/``-shm`` companions are private to their owner: a
+new log is created 0600; an existing one that others may write is refused,
+and one they may only read is tightened to 0600 (said once, through the
+``eventstore`` logger).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+import stat
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, cast
 
 import aiosqlite
 
-from eventstore._chain import GENESIS_HASH, chain_group
+from eventstore._chain import GENESIS_HASH, chain_group, check_continuation, check_head
 from eventstore._events import EventRegistry
 from eventstore._exceptions import (
     BackendError,
     EventStoreError,
+    ImportRejectedError,
     LogCorruptedError,
     StoreClosedError,
 )
-from eventstore._store import EventStore, GroupResult, ReadFilter
+from eventstore._store import (
+    EventStore,
+    GroupResult,
+    ReadFilter,
+    format_timestamp,
+    stamp_after,
+    utc_now,
+)
 from eventstore._store_types import EncodedBatch, EncodedRow, EventRow, RawRow
+from eventstore.sqlite_plumbing import (
+    connect,
+    create_private_file,
+    immediate_transaction,
+    run_in_connection_thread,
+)
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "SQLiteEventStore",
-    "connect",
-    "create_private_file",
-    "run_in_connection_thread",
-]
+__all__ = ["SCHEMA_VERSION", "SQLiteEventStore"]
+
+_log = logging.getLogger("eventstore")
 
 SCHEMA_VERSION = 1
 
@@ -76,49 +94,61 @@ _EVENT_COLUMNS = "position, stream, stream_version, type, recorded_at, instance_
 _ENCODED_COLUMNS = _EVENT_COLUMNS.replace("data", "CAST(data AS BLOB)")
 # SQLite's default limit on host parameters is 32766; stay well below it.
 _MAX_PARAMS = 500
-
-T = TypeVar("T")
-
-
-def create_private_file(path: Path) -> None:
-    """Create ``path`` with mode 0600 unless it exists; SQLite then gives its
-    -wal and -shm files the same mode."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
-
-
-async def run_in_connection_thread(
-    conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]
-) -> T:
-    """Run ``fn`` with the raw connection on aiosqlite's worker thread.
-
-    aiosqlite serialises every call of a connection on one thread; running a
-    whole transaction there as one call costs one thread hop instead of one per
-    statement, which is what makes single durable appends cheap.
-    """
-    raw = conn._conn
-    execute = cast(Callable[..., Awaitable[T]], conn._execute)
-    return await execute(fn, raw)
-
-
-async def connect(path: Path, *, busy_timeout: float, synchronous: str) -> aiosqlite.Connection:
-    """Open a connection with the pragmas every Ovi connection uses."""
-    conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
-    try:
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute(f"PRAGMA synchronous = {synchronous}")
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
+_SIDE_FILES = ("", "-wal", "-shm")
 
 
 def _translate(exc: sqlite3.Error, doing: str) -> EventStoreError:
     return BackendError(f"{doing}: {exc}")
+
+
+def _make_private(path: Path) -> None:
+    """Refuse a log (or -wal/-shm file) that others may write; tighten one they
+    may only read to its owner's bits, and say so once.
+
+    A restored backup or a ``touch``ed file keeps the umask's 0644, and SQLite
+    gives new -wal/-shm files the log's mode: left alone, the whole log would
+    stay readable by every local user. A file others could *write* may already
+    have been changed by one of them, so it is not quietly fixed but refused.
+    """
+    files: list[tuple[Path, int]] = []
+    for suffix in _SIDE_FILES:
+        file = path.with_name(path.name + suffix)
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise BackendError(f"cannot inspect event log file {file}: {exc.strerror}") from exc
+        files.append((file, mode))
+    writable = [(file, mode) for file, mode in files if mode & 0o022]
+    if writable:
+        named = ", ".join(f"{file} (mode {mode:04o})" for file, mode in writable)
+        fix = " ".join(str(file) for file, _ in writable)
+        raise BackendError(
+            f"refusing to open the event log: {named} can be written by other users;"
+            f" check it was not changed, then make it private: chmod 600 {fix}"
+        )
+    loose = [(file, mode) for file, mode in files if mode & 0o077]
+    for file, mode in loose:
+        try:
+            os.chmod(file, mode & 0o700)
+        except OSError as exc:
+            raise BackendError(
+                f"event log file {file} (mode {mode:04o}) is readable by other users and"
+                f" cannot be made private: {exc.strerror}; chmod 600 {file} as its owner"
+            ) from exc
+    if loose:
+        _log.warning(
+            "event log %s was readable by other users; made %s private (mode 0600)",
+            path, ", ".join(f"{file.name} (was {mode:04o})" for file, mode in loose),
+        )
+
+
+class _Head(NamedTuple):
+    position: int
+    hash: str
+    #: ``recorded_at`` of the newest row; None for an empty log
+    recorded_at: str | None
 
 
 class SQLiteEventStore(EventStore):
@@ -137,7 +167,7 @@ class SQLiteEventStore(EventStore):
         instance_id: str | None = None,
         busy_timeout: float = 10.0,
         synchronous: str = "FULL",
-        clock: Callable[[], Any] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__(registry, instance_id=instance_id, clock=clock)
         self.path = Path(path)
@@ -146,11 +176,16 @@ class SQLiteEventStore(EventStore):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     async def _open_backend(self) -> None:
         try:
             create_private_file(self.path)
         except OSError as exc:
             raise BackendError(f"cannot create event log {self.path}: {exc.strerror}") from exc
+        _make_private(self.path)
         try:
             self._writer = await connect(
                 self.path, busy_timeout=self._busy_timeout, synchronous=self._synchronous
@@ -177,35 +212,45 @@ class SQLiteEventStore(EventStore):
             raise StoreClosedError("the event store is not open")
         return conn
 
-    async def _commit_group(
-        self, group: list[tuple[EncodedBatch, ...]], recorded_at: str
-    ) -> list[GroupResult]:
+    async def _commit_group(self, group: list[tuple[EncodedBatch, ...]]) -> list[GroupResult]:
         instance_id = self.instance_id
+        clock = self._clock or utc_now
 
-        def transaction(db: sqlite3.Connection) -> list[GroupResult]:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                head = _checked_head(db)
-                versions = _stream_versions(db, {b.stream for request in group for b in request})
-                rows, results = chain_group(group, versions, head, recorded_at, instance_id)
-                if rows:
-                    db.executemany(_INSERT, rows)
-                    last = rows[-1]
-                    db.execute("UPDATE log_head SET position = ?, hash = ? WHERE id = 1",
-                               (last[0], last[8]))
-                db.execute("COMMIT")
-            except BaseException:
-                # SQLite rolls back by itself on some errors (disk full, I/O);
-                # a second ROLLBACK would then hide the real error.
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        def body(db: sqlite3.Connection) -> list[GroupResult]:
+            head = _checked_head(db)
+            # Read under the write lock: another process's commit cannot come
+            # between this reading and these positions.
+            recorded_at = stamp_after(format_timestamp(clock()), head.recorded_at)
+            versions = _stream_versions(db, {b.stream for request in group for b in request})
+            rows, results = chain_group(
+                group, versions, (head.position, head.hash), recorded_at, instance_id
+            )
+            _write_rows(db, rows)
             return results
 
         try:
-            return await run_in_connection_thread(self._conn(self._writer), transaction)
+            return await run_in_connection_thread(
+                self._conn(self._writer), lambda db: immediate_transaction(db, body)
+            )
         except sqlite3.Error as exc:
             raise _translate(exc, f"append to {self.path} failed, nothing written") from exc
+
+    async def _import_rows(self, rows: list[RawRow]) -> dict[str, int]:
+        def body(db: sqlite3.Connection) -> dict[str, int]:
+            head = _checked_head(db)
+            versions = _stream_versions(db, {row[1] for row in rows})
+            problem = check_continuation(rows, (head.position, head.hash), versions)
+            if problem is not None:
+                raise ImportRejectedError(problem.position, problem.reason)
+            _write_rows(db, rows)
+            return {row[1]: row[2] for row in rows}
+
+        try:
+            return await run_in_connection_thread(
+                self._conn(self._writer), lambda db: immediate_transaction(db, body)
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"import into {self.path} failed, nothing written") from exc
 
     async def _read_page(self, after: int, limit: int, filters: ReadFilter) -> list[RawRow]:
         return cast(list[RawRow], await self._select(_COLUMNS, after, limit, filters))
@@ -260,6 +305,15 @@ class SQLiteEventStore(EventStore):
         rows = await self._query("SELECT max(position) FROM events")
         return int(rows[0][0] or 0)
 
+    async def _now(self) -> str:
+        now = format_timestamp((self._clock or utc_now)())
+        rows = await self._query("SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1")
+        return stamp_after(now, str(rows[0][0]) if rows else None)
+
+    async def _event_types(self, after: int) -> list[str]:
+        rows = await self._query("SELECT DISTINCT type FROM events WHERE position > ?", (after,))
+        return [str(row[0]) for row in rows]
+
     async def stream_version(self, stream: str) -> int:
         rows = await self._query(
             "SELECT max(stream_version) FROM events WHERE stream = ?", (stream,)
@@ -280,38 +334,33 @@ def _create_schema(db: sqlite3.Connection) -> None:
         raise BackendError(
             f"the event log has schema version {version}; this Ovi knows up to {SCHEMA_VERSION}"
         )
-    db.execute("BEGIN IMMEDIATE")
-    try:
+
+    def body(db: sqlite3.Connection) -> None:
         for statement in _SCHEMA.split(";\n"):
             if statement.strip():
                 db.execute(statement)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
+
+    immediate_transaction(db, body)
 
 
-def _checked_head(db: sqlite3.Connection) -> tuple[int, str]:
-    """The head, after checking it still matches the newest row: appending
-    after a cut or foreign tail would chain new events onto a lie."""
+def _write_rows(db: sqlite3.Connection, rows: list[RawRow]) -> None:
+    if rows:
+        db.executemany(_INSERT, rows)
+        last = rows[-1]
+        db.execute("UPDATE log_head SET position = ?, hash = ? WHERE id = 1", (last[0], last[8]))
+
+
+def _checked_head(db: sqlite3.Connection) -> _Head:
+    """The head, after checking it still matches the newest row."""
     row = db.execute(
-        "SELECT h.position, h.hash, (SELECT max(position) FROM events),"
-        " (SELECT hash FROM events WHERE position = h.position)"
-        " FROM log_head AS h WHERE h.id = 1"
+        "SELECT h.position, h.hash, (SELECT max(position) FROM events), e.hash, e.recorded_at"
+        " FROM log_head AS h LEFT JOIN events AS e ON e.position = h.position WHERE h.id = 1"
     ).fetchone()
     if row is None:
         raise LogCorruptedError(0, "the log_head row is missing")
-    position, hash_, newest, hash_at_head = row
-    newest = newest or 0
-    if newest != position:
-        raise LogCorruptedError(
-            min(newest, position) + 1,
-            f"the newest row is at position {newest} but the head records {position}",
-        )
-    if position and hash_at_head != hash_:
-        raise LogCorruptedError(position, "the newest row's hash differs from the head")
-    return int(position), str(hash_)
+    position, hash_, newest, hash_at_head, recorded_at = row
+    check_head(position, hash_, newest, hash_at_head)
+    return _Head(int(position), str(hash_), recorded_at)
 
 
 def _stream_versions(db: sqlite3.Connection, streams: set[str]) -> dict[str, int]:

@@ -23,7 +23,12 @@ import aiosqlite
 import msgspec
 
 from eventstore import EncodedRow, EventStore, RecordedEvent
-from eventstore.sqlite import connect, create_private_file, run_in_connection_thread
+from eventstore.sqlite_plumbing import (
+    connect,
+    create_private_file,
+    immediate_transaction,
+    run_in_connection_thread,
+)
 from projections._exceptions import (
     CheckpointError,
     ProjectionApplyError,
@@ -90,18 +95,6 @@ class _CheckpointMoved(Exception):
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
-
-
-def _transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        result = body(db)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return result
 
 
 def _check_projections(projections: Iterable[Projection]) -> tuple[Projection, ...]:
@@ -229,7 +222,7 @@ class ProjectionRunner:
                 _reset(db, projection)
             return tuple(p.name for p in stale)
 
-        return _transaction(db, body)
+        return immediate_transaction(db, body)
 
     # -- folding ---------------------------------------------------------
 
@@ -282,7 +275,7 @@ class ProjectionRunner:
                 for projection in chosen:
                     _reset(db, projection)
 
-            _transaction(db, body)
+            immediate_transaction(db, body)
 
         async with self._lock:
             await self._run(reset, "resetting projections")
@@ -422,7 +415,7 @@ class ProjectionRunner:
                 db.execute(_MOVE_CHECKPOINT, (to, name))
 
         names = ", ".join(repr(p.name) for p in group)
-        await self._run(lambda db: _transaction(db, body), f"folding into {names}")
+        await self._run(lambda db: immediate_transaction(db, body), f"folding into {names}")
         progress.applied += sum(len(events) for events in batches)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], doing: str) -> T:

@@ -1,7 +1,7 @@
-"""A second process on the same SQLite log, driven by test_sqlite_store.py.
+"""A second process on the same log, driven by the backends' test modules.
 
 Run as ``python -m tests.eventstore._child COMMAND PATH ...`` from the
-repository root:
+repository root, PATH being a SQLite file or a PostgreSQL DSN (``store_for``):
 
 ``append-forever PATH``
     append one event at a time and print each returned position, until killed;
@@ -20,7 +20,7 @@ import asyncio
 import json
 import sys
 
-from eventstore import SQLiteEventStore, WrongExpectedVersion
+from eventstore import WrongExpectedVersion, store_for
 from tests.eventstore.sample_events import Note, Ping, sample_registry
 
 #: every this many own appends, a hammer tries to take the next version of "shared"
@@ -33,7 +33,7 @@ def say(line: str) -> None:
 
 
 async def append_forever(path: str) -> None:
-    async with SQLiteEventStore(path, sample_registry(), instance_id="child") as store:
+    async with store_for(path, sample_registry(), instance_id="child") as store:
         n = 0
         while True:
             appended = await store.append("durable", [Ping(n=n)])
@@ -42,7 +42,7 @@ async def append_forever(path: str) -> None:
 
 
 async def hammer(path: str, tag: str, count: int) -> None:
-    async with SQLiteEventStore(path, sample_registry(), instance_id=tag) as store:
+    async with store_for(path, sample_registry(), instance_id=tag) as store:
         say("ready")
         await asyncio.to_thread(sys.stdin.readline)
         positions: list[int] = []
@@ -65,7 +65,7 @@ async def hammer(path: str, tag: str, count: int) -> None:
 
 
 async def append_on_request(path: str, stream: str) -> None:
-    async with SQLiteEventStore(path, sample_registry(), instance_id="child") as store:
+    async with store_for(path, sample_registry(), instance_id="child") as store:
         say("ready")
         n = 0
         while await asyncio.to_thread(sys.stdin.readline):

@@ -10,6 +10,9 @@ fixtures:
     a :class:`LogTamperer` that changes the stored log behind the store's back,
     as someone with direct access to the database would.
 
+Copying tests read from a second log, a SQLite file in ``tmp_path``: the
+reference backend, and the copy an operator makes most (SQLite → PostgreSQL).
+
 Everything here goes through the public :class:`~eventstore.EventStore` API
 only, so ``class TestPostgresEventStore(EventStoreContract)`` runs it unchanged.
 """
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import msgspec
@@ -36,8 +41,11 @@ from eventstore import (
     EventEncodingError,
     EventRegistry,
     EventStore,
+    ImportRejectedError,
     LogCorruptedError,
+    RawRow,
     RecordedEvent,
+    SQLiteEventStore,
     StoreClosedError,
     StreamBatch,
     UnknownEvent,
@@ -91,18 +99,29 @@ class LogTamperer(Protocol):
         """Add a well-chained row after the newest one without moving the log's
         recorded head, as a writer that bypasses the store would; return its position."""
 
+    def holding_write_lock(self) -> AbstractAsyncContextManager[None]:
+        """Hold the log's write lock (the one appenders serialise on) from
+        another connection while the block runs."""
+
 
 class StepClock:
-    """A controllable clock: returns :attr:`now`, then moves it on by ``step``."""
+    """A controllable clock: returns :attr:`now`, then moves it on by ``step``.
+
+    :attr:`readings` counts the calls (a backend may call it from a worker thread).
+    """
 
     def __init__(self, start: datetime = T0, step: timedelta = timedelta(0)) -> None:
         self.now = start
         self.step = step
+        self.readings = 0
+        self._lock = threading.Lock()
 
     def __call__(self) -> datetime:
-        moment = self.now
-        self.now += self.step
-        return moment
+        with self._lock:
+            moment = self.now
+            self.now += self.step
+            self.readings += 1
+            return moment
 
 
 async def read_all(store: EventStore, **filters: Any) -> list[RecordedEvent]:
@@ -327,7 +346,19 @@ class EventStoreContract:
             await store.append("", [Ping(n=1)])
         with pytest.raises(ValueError, match="expected_version"):
             await store.append("s", [Ping(n=1)], expected_version=-1)
+        # names every backend stores as given (PostgreSQL text has no NUL)
+        with pytest.raises(ValueError, match="stream name must not contain a NUL"):
+            await store.append_streams([StreamBatch("ok", (Ping(n=1),)),
+                                        StreamBatch("a\x00b", (Ping(n=2),))])
+        with pytest.raises(ValueError, match="stream name must be valid Unicode"):
+            await store.append("\ud800", [Ping(n=1)])
         assert await store.last_position() == 0
+
+    def test_an_instance_id_every_backend_can_store_is_required(
+        self, store_factory: StoreFactory
+    ) -> None:
+        with pytest.raises(ValueError, match="instance id must not contain a NUL"):
+            store_factory(instance_id="host\x00:1")
 
     @pytest.mark.asyncio
     async def test_concurrent_appenders_with_the_same_expectation_one_wins(
@@ -925,6 +956,206 @@ class EventStoreContract:
         assert await positions(store) == [1, 2, 3, 4]
         assert await store.stream_version("c") == 0
 
+    # -- the store's clock ---------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_recorded_at_never_runs_backwards_against_position(
+        self, store_factory: StoreFactory
+    ) -> None:
+        # One clock that goes backwards, and a second writer whose clock is behind.
+        late = StepClock(T0 + timedelta(minutes=10), step=timedelta(minutes=-1))
+        behind = StepClock(T0)
+        async with store_factory(clock=late) as ahead, store_factory(clock=behind) as lagging:
+            await ahead.append("s", [Ping(n=1)])
+            await ahead.append("s", [Ping(n=2)])
+            await lagging.append("s", [Ping(n=3)])
+            await ahead.append("s", [Ping(n=4)])
+            behind.now = T0 + timedelta(hours=1)
+            await lagging.append("s", [Ping(n=5)])
+            events = await read_all(ahead)
+        stamps = [e.recorded_at for e in events]
+        assert stamps == [T0 + timedelta(minutes=10)] * 4 + [T0 + timedelta(hours=1)]
+        assert stamps == sorted(stamps)
+
+    @pytest.mark.asyncio
+    async def test_recorded_at_is_read_once_the_write_lock_is_held(
+        self, store_factory: StoreFactory, tamperer: LogTamperer
+    ) -> None:
+        clock = StepClock(T0)
+        async with store_factory(clock=clock) as store:
+            await store.append("s", [Ping(n=1)])
+            assert clock.readings == 1
+            async with tamperer.holding_write_lock():
+                append = asyncio.create_task(store.append("s", [Ping(n=2)]))
+                await asyncio.sleep(0.3)
+                # waiting for the lock, and not yet stamped: whoever commits
+                # first would otherwise get the later time
+                assert not append.done()
+                assert clock.readings == 1
+                clock.now = T0 + timedelta(seconds=5)
+            appended = await append
+            assert clock.readings == 2
+            (event,) = await read_all(store, after=1)
+        assert (appended.last_position, event.recorded_at) == (2, T0 + timedelta(seconds=5))
+
+    @pytest.mark.asyncio
+    async def test_now_is_the_clock_but_never_before_the_newest_row(
+        self, store_factory: StoreFactory
+    ) -> None:
+        clock = StepClock(T0)
+        async with store_factory(clock=clock) as store:
+            assert await store.now() == T0
+            clock.now = T0 + timedelta(minutes=5)
+            await store.append("s", [Ping(n=1)])
+            clock.now = T0
+            # an append now would be stamped with the newest row's time
+            assert await store.now() == T0 + timedelta(minutes=5)
+            clock.now = T0 + timedelta(hours=1)
+            now = await store.now()
+        assert now == T0 + timedelta(hours=1)
+        assert now.utcoffset() == timedelta(0)
+
+    @pytest.mark.asyncio
+    async def test_now_is_the_stores_own_clock_without_a_test_clock(
+        self, store_factory: StoreFactory
+    ) -> None:
+        # This host's clock and the database's agree here (the PostgreSQL
+        # test server runs on this machine); what matters is the wiring.
+        async with store_factory() as store:
+            before = datetime.now(UTC) - timedelta(seconds=5)
+            now = await store.now()
+            await store.append("s", [Ping(n=1)])
+            (event,) = await read_all(store)
+            after = datetime.now(UTC) + timedelta(seconds=5)
+        assert before <= now <= event.recorded_at <= after
+
+    # -- event types ---------------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_event_types_names_each_type_after_a_position(
+        self, store_factory: StoreFactory
+    ) -> None:
+        async with store_factory() as writer:
+            assert await writer.event_types() == frozenset()
+            await writer.append("a", [Ping(n=1), Ping(n=2), Note(text="3")])
+            await writer.append("b", [Secret(code="4"), Ping(n=5)])
+        # a reader that knows fewer types learns which ones it is missing
+        async with store_factory(EventRegistry([Ping])) as reader:
+            types = await reader.event_types()
+            assert types == frozenset({"Ping", "Note", "Secret"})
+            assert types - reader.registry.names == {"Note", "Secret"}
+            assert await reader.event_types(after=3) == frozenset({"Secret", "Ping"})
+            assert await reader.event_types(after=4) == frozenset({"Ping"})
+            assert await reader.event_types(after=5) == frozenset()
+
+    # -- copying rows from another log ---------------------------------
+
+    @pytest_asyncio.fixture
+    async def source_rows(self, tmp_path: Path) -> list[RawRow]:
+        """The raw rows of another log: three writers, several streams, times."""
+        rows: list[RawRow] = []
+        clock = StepClock(T0, step=timedelta(seconds=1))
+        async with SQLiteEventStore(tmp_path / "source.db", EventRegistry([Ping, Note, Secret]),
+                                    clock=clock, instance_id="source-a") as source:
+            await source.append("a", [Ping(n=1), Note(text="dös ✓")])
+            await source.append_streams([StreamBatch("b", (Secret(code="x"),)),
+                                         StreamBatch("a", (Ping(n=4),), 2)])
+            await source.append("c", [Ping(n=i) for i in range(5, 12)])
+            async for page in source.read_raw():
+                rows.extend(page)
+        assert [row[0] for row in rows] == list(range(1, 12))
+        return rows
+
+    @pytest.mark.asyncio
+    async def test_imported_rows_are_the_source_rows_verbatim(
+        self, store_factory: StoreFactory, source_rows: list[RawRow]
+    ) -> None:
+        async with store_factory(EventRegistry([Ping])) as store:
+            first = await store.import_rows(source_rows[:3])
+            second = await store.import_rows(source_rows[3:])
+            assert await store.import_rows([]) is None
+            assert first == Appended(1, 3, {"a": 2, "b": 1})
+            assert second == Appended(4, 11, {"a": 3, "c": 7})
+            copied = [row async for page in store.read_raw() for row in page]
+            assert copied == source_rows
+            await assert_intact(store, 11)
+            # the log goes on from the copy, chained onto its last hash
+            appended = await store.append("a", [Ping(n=12)], expected_version=3)
+            assert appended == Appended(12, 12, {"a": 4})
+            (row,) = [row async for page in store.read_raw(after=11) for row in page]
+            assert row[7] == source_rows[-1][8]
+            assert await store.now() >= datetime.fromisoformat(source_rows[-1][4])
+            await assert_intact(store, 12)
+
+    @pytest.mark.asyncio
+    async def test_a_follower_sees_imported_rows(
+        self, store: EventStore, source_rows: list[RawRow]
+    ) -> None:
+        async with following(store, poll_interval=60) as received:
+            await asyncio.sleep(0.05)
+            await store.import_rows(source_rows[:2])
+            events = await next_events(received, 2, within=5)
+        assert [(e.position, e.instance_id, e.hash) for e in events] == [
+            (row[0], row[5], row[8]) for row in source_rows[:2]
+        ]
+
+    @staticmethod
+    def _edited(row: RawRow, column: int, value: object) -> RawRow:
+        edited = list(row)
+        edited[column] = value
+        return cast(RawRow, tuple(edited))
+
+    @pytest.mark.asyncio
+    async def test_rows_that_do_not_continue_the_log_are_refused(
+        self, store: EventStore, source_rows: list[RawRow]
+    ) -> None:
+        await store.import_rows(source_rows[:3])
+        rest = source_rows[3:]
+        refused: list[tuple[list[RawRow], int, str]] = [
+            (rest[1:], 4, "expected the row at position 4, got position 5"),
+            (source_rows[:2], 4, "expected the row at position 4, got position 1"),
+            ([self._edited(rest[0], 7, GENESIS_HASH), *rest[1:]], 4, "prev_hash"),
+            ([rest[0], self._edited(rest[1], 6, '{"n":666}'), *rest[2:]], 5, "hash does not"),
+            ([rest[0], rest[1], self._edited(rest[2], 2, 9), *rest[3:]], 6, "version 9"),
+            ([rest[0], self._edited(rest[1], 4, "2026-01-02 03:04:05"), *rest[2:]], 5,
+             "not ISO-8601"),
+            ([rest[0], self._edited(rest[1], 1, "c\x00"), *rest[2:]], 5, "NUL"),
+            ([rest[0], cast(RawRow, rest[1][:8])], 5, "9 columns"),
+        ]
+        for rows, position, reason in refused:
+            with pytest.raises(ImportRejectedError, match=reason) as caught:
+                await store.import_rows(rows)
+            assert caught.value.position == position
+            assert f"position {position}" in str(caught.value)
+            # nothing of a refused call is written, not even its good first rows
+            assert await store.last_position() == 3
+        await assert_intact(store, 3)
+        await store.import_rows(rest)
+        await assert_intact(store, 11)
+
+    @pytest.mark.asyncio
+    async def test_rows_of_another_log_do_not_import_after_own_events(
+        self, store: EventStore, source_rows: list[RawRow]
+    ) -> None:
+        await store.append("mine", [Ping(n=0)])
+        with pytest.raises(ImportRejectedError, match="got position 1") as caught:
+            await store.import_rows(source_rows)
+        assert caught.value.position == 2
+        with pytest.raises(ImportRejectedError, match="prev_hash") as caught:
+            await store.import_rows(source_rows[1:])
+        assert caught.value.position == 2
+        await assert_intact(store, 1)
+
+    @pytest.mark.asyncio
+    async def test_import_is_refused_onto_a_log_whose_head_is_wrong(
+        self, store: EventStore, tamperer: LogTamperer, source_rows: list[RawRow]
+    ) -> None:
+        await store.import_rows(source_rows[:4])
+        await tamperer.delete(4)
+        with pytest.raises(LogCorruptedError) as caught:
+            await store.import_rows(source_rows[3:])
+        assert caught.value.position == 4
+
     # -- lifecycle -----------------------------------------------------
 
     @pytest.mark.asyncio
@@ -951,6 +1182,12 @@ class EventStoreContract:
                 await closed.stream_version("s")
             with pytest.raises(StoreClosedError):
                 await closed.verify()
+            with pytest.raises(StoreClosedError):
+                await closed.now()
+            with pytest.raises(StoreClosedError):
+                await closed.event_types()
+            with pytest.raises(StoreClosedError):
+                await closed.import_rows([])
             with pytest.raises(StoreClosedError):
                 async with closing_follow(closed.follow()) as events:
                     await anext(events)

@@ -10,7 +10,6 @@ import re
 import signal
 import sqlite3
 import stat
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, closing, contextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -40,9 +39,9 @@ from tests.eventstore.contract import (
     read_all,
 )
 from tests.eventstore.sample_events import Note, Ping, sample_registry
+from tests.eventstore.support import child, read_line
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = (
     "position", "stream", "stream_version", "type", "recorded_at",
     "instance_id", "data", "prev_hash", "hash",
@@ -128,6 +127,15 @@ class SQLiteTamperer:
 
         return self._edit(change)
 
+    @asynccontextmanager
+    async def holding_write_lock(self) -> AsyncIterator[None]:
+        with raw_db(self.path) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                db.execute("ROLLBACK")
+
 
 class TestSQLiteEventStore(EventStoreContract):
     @pytest.fixture
@@ -184,6 +192,71 @@ async def test_log_files_are_private(log_path: Path, mask: int) -> None:
             assert all(f.exists() for f in files)  # WAL mode keeps both while open
             modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
     assert modes == dict.fromkeys(modes, 0o600)
+
+
+def side_files(path: Path) -> list[Path]:
+    return [path, *(path.with_name(f"{path.name}-{x}") for x in ("wal", "shm"))]
+
+
+@contextmanager
+def open_elsewhere(path: Path) -> Iterator[None]:
+    """Keep the log open in WAL mode with a committed write pending in its
+    -wal, as another process would: the -wal and -shm files exist meanwhile."""
+    with raw_db(path) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute("CREATE TABLE IF NOT EXISTS elsewhere (x)")
+        db.execute("INSERT INTO elsewhere VALUES (1)")
+        assert all(f.exists() for f in side_files(path))
+        yield
+
+
+@pytest.mark.asyncio
+async def test_a_log_others_can_read_is_made_private_and_said_once(
+    log_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_store(log_path) as store:
+        await store.append("s", [Ping(n=1)])
+    with open_elsewhere(log_path):
+        # as restored from a backup, or touched by hand: 0644, 0640 and 0604
+        for file, mode in zip(side_files(log_path), (0o644, 0o640, 0o604), strict=True):
+            file.chmod(mode)
+        with caplog.at_level("WARNING", logger="eventstore"):
+            async with open_store(log_path) as store:
+                await assert_intact(store, 1)
+                modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in side_files(log_path)}
+            async with open_store(log_path) as store:  # nothing left to say
+                await assert_intact(store, 1)
+    assert modes == {"events.db": 0o600, "events.db-wal": 0o600, "events.db-shm": 0o600}
+    (record,) = [r for r in caplog.records if r.name == "eventstore"]
+    assert record.levelname == "WARNING"
+    message = record.getMessage()
+    assert str(log_path) in message
+    assert "events.db (was 0644), events.db-wal (was 0640), events.db-shm (was 0604)" in message
+    assert "private (mode 0600)" in message
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"], ids=["log", "wal", "shm"])
+@pytest.mark.asyncio
+async def test_a_log_others_can_write_is_refused(
+    log_path: Path, suffix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_store(log_path) as store:
+        await store.append("s", [Ping(n=1)])
+    loose = log_path.with_name(log_path.name + suffix)
+    with open_elsewhere(log_path):
+        loose.chmod(0o664)
+        with pytest.raises(BackendError) as caught:
+            await open_store(log_path).open()
+        message = str(caught.value)
+        assert f"{loose} (mode 0664) can be written by other users" in message
+        assert f"chmod 600 {loose}" in message
+        # refused, not quietly repaired: someone may have changed it already
+        assert stat.S_IMODE(loose.stat().st_mode) == 0o664
+        loose.chmod(0o600)
+        async with open_store(log_path) as store:
+            await assert_intact(store, 1)
+    assert not [r for r in caplog.records if r.name == "eventstore"]
 
 
 @pytest.mark.asyncio
@@ -291,29 +364,6 @@ async def test_a_file_that_is_not_a_database_is_refused(log_path: Path) -> None:
 
 
 # -- other processes ------------------------------------------------------
-
-
-@asynccontextmanager
-async def child(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Run tests/eventstore/_child.py; kill it if the test leaves it running."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.eventstore._child", *args,
-        cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.communicate()
-
-
-async def read_line(process: asyncio.subprocess.Process, within: float = 30) -> str:
-    assert process.stdout is not None
-    async with asyncio.timeout(within):
-        line = await process.stdout.readline()
-    assert line, f"child exited early with status {await process.wait()}"
-    return line.decode().strip()
 
 
 @pytest.mark.asyncio

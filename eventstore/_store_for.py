@@ -1,0 +1,38 @@
+"""Choosing a backend from what an operator wrote (``--store``, ``$OVI_STORE``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime
+
+from eventstore._dsn import is_postgres_dsn
+from eventstore._events import EventRegistry
+from eventstore._store import EventStore
+from eventstore.sqlite import SQLiteEventStore
+
+__all__ = ["store_for"]
+
+
+def store_for(
+    spec: str | os.PathLike[str],
+    registry: EventRegistry,
+    *,
+    instance_id: str | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> EventStore:
+    """An unopened store for ``spec``: a ``postgresql://`` or ``postgres://``
+    URL gives a :class:`~eventstore.PostgresEventStore` (its schema from the
+    URL's ``options=-csearch_path=…``, else the server's default), anything
+    else is the path of a :class:`~eventstore.SQLiteEventStore` file.
+
+    :raises ValueError: if ``spec`` is empty.
+    """
+    text = os.fspath(spec)
+    if not text:
+        raise ValueError("store: expected a path or a postgresql:// URL, got an empty string")
+    if is_postgres_dsn(text):
+        from eventstore.postgres import PostgresEventStore
+
+        return PostgresEventStore(text, registry, instance_id=instance_id, clock=clock)
+    return SQLiteEventStore(text, registry, instance_id=instance_id, clock=clock)

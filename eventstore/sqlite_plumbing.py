@@ -1,0 +1,78 @@
+"""SQLite plumbing shared by the SQLite log and the projection runner.
+
+Not part of the event store's contract: these are the few connection and
+transaction helpers both ``eventstore.sqlite`` and ``projections`` need, kept
+in one place so that the two packages open files, run calls and commit the
+same way (and imports keep pointing one way: projections → eventstore).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar, cast
+
+import aiosqlite
+
+__all__ = ["connect", "create_private_file", "immediate_transaction", "run_in_connection_thread"]
+
+T = TypeVar("T")
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` with mode 0600 unless it exists; SQLite then gives its
+    -wal and -shm files the same mode."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+async def run_in_connection_thread(
+    conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]
+) -> T:
+    """Run ``fn`` with the raw connection on aiosqlite's worker thread.
+
+    aiosqlite serialises every call of a connection on one thread; running a
+    whole transaction there as one call costs one thread hop instead of one per
+    statement, which is what makes single durable appends cheap.
+    """
+    raw = conn._conn
+    execute = cast(Callable[..., Awaitable[T]], conn._execute)
+    return await execute(fn, raw)
+
+
+async def connect(path: Path, *, busy_timeout: float, synchronous: str) -> aiosqlite.Connection:
+    """Open a connection with the pragmas every Ovi connection uses."""
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+def immediate_transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``body`` in a ``BEGIN IMMEDIATE`` … ``COMMIT`` transaction on ``db``
+    (an autocommit connection), rolling back if it raises.
+
+    IMMEDIATE takes the write lock up front, so whatever ``body`` reads is what
+    it writes over: no other writer can commit in between.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(db)
+        db.execute("COMMIT")
+    except BaseException:
+        # SQLite rolls back by itself on some errors (disk full, I/O); a second
+        # ROLLBACK would then fail and hide the real error.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
