@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from eventstore import Event, EventRegistry
-from ovi.model import Action, CycleMode, Decision, Diff, Resource, Scope, SkipReason
+from ovi.model import Action, CycleMode, Decision, Diff, Resource, Scope, SkipReason, Unreadable
 
 __all__ = [
     "OVI_EVENTS",
@@ -19,6 +19,7 @@ __all__ = [
     "ActionExecuting",
     "ActionFailed",
     "ActionSkipped",
+    "AdoptionGranted",
     "ApprovalGranted",
     "ClaimAcquired",
     "ClaimReleased",
@@ -87,12 +88,17 @@ class ResourceObserved(Event, frozen=True):
 
 
 class ResourceDisappeared(Event, frozen=True):
-    """A resource seen before is no longer in its (successfully observed) scope."""
+    """A resource seen before is no longer in its (successfully observed) scope.
+
+    ``now_known_as`` is set when the resource is still there but known by
+    another identity from now on (adopted; or keyed by cloud id in a log
+    written before identities were ``provider/region/type/cloud id``)."""
 
     cycle_id: str
     scope: Scope
     resource_id: str
     cloud_id: str
+    now_known_as: str | None = None
 
 
 class ObservationCompleted(Event, frozen=True):
@@ -106,6 +112,9 @@ class ObservationCompleted(Event, frozen=True):
     # The log's last position when the provider call started: an action on one
     # of these resources recorded after it is news this observation may miss.
     observed_after: int = 0
+    # Listed but not readable (AccessDenied on their tags): neither counted nor
+    # in the digest, and nothing is decided about them.
+    unreadable: tuple[Unreadable, ...] = ()
 
 
 class ObservationFailed(Event, frozen=True):
@@ -143,6 +152,18 @@ class DecisionMade(Event, frozen=True):
 class ApprovalGranted(Event, frozen=True):
     decision_id: str
     resource_id: str
+    by: str
+    at: datetime
+
+
+class AdoptionGranted(Event, frozen=True):
+    """A person allows Ovi to take over the existing resource ``identity``
+    (cloud id ``cloud_id``) as the desired ``resource_id`` (``ovi adopt``):
+    the next cycle that finds it unmanaged and ``resource_id`` missing adopts it."""
+
+    resource_id: str
+    identity: str
+    cloud_id: str
     by: str
     at: datetime
 
@@ -242,6 +263,7 @@ OVI_EVENTS: tuple[type[Event], ...] = (
     ActionFailed,
     ActionSkipped,
     CycleFinished,
+    AdoptionGranted,
 )
 
 

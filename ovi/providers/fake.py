@@ -22,7 +22,9 @@ from ovi.model import (
     DesiredResource,
     FieldChange,
     Resource,
+    ResourceType,
     Scope,
+    Unreadable,
 )
 from ovi.providers.base import ProviderError
 
@@ -36,9 +38,12 @@ class FakeProvider:
     """A cloud in a dict (cloud id → resource).
 
     ``latency`` seconds are slept in every call; scopes in ``failing_scopes``
-    fail to observe; ``fail_next`` holds errors raised by the next calls of
-    create/update/delete, in order. Creates are idempotent on the decision id,
-    as an idempotency token makes them in a real cloud.
+    fail to observe; resources whose cloud id is in ``unreadable`` are listed
+    but cannot be read (the value is the error); ``fail_next`` holds errors
+    raised by the next calls of create/update/delete, in order. Creates are
+    idempotent on the decision id, as an idempotency token makes them in a
+    real cloud. Like AWS, buckets and DB instances are named after their
+    desired id (:meth:`natural_id`), instances get ids of the cloud's choosing.
     """
 
     name = "aws"
@@ -47,6 +52,7 @@ class FakeProvider:
         self.resources: Estate = {r.cloud_id: r for r in resources}
         self.latency = latency
         self.failing_scopes: set[Scope] = set()
+        self.unreadable: dict[str, str] = {}
         self.fail_next: list[ProviderError] = []
         self.calls: list[tuple[str, str]] = []
         self.in_flight = 0
@@ -55,7 +61,10 @@ class FakeProvider:
         self._by_decision: dict[str, str] = {}  # decision id → cloud id
 
     def _new_cloud_id(self, desired: DesiredResource) -> str:
-        return f"{desired.type}-{next(self._created):012x}"
+        return self.natural_id(desired) or f"{desired.type}-{next(self._created):012x}"
+
+    def natural_id(self, desired: DesiredResource) -> str | None:
+        return None if desired.type is ResourceType.EC2 else desired.id
 
     def _made_by(self, estate: Estate, decision_id: str) -> Resource | None:
         """What an earlier attempt of this decision created, if anything."""
@@ -78,11 +87,22 @@ class FakeProvider:
         if kind != "observe" and self.fail_next:
             raise self.fail_next.pop(0)
 
-    async def observe(self, scope: Scope) -> Sequence[Resource]:
+    async def observe(self, scope: Scope) -> Sequence[Resource | Unreadable]:
         await self._call("observe", scope.key)
         if scope in self.failing_scopes:
             raise ProviderError(f"cannot observe {scope.key}: injected failure", retryable=True)
-        return await self._state(lambda estate: [r for r in estate.values() if r.scope == scope])
+
+        def listed(estate: Estate) -> list[Resource | Unreadable]:
+            found: list[Resource | Unreadable] = []
+            for r in estate.values():
+                if (r.region, r.type, r.provider) != (scope.region, scope.type, scope.provider):
+                    continue
+                error = self.unreadable.get(r.cloud_id)
+                found.append(Unreadable(r.cloud_id, error) if error is not None
+                             else msgspec.structs.replace(r, id=""))
+            return found
+
+        return await self._state(listed)
 
     async def create(self, desired: DesiredResource, *, decision_id: str, owner: str) -> Resource:
         await self._call("create", desired.id)
@@ -92,6 +112,9 @@ class FakeProvider:
             if existing is not None:
                 return existing
             cloud_id = self._new_cloud_id(desired)
+            if cloud_id in estate:
+                raise ProviderError(f"create {desired.id}: {cloud_id} already exists and this"
+                                    " decision did not create it", code="NameTaken")
             self._by_decision[decision_id] = cloud_id
             tags = {**desired.tags, ID_TAG: desired.id, MANAGED_TAG: "true", OWNER_TAG: owner,
                     DECISION_TAG: decision_id}
@@ -103,6 +126,26 @@ class FakeProvider:
             return resource
 
         return await self._state(create)
+
+    async def adopt(self, desired: DesiredResource, current: Resource, *, decision_id: str,
+                    owner: str) -> Resource:
+        await self._call("adopt", current.cloud_id)
+
+        def adopt(estate: Estate) -> Resource:
+            existing = estate.get(current.cloud_id)
+            if existing is None:
+                raise ProviderError(f"{current.cloud_id} does not exist")
+            for key in (OWNER_TAG, ID_TAG):
+                if existing.tags.get(key) != current.tags.get(key):
+                    raise ProviderError(f"{current.cloud_id}: {key} changed since observed",
+                                        code="ChangedSinceObserved")
+            tags = {**existing.tags, **desired.tags, ID_TAG: desired.id, MANAGED_TAG: "true",
+                    OWNER_TAG: owner, DECISION_TAG: decision_id}
+            adopted = msgspec.structs.replace(existing, tags=tags)
+            estate[current.cloud_id] = adopted
+            return adopted
+
+        return await self._state(adopt)
 
     async def update(
         self, desired: DesiredResource, current: Resource, changes: Sequence[FieldChange]
@@ -148,7 +191,8 @@ class SharedFakeProvider(FakeProvider):
         self.path = Path(path)
 
     def _new_cloud_id(self, desired: DesiredResource) -> str:
-        return f"{desired.type}-{secrets.token_hex(6)}"  # unique across processes
+        # unique across processes
+        return self.natural_id(desired) or f"{desired.type}-{secrets.token_hex(6)}"
 
     def _made_by(self, estate: Estate, decision_id: str) -> Resource | None:
         # Another process may have made it: look at the shared estate itself.
