@@ -190,6 +190,9 @@ class _Backtest:
 
     def _completed(self, position: int, event: ObservationCompleted) -> None:
         members = self.estate.get(event.scope, {})
+        if event.unreadable:  # known, but not read this time: not in the observed set
+            unread = {u.cloud_id for u in event.unreadable}
+            members = {rid: m for rid, m in members.items() if m[0].cloud_id not in unread}
         fingerprints = {rid: fp for rid, (_, fp) in members.items()}
         if len(fingerprints) != event.count or observed_set_digest(fingerprints) != event.digest:
             self.report.digest_mismatches.append(DigestMismatch(
@@ -224,13 +227,15 @@ class _Backtest:
                                   provenance=self.provenance, grants=self.grants)
         decisions = self.maker.decide(diffs, context)
         unknown_keys = {s.key for s in unknown}
+        # Resources listed but unreadable: their findings stay open, undecided.
+        unread = {rid for rid, where in last_seen.items() if where in cycle.unreadable}
         current = {d.resource_id for d in diffs}
         for diff in diffs:
             self.simulated[diff.resource_id] = _Finding(diff.fingerprint,
                                                         detected[diff.resource_id],
                                                         diff.scope.key)
         for gone in [r for r, f in self.simulated.items()
-                     if r not in current and f.scope not in unknown_keys]:
+                     if r not in current and f.scope not in unknown_keys and r not in unread]:
             del self.simulated[gone]
         if self.since is not None and cycle.started_at < self.since:
             return
@@ -239,7 +244,7 @@ class _Backtest:
         report.last_at = cycle.started_at
         new = {d.resource_id: Verdict.of(d) for d in decisions}
         old = {rid: f.verdict for rid, f in self.recorded.items()
-               if f.verdict is not None and f.scope not in unknown_keys}
+               if f.verdict is not None and f.scope not in unknown_keys and rid not in unread}
         differing = set()
         for rid in sorted(new.keys() | old.keys()):
             before, after = old.get(rid), new.get(rid)

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from eventstore import UnknownEvent, parse_timestamp
+from ovi.config import parse_config
 from ovi.events import ActionExecuting, ResourceDisappeared, registry
 from ovi.model import (
     Action,
@@ -25,6 +26,7 @@ from ovi.model import (
     Scope,
     identify,
 )
+from ovi.replay import backtest
 from projections.findings import open_findings
 from tests.ovi.harness import Env, config_text, environment, managed, unmanaged
 from tests.replay.support import replay
@@ -124,6 +126,10 @@ async def test_an_unreadable_resource_is_neither_gone_nor_missing_nor_resolved(
         await env.views.catch_up()
         still_open = await env.views.query(open_findings)
         gone = [e for e in await env.events() if isinstance(e.event, ResourceDisappeared)]
+        # The backtest sees the same: with the recorded config, no difference.
+        same = await backtest(env.store, parse_config(config_text(spec), "same.yaml"))
+    assert same.differences == [] and same.digest_mismatches == []
+    assert same.cycles_replayed == 2
     assert [(d.type, d.resource_id) for d in first.diffs] == [(DiffType.DRIFTED, "logs-0")]
     assert blind.diffs == () and blind.executions == ()
     assert blind.unreadable == (("aws/us-east-1/s3", "logs-0", "AccessDenied (injected)"),)
