@@ -116,3 +116,10 @@ async def test_explain_names_a_given_older_decision(tmp_path: Path) -> None:
     assert chain.decision.decision_id == older and chain.other_decisions
     assert latest.decision.decision_id != older
     assert latest.other_decisions == [older]
+
+
+def test_a_cloud_id_names_the_resource_it_is_known_by(story: Story) -> None:
+    # i-stray is nobody's: known as aws/us-east-1/ec2/i-stray, found by its cloud id.
+    done = replay("timeline", "i-stray", store=story.path)
+    assert done.returncode == 0, done.stderr
+    assert "aws/us-east-1/ec2/i-stray" in done.stdout
