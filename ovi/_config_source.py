@@ -60,12 +60,14 @@ def load_document(text: str, source: str) -> SourceDocument:
     :raises ConfigError: on a YAML syntax error, an empty document, a
         non-mapping top level, or a key given twice.
     """
+    _check_depth(text, source)
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is not None:
             # Before constructing: merge keys (<<) are flattened into the node tree then.
             _check_duplicate_keys(node, source)
+            _check_expansion(node, source)
         data = None if node is None else loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -83,6 +85,57 @@ def load_document(text: str, source: str) -> SourceDocument:
     if not isinstance(data, dict):
         raise doc.error((), "a mapping at the top level")
     return doc
+
+
+#: deepest nesting of mappings and lists a config may have: the real ones use 4
+#: (rules.maintenance_window.days); PyYAML's composer recurses per level.
+MAX_DEPTH = 32
+#: most nodes a document may expand to through aliases (``*a`` repeated, nested)
+MAX_NODES = 100_000
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` before composing: the
+    composer would end in a RecursionError. Reading the events needs no
+    recursion, and their marks say where the nesting went too deep."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark else None
+                    raise ConfigError(source, "", f"mappings and lists nested at most"
+                                      f" {MAX_DEPTH} deep", line=line,
+                                      got=f"more than {MAX_DEPTH} levels")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # reported, with its line, by the real load
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse a document that aliases expand beyond :data:`MAX_NODES` values
+    (``a: &a [x, x]``, ``b: &b [*a, *a]``, … doubles at every line): the
+    composed tree shares the nodes, but validating it would walk every copy."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a node met again inside itself counts once
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        sizes[id(node)] = total = min(total, MAX_NODES + 1)
+        return total
+
+    if size(root) > MAX_NODES:
+        raise ConfigError(source, "", f"at most {MAX_NODES:,} values once aliases (*name)"
+                          " are expanded", line=1, got="more")
 
 
 class SourceDocument:

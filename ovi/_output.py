@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ovi.engine import CycleResult
-from ovi.model import Action, Outcome
+from ovi.model import Action, Decision, Outcome
 
 __all__ = ["result_json", "result_text"]
 
@@ -25,7 +25,8 @@ def result_json(result: CycleResult, *, executions: bool) -> dict[str, Any]:
         "decisions": [
             {"decision_id": d.decision_id, "action": d.action.value,
              "resource_id": d.resource_id, "cloud_id": d.cloud_id, "reason": d.reason,
-             "status": d.status.value}
+             "status": d.status.value,
+             "provenance": d.provenance.value if d.provenance is not None else None}
             for d in result.decisions
         ],
         "failed_scopes": list(result.failed_scopes),
@@ -34,6 +35,8 @@ def result_json(result: CycleResult, *, executions: bool) -> dict[str, Any]:
              "host": p.host, "at": p.at.isoformat()}
             for p in result.paused
         ],
+        "unreadable": [{"scope": scope, "cloud_id": cloud_id, "error": error}
+                       for scope, cloud_id, error in result.unreadable],
     }
     if executions:
         body["executions"] = [
@@ -75,9 +78,16 @@ def _table(rows: Sequence[Sequence[Cell]], paint: _Paint) -> str:
 
 
 _ACTION_COLOUR = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.DELETE: "red",
-                  Action.NOTIFY: "blue"}
+                  Action.NOTIFY: "blue", Action.ADOPT: "yellow"}
 _OUTCOME_COLOUR = {Outcome.EXECUTED: "green", Outcome.FAILED: "red", Outcome.SKIPPED: "dim",
                    Outcome.EXECUTING: "yellow"}
+
+
+def _status(d: Decision) -> str:
+    """A delete's status says where the resource came from, by the log."""
+    if d.provenance is None:
+        return d.status.value
+    return f"{d.status.value} ({d.provenance.value})"
 
 
 def result_text(result: CycleResult, *, executions: bool, colour: bool) -> str:
@@ -88,6 +98,9 @@ def result_text(result: CycleResult, *, executions: bool, colour: bool) -> str:
            + f" · {result.duration:.2f}s"]
     out.extend(paint(f"  observation failed: {scope}: {error} (no decision taken there)", "red")
                for scope, error in result.scope_errors)
+    out.extend(paint(f"  unreadable: {cloud_id} in {scope}: {error} (nothing decided about it)",
+                     "yellow")
+               for scope, cloud_id, error in result.unreadable)
     if result.paused:
         out.append("\npaused (ovi resume lifts it)")
         out.append(_table([((("all" if p.target == "*" else p.target), "bold"),
@@ -101,7 +114,7 @@ def result_text(result: CycleResult, *, executions: bool, colour: bool) -> str:
         out.append("\ndecisions")
         out.append(_table([
             ((d.action.value, _ACTION_COLOUR[d.action]), (d.resource_id, "bold"),
-             (d.status.value, None), (d.decision_id, "dim"), (d.reason, None))
+             (_status(d), None), (d.decision_id, "dim"), (d.reason, None))
             for d in result.decisions
         ], paint))
     if executions and result.executions:

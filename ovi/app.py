@@ -1,15 +1,19 @@
-"""The application layer: what ``plan``, ``apply``, ``approve`` and ``demo`` do,
-shared by every front end. The CLI only parses arguments and prints; the demo
+"""The application layer: what ``plan``, ``apply``, ``approve``, ``adopt`` and
+``demo`` do, shared by every front end. The CLI only parses arguments and prints; the demo
 only narrates.
 """
 
 from __future__ import annotations
 
+import getpass
+import re
+import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+import msgspec
 
 from eventstore import StreamBatch
 from ovi._exceptions import OviError
@@ -19,6 +23,7 @@ from ovi.engine import CycleResult, Engine
 from ovi.events import (
     PAUSE_ALL,
     Actor,
+    AdoptionGranted,
     ApprovalGranted,
     AutomationPaused,
     AutomationResumed,
@@ -30,7 +35,11 @@ from ovi.runtime import Runtime, open_runtime
 from projections.findings import find_decision, open_findings
 from projections.operations import Pause, pause_state
 
-__all__ = ["approve_decision", "pause_automation", "paused_now", "resume_automation", "run_once"]
+__all__ = ["AdoptionTarget", "approve_decision", "grant_adoption", "pause_automation",
+           "paused_now", "resume_automation", "run_once"]
+
+# What a desired id looks like (config names, then -<index>): never a "/".
+_DESIRED_ID = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
 
 
 def _quiet(message: str) -> None:
@@ -160,3 +169,57 @@ async def _decision_in_force(runtime: Runtime, store_path: Path, decision_id: st
         raise OviError(f"decision {decision.decision_id} is no longer in force: the finding"
                        " behind it changed or was resolved (run `ovi plan` again)")
     return decision
+
+
+class AdoptionTarget(msgspec.Struct, frozen=True):
+    """The resource an ``ovi adopt`` grant names, as the log knows it."""
+
+    identity: str
+    cloud_id: str
+    scope: str
+
+
+async def grant_adoption(
+    store_path: Path, resource: str, *, as_id: str, by: str | None = None
+) -> tuple[AdoptionTarget, str]:
+    """Record a person's grant that lets the next cycle adopt the unmanaged
+    ``resource`` (its identity, ``aws/us-east-1/ec2/i-0abc``, or its cloud id)
+    as the desired ``as_id``; returns the resource and who granted it.
+
+    :raises OviError: if there is no log, ``as_id`` is no desired id, or the
+        log knows no such unmanaged resource (one cycle must have seen it).
+    """
+    if not _DESIRED_ID.fullmatch(as_id):
+        raise OviError(f"--as {as_id!r}: expected a desired id like web-0 (lowercase letters,"
+                       " digits and '-', as the config makes them)")
+    if not await anyio.Path(store_path).exists():
+        raise OviError(f"{store_path}: no event log here (run `ovi plan` first)")
+    async with open_runtime(store_path) as runtime:
+        await runtime.views.catch_up()
+        target = await runtime.views.query(lambda db: _adoption_target(db, resource))
+        if target is None:
+            raise OviError(f"no resource {resource!r} in {store_path}: give its identity as"
+                           " `ovi plan` shows it (aws/REGION/TYPE/CLOUD_ID) or its cloud id;"
+                           " a cycle must have observed it")
+        if "/" not in target.identity:
+            raise OviError(f"{resource} is known as {target.identity!r}, not as a resource Ovi"
+                           " does not manage (run `ovi plan` to see it as it is now)")
+        who = by or getpass.getuser()
+        await runtime.store.append(resource_stream(as_id), [AdoptionGranted(
+            resource_id=as_id, identity=target.identity, cloud_id=target.cloud_id, by=who,
+            at=datetime.now(UTC))])
+    return target, who
+
+
+def _adoption_target(db: sqlite3.Connection, text: str) -> AdoptionTarget | None:
+    rows = db.execute(
+        'SELECT resource_id, cloud_id, scope FROM resource_rows WHERE "exists" = 1'
+        " AND (resource_id = ? OR cloud_id = ?) ORDER BY resource_id", (text, text)).fetchall()
+    exact = [r for r in rows if r[0] == text]
+    if exact or len(rows) == 1:
+        row = (exact or rows)[0]
+        return AdoptionTarget(row[0], row[1], row[2])
+    if rows:
+        names = ", ".join(r[0] for r in rows)
+        raise OviError(f"cloud id {text!r} names several resources ({names}): give its identity")
+    return None

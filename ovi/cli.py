@@ -19,7 +19,13 @@ import msgspec
 from eventstore import EventStoreError
 from ovi._exceptions import OviError
 from ovi._output import result_json, result_text
-from ovi.app import approve_decision, pause_automation, resume_automation, run_once
+from ovi.app import (
+    approve_decision,
+    grant_adoption,
+    pause_automation,
+    resume_automation,
+    run_once,
+)
 from ovi.config import parse_duration
 from ovi.engine import CycleResult
 from ovi.events import PAUSE_ALL
@@ -125,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
         store_flag(sub)
         sub.add_argument("--by", default=None, help="who (default: the user name)")
 
+    adopt = commands.add_parser(
+        "adopt", help="let the next cycle take over an existing resource as a desired id")
+    adopt.add_argument("resource", help="its identity as `ovi plan` shows it"
+                       " (aws/REGION/TYPE/CLOUD_ID), or its cloud id")
+    adopt.add_argument("--as", dest="as_id", required=True, metavar="ID",
+                       help="the desired id it becomes (web-0)")
+    store_flag(adopt)
+    adopt.add_argument("--by", default=None, help="who grants it (default: the user name)")
+
     demo = commands.add_parser("demo", help="plan and apply against an embedded AWS emulator")
     demo.add_argument("--dir", type=Path, default=None,
                       help="keep the demo's config and log here (default: a temporary folder)")
@@ -149,6 +164,8 @@ def _print_result(result: CycleResult, *, as_json: bool, executions: bool) -> No
         sys.stdout.write(result_text(result, executions=executions, colour=_tty(sys.stdout)))
     for scope, error in result.scope_errors:
         sys.stderr.write(f"ovi: could not observe {scope}: {error}\n")
+    for scope, cloud_id, error in result.unreadable:
+        sys.stderr.write(f"ovi: could not read {cloud_id} in {scope}: {error}\n")
 
 
 async def _plan(args: argparse.Namespace) -> int:
@@ -223,6 +240,13 @@ async def _resume(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _adopt(args: argparse.Namespace) -> int:
+    target, by = await grant_adoption(args.store, args.resource, as_id=args.as_id, by=args.by)
+    sys.stdout.write(f"granted (by {by}): the next apply adopts {target.identity} as"
+                     f" {args.as_id} if {args.as_id} is desired and not there\n")
+    return 0
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from ovi.demo import run_demo
 
@@ -239,8 +263,8 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return found
 
 
-_COMMANDS = {"plan": _plan, "apply": _apply, "approve": _approve, "run": _run,
-             "pause": _pause, "resume": _resume, "demo": _demo}
+_COMMANDS = {"plan": _plan, "apply": _apply, "approve": _approve, "adopt": _adopt,
+             "run": _run, "pause": _pause, "resume": _resume, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

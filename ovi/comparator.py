@@ -1,17 +1,22 @@
-"""Desired against observed: the four kinds of finding.
+"""Desired against observed: the five kinds of finding.
 
-A pure function of data. Matching is by the ``ovi:id`` tag of resources this
-owner manages, never by cloud id (an S3 bucket named ``web-0`` is not the
-desired ``web-0`` unless it carries the tag). Where observation failed this
-cycle the estate is unknown, so nothing there is reported at all.
+A pure function of data. Observed resources arrive with their identities
+(:func:`ovi.model.identify`): Ovi's own by desired id, everything else by
+``provider/region/type/cloud id``, so an S3 bucket named ``web-0`` is never the
+desired ``web-0``. Where the estate is unknown this cycle (a scope whose
+observation failed, a resource that could not be read, the scope where the
+log last saw a desired id) nothing is reported that depends on it: a desired
+resource is *missing* only when every place it may be was seen in full.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Protocol
+
+import msgspec
 
 from ovi.model import (
     ID_TAG,
@@ -20,6 +25,7 @@ from ovi.model import (
     Diff,
     DiffType,
     FieldChange,
+    Location,
     Resource,
     Scope,
 )
@@ -27,14 +33,37 @@ from ovi.model import (
 if TYPE_CHECKING:
     from ovi.config import Config
 
-__all__ = ["Comparator", "DefaultComparator"]
+__all__ = ["Comparator", "Context", "DefaultComparator"]
+
+
+class Context(msgspec.Struct, frozen=True):
+    """What the comparator knows besides desired and observed; supplied by the engine.
+
+    ``last_seen``: where the log last saw each id existing. ``unreadable``:
+    resources listed this cycle that could not be read. ``natural_ids``: the
+    cloud id a create of a desired id would take, where the cloud names
+    resources after it (an S3 bucket, an RDS identifier). ``grants``: desired
+    id → the identity of an existing resource an operator allowed Ovi to adopt
+    as it (``ovi adopt``). ``restart_owed``: ids of resources an interrupted
+    update of Ovi's stopped and Ovi has not seen running since.
+    """
+
+    last_seen: Mapping[str, Location] = {}
+    unreadable: Collection[Location] = frozenset()
+    natural_ids: Mapping[str, str] = {}
+    grants: Mapping[str, str] = {}
+    restart_owed: Collection[str] = frozenset()
+
+
+_NOTHING_KNOWN = Context()
 
 
 class Comparator(Protocol):
     """Turns desired and observed resources into diffs.
 
     Implementations must be pure and deterministic: the same input gives the
-    same diffs in the same order (by scope key, then resource id).
+    same diffs in the same order (by scope key, then resource id), each
+    resource id at most once.
     """
 
     def compare(
@@ -43,11 +72,11 @@ class Comparator(Protocol):
         observed: Sequence[Resource],
         *,
         unknown_scopes: Collection[Scope] = (),
-        restart_owed: Collection[str] = (),
+        context: Context = _NOTHING_KNOWN,
     ) -> list[Diff]:
         """Every finding, sorted by scope key then resource id. Resources in
         ``unknown_scopes`` (observation failed) get no diff at all. A desired
-        resource in ``restart_owed`` (one an interrupted update of Ovi's
+        resource in ``context.restart_owed`` (one an interrupted update of Ovi's
         stopped, from the log) that is not running drifts in ``status`` only:
         it is started again before anything else is changed."""
         ...
@@ -55,7 +84,7 @@ class Comparator(Protocol):
 
 class DefaultComparator:
     """The rules of docs/architecture.md ("Identity, diffs and decisions"):
-    missing, unwanted, drifted, unmanaged.
+    missing, unwanted, drifted, unmanaged, conflict.
 
     ``owner`` is this Ovi's owner; resources of other owners are unmanaged
     here. Tag keys matching an ``ignore_tags`` glob are never drift.
@@ -76,7 +105,7 @@ class DefaultComparator:
         observed: Sequence[Resource],
         *,
         unknown_scopes: Collection[Scope] = (),
-        restart_owed: Collection[str] = (),
+        context: Context = _NOTHING_KNOWN,
     ) -> list[Diff]:
         """See :meth:`Comparator.compare`."""
         unknown = set(unknown_scopes)
@@ -84,45 +113,93 @@ class DefaultComparator:
         # A desired resource whose home scope is unknown may exist there: any
         # copy seen elsewhere can be neither judged drifted nor unwanted.
         blind = {d.id for d in desired if d.scope in unknown} if unknown else set()
-        ours: defaultdict[str, list[Resource]] = defaultdict(list)
+        seen = [r for r in observed if r.scope not in unknown] if unknown else list(observed)
+        keepers: dict[str, Resource] = {}
+        copies: defaultdict[str, list[Resource]] = defaultdict(list)
+        foreign: list[Resource] = []
         diffs: list[Diff] = []
-        for r in observed:
-            if unknown and r.scope in unknown:
-                continue
-            if r.owner != self.owner:
-                diffs.append(self._unmanaged(r))
-                continue
-            key = r.tags.get(ID_TAG)
-            if key is None:  # ours, but matchable to nothing: never guess from the cloud id
+        for r in seen:
+            tagged = r.tags.get(ID_TAG)
+            if not r.managed_by(self.owner):
+                foreign.append(r)
+            elif tagged is None:  # ours, but matchable to nothing: never guess from the cloud id
                 reason = f"{r.cloud_id} is managed by {self.owner!r} but has no {ID_TAG} tag"
-                diffs.append(_unwanted(r, r.cloud_id, reason))
-            elif key not in blind:
-                ours[key].append(r)
-        for key, copies in ours.items():
-            primary = copies[0]
-            if len(copies) > 1:
-                primary, *duplicates = sorted(copies, key=lambda r: r.cloud_id)
-                diffs.extend(
-                    _unwanted(dup, dup.cloud_id, f"duplicate of {key}") for dup in duplicates
-                )
+                diffs.append(_unwanted(r, reason))
+            elif tagged in blind:
+                continue
+            elif r.id == tagged:
+                keepers[tagged] = r
+            else:
+                copies[tagged].append(r)
+        for key, dups in copies.items():
+            # A copy is unwanted only next to its keeper: when the keeper was
+            # not seen this cycle (its scope failed), nothing destructive.
+            if key in keepers:
+                diffs.extend(_unwanted(d, f"duplicate of {key}") for d in dups)
+        for key, primary in keepers.items():
             want = wanted.get(key)
             if want is None:
                 reason = f"{key} is managed by {self.owner!r} but no longer desired"
-                diffs.append(_unwanted(primary, key, reason))
-            elif key in restart_owed and primary.status not in RUNNING_STATUSES:
+                diffs.append(_unwanted(primary, reason))
+            elif key in context.restart_owed and primary.status not in RUNNING_STATUSES:
                 diffs.append(_restart(want, primary))
             elif changes := self._changes(want, primary):
                 diffs.append(self._drifted(want, primary, changes))
-        diffs.extend(
-            Diff(
-                type=DiffType.MISSING, resource_id=d.id, resource_type=d.type, scope=d.scope,
-                reason=f"{d.id} is desired but was not observed", desired=d,
-            )
-            for d in desired
-            if d.id not in ours and d.id not in blind
-        )
+        paired = self._absent(desired, keepers, copies, foreign, unknown, context, diffs)
+        diffs.extend(self._unmanaged(r) for r in foreign if r.id not in paired)
         diffs.sort(key=lambda d: (d.scope.key, d.resource_id, d.type, d.cloud_id or ""))
         return diffs
+
+    def _absent(
+        self,
+        desired: Sequence[DesiredResource],
+        keepers: Mapping[str, Resource],
+        copies: Mapping[str, list[Resource]],
+        foreign: Sequence[Resource],
+        unknown: Collection[Scope],
+        context: Context,
+        diffs: list[Diff],
+    ) -> set[str]:
+        """Missing and conflicting desired resources; returns the identities of
+        the foreign resources that a conflict reports."""
+        by_id = {r.id: r for r in foreign}
+        by_name = {(r.scope, r.cloud_id): r for r in foreign}
+        unreadable = set(context.unreadable)
+        paired: set[str] = set()
+        for d in desired:
+            if d.id in keepers or d.id in copies or d.scope in unknown:
+                continue
+            last = context.last_seen.get(d.id)
+            if last is not None and (last.scope in unknown or last in unreadable):
+                continue  # it may be where the log last saw it: not known to be missing
+            name = context.natural_ids.get(d.id)
+            if name is not None and Location(d.scope, name) in unreadable:
+                continue  # the resource of its name cannot be read: ours or not, unknown
+            granted = by_id.get(context.grants.get(d.id, ""))
+            holder = granted or (by_name.get((d.scope, name)) if name is not None else None)
+            if holder is not None and holder.id not in paired:
+                paired.add(holder.id)
+                diffs.append(self._conflict(d, holder, granted is not None))
+                continue
+            diffs.append(Diff(
+                type=DiffType.MISSING, resource_id=d.id, resource_type=d.type, scope=d.scope,
+                reason=f"{d.id} is desired but was not observed", desired=d,
+            ))
+        return paired
+
+    def _conflict(self, want: DesiredResource, holder: Resource, granted: bool) -> Diff:
+        whose = (f"belongs to Ovi owner {holder.owner!r}" if holder.owner
+                 else "was not made by Ovi")
+        if granted:
+            reason = f"{want.id} is desired, and adopting {holder.id} as it was granted"
+        else:
+            reason = (f"{want.id} is desired, but {holder.type} {holder.cloud_id} already exists"
+                      f" in {holder.region} and {whose}")
+        return Diff(
+            type=DiffType.CONFLICT, resource_id=want.id, resource_type=want.type,
+            scope=want.scope, reason=reason, cloud_id=holder.cloud_id, desired=want,
+            observed=holder,
+        )
 
     def _changes(self, want: DesiredResource, have: Resource) -> list[FieldChange]:
         tags = have.tags
@@ -171,9 +248,8 @@ class DefaultComparator:
             reason = f"{r.cloud_id} is not managed by Ovi"
         else:
             reason = f"{r.cloud_id} belongs to Ovi owner {r.owner!r}, not {self.owner!r}"
-        # Keyed by cloud id: another owner's ovi:id may equal one of ours.
         return Diff(
-            type=DiffType.UNMANAGED, resource_id=r.cloud_id, resource_type=r.type,
+            type=DiffType.UNMANAGED, resource_id=r.id, resource_type=r.type,
             scope=r.scope, reason=reason, cloud_id=r.cloud_id, observed=r,
         )
 
@@ -190,8 +266,8 @@ def _restart(want: DesiredResource, have: Resource) -> Diff:
     )
 
 
-def _unwanted(r: Resource, resource_id: str, reason: str) -> Diff:
+def _unwanted(r: Resource, reason: str) -> Diff:
     return Diff(
-        type=DiffType.UNWANTED, resource_id=resource_id, resource_type=r.type, scope=r.scope,
+        type=DiffType.UNWANTED, resource_id=r.id, resource_type=r.type, scope=r.scope,
         reason=reason, cloud_id=r.cloud_id, observed=r,
     )

@@ -54,6 +54,9 @@ _PATTERN_WORDS = {
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 _CLOCK = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
 _RESERVED_TAG_PREFIXES = ("ovi:", "aws:")
+#: the most ``rules.max_resources`` may allow: a million desired resources
+#: already take a few hundred MB to hold
+MAX_RESOURCES_LIMIT = 1_000_000
 
 Name = Annotated[str, msgspec.Meta(pattern=_NAME)]
 Region = Annotated[str, msgspec.Meta(pattern=_REGION)]
@@ -112,6 +115,7 @@ class ResourceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     image: Annotated[str, msgspec.Meta(pattern=_IMAGE)] | None = None
     engine: Annotated[str, msgspec.Meta(pattern=_ENGINE)] | None = None
     tags: dict[str, str] = {}
+    adopt: bool = False
 
 
 class Rules(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -122,6 +126,8 @@ class Rules(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     require_approval: bool = True
     grace_period: timedelta = timedelta(minutes=5)
     max_deletes_per_cycle: Annotated[int, msgspec.Meta(ge=0)] = 5
+    max_creates_per_cycle: Annotated[int, msgspec.Meta(ge=0)] = 50
+    max_resources: Annotated[int, msgspec.Meta(ge=1, le=MAX_RESOURCES_LIMIT)] = 1000
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 8
     ignore_tags: tuple[Glob, ...] = ("aws:*",)
     allow_resize: bool = False
@@ -170,6 +176,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
                     image=spec.image,
                     engine=engine,
                     tags=dict(spec.tags),
+                    adopt=spec.adopt,
                 )
                 for j in range(spec.count)
             )
@@ -268,8 +275,26 @@ def _normalise(doc: SourceDocument) -> Any:
     return data
 
 
+def _check_bounds(config: Config, doc: SourceDocument) -> None:
+    """Refuse more desired resources than ``rules.max_resources`` before a
+    single id is built: ``count: 100000000`` would take gigabytes."""
+    limit = config.rules.max_resources
+    total = 0
+    for i, spec in enumerate(config.resources):
+        total += spec.count
+        if total > limit:
+            got = f"{spec.count}" if total == spec.count else \
+                f"{spec.count} (making {total} in all)"
+            raise doc.error(
+                ("resources", i, "count"),
+                f"at most {limit} desired resources in all (rules.max_resources; raise it,"
+                f" up to {MAX_RESOURCES_LIMIT}, to allow more)", got=got,
+            )
+
+
 def _check(config: Config, doc: SourceDocument) -> None:
     """The rules the schema cannot say: per-type fields, uniqueness, tag keys."""
+    _check_bounds(config, doc)
     names: dict[str, int] = {}
     ids: dict[str, int] = {}
     for i, spec in enumerate(config.resources):
@@ -317,6 +342,11 @@ def _check_fields(spec: ResourceSpec, at: tuple[str | int, ...], doc: SourceDocu
         raise doc.error((*at, "image"), f"no image for {spec.type} (only ec2 has one)")
     if spec.engine is not None and spec.type is not ResourceType.RDS:
         raise doc.error((*at, "engine"), f"no engine for {spec.type} (only rds has one)")
+    if spec.adopt and spec.type is ResourceType.EC2:
+        raise doc.error(
+            (*at, "adopt"), "no adopt for ec2 (an instance has no name to match; grant one"
+            " with `ovi adopt <resource> --as <id>`)",
+        )
 
 
 def _check_tags(

@@ -3,9 +3,11 @@
 Base rules (docs/architecture.md, "Identity, diffs and decisions"): missing →
 create; drifted → update, except a change that needs a replacement (type,
 provider, region; size unless ``allow_resize``) → notify; unmanaged → notify;
-unwanted → delete, except blessed → notify and ``skip_destructive`` → notify.
-Policies then hold decisions back (see :mod:`ovi.policies`); they can never
-make one bolder.
+unwanted → delete, except blessed → notify and ``skip_destructive`` → notify;
+conflict → adopt when taking the resource over was asked for (``adopt: true``,
+``ovi adopt``) or the log shows Ovi made it, else notify. A delete carries its
+provenance (did the log see Ovi create or adopt it?). Policies then hold
+decisions back (see :mod:`ovi.policies`); they can never make one bolder.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from typing import TYPE_CHECKING
 
 from ovi._exceptions import PolicyError
 from ovi.config import Rules
-from ovi.model import Action, Decision, DecisionStatus, Diff, DiffType, decision_id_for
+from ovi.model import (
+    Action,
+    Decision,
+    DecisionStatus,
+    Diff,
+    DiffType,
+    Provenance,
+    decision_id_for,
+)
 from ovi.policies import DecisionContext, Policy, default_policies
 
 if TYPE_CHECKING:
@@ -54,19 +64,25 @@ class DecisionMaker:
         return decisions
 
     def _base(self, diff: Diff, ctx: DecisionContext) -> Decision:
-        action, status, rule, reason = self._rule(diff)
+        action, status, rule, reason = self._rule(diff, ctx)
+        provenance = ctx.origin(diff) if action is Action.DELETE else None
+        if provenance is Provenance.UNRECORDED:
+            reason = f"{reason}; the log has no record of Ovi creating or adopting it"
         return Decision(
             decision_id=decision_id_for(diff, action, ctx.detected(diff.resource_id)),
             action=action, resource_id=diff.resource_id, resource_type=diff.resource_type,
             reason=reason, status=status, rule=rule, diff=diff, cloud_id=diff.cloud_id,
+            provenance=provenance,
         )
 
-    def _rule(self, diff: Diff) -> tuple[Action, DecisionStatus, str, str]:
+    def _rule(self, diff: Diff, ctx: DecisionContext) -> tuple[Action, DecisionStatus, str, str]:
         ready, info = DecisionStatus.READY, DecisionStatus.INFORMATIONAL
         if diff.type is DiffType.MISSING:
             return Action.CREATE, ready, "missing→create", diff.reason
         if diff.type is DiffType.UNMANAGED:
             return Action.NOTIFY, info, "unmanaged→notify", diff.reason
+        if diff.type is DiffType.CONFLICT:
+            return _conflict(diff, ctx)
         if diff.type is DiffType.DRIFTED:
             fields = {c.field for c in diff.changes}
             if fields == {"status"}:  # the comparator's word for a start Ovi owes
@@ -86,6 +102,34 @@ class DecisionMaker:
             why = f"{diff.reason}; reported, not deleted (rules.skip_destructive is on)"
             return Action.NOTIFY, info, "skip_destructive", why
         return Action.DELETE, ready, "unwanted→delete", diff.reason
+
+
+def _conflict(diff: Diff, ctx: DecisionContext) -> tuple[Action, DecisionStatus, str, str]:
+    """Adopt the resource in the way when that was asked for or it is Ovi's
+    own (the log says so); otherwise only say how to ask for it."""
+    want, holder = diff.desired, diff.observed
+    notify = (Action.NOTIFY, DecisionStatus.INFORMATIONAL)
+    if want is None or holder is None:
+        return (*notify, "name-conflict", diff.reason)
+    if holder.scope != want.scope:
+        return (*notify, "adoption-elsewhere",
+                f"{diff.reason}; not adopted: {holder.id} is not a {want.type} in"
+                f" {want.region}, where {want.id} is desired")
+    ready = (Action.ADOPT, DecisionStatus.READY)
+    if ctx.grants.get(want.id) == holder.id:
+        return (*ready, "adoption-granted", f"{diff.reason}; taking it over (ovi adopt)")
+    if ctx.provenance.get((want.id, holder.cloud_id)) in (Provenance.CREATED,
+                                                           Provenance.ADOPTED):
+        return (*ready, "own-untagged",
+                f"{diff.reason}; the log shows Ovi made it {want.id}: tagging it again")
+    if want.adopt and holder.owner is None:
+        return (*ready, "adopt", f"{diff.reason}; taking it over (adopt: true)")
+    how = f"ovi adopt {holder.id} --as {want.id}"
+    if holder.owner is not None:
+        hint = f"nothing is touched; to take it over from that owner run: {how}"
+    else:
+        hint = f"nothing is touched; to take it over set adopt: true on its spec, or run: {how}"
+    return (*notify, "name-conflict", f"{diff.reason}; {hint}")
 
 
 def _check_more_cautious(policy: Policy, before: list[Decision], after: list[Decision]) -> None:

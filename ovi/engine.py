@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from eventstore import NO_STREAM, Event, EventStore, StreamBatch
-from ovi.comparator import Comparator, DefaultComparator
+from ovi.comparator import Comparator, Context, DefaultComparator
 from ovi.config import Config
 from ovi.coordinator import Coordinator
 from ovi.decisions import DecisionContext, DecisionMaker
@@ -40,19 +40,23 @@ from ovi.model import (
     Decision,
     Diff,
     Outcome,
+    Provenance,
     ResourceType,
     Scope,
 )
-from ovi.observer import KnownResource, Observation, observe
+from ovi.observer import KnownResource, Observation, observe, recorded_locations
 from ovi.providers.base import Provider
 from ovi.recovery import recover_in_doubt
 from ovi.retry import RetryPolicy
 from projections import ProjectionRunner
 from projections.findings import (
     OpenFinding,
+    adoption_grants,
     approved_decisions,
     latest_config_hash,
     open_findings,
+    provenance,
+    provenance_scopes,
 )
 from projections.operations import Pause, PauseState, pause_state
 from projections.restarts import OwedRestart, owed_restarts
@@ -75,6 +79,7 @@ class CycleResult(msgspec.Struct, frozen=True):
     failed_scopes: tuple[str, ...]
     executions: tuple[Execution, ...] = ()
     scope_errors: tuple[tuple[str, str], ...] = ()  # (scope, why its observation failed)
+    unreadable: tuple[tuple[str, str, str], ...] = ()  # (scope, cloud id, why): nothing decided
     recovered: int = 0
     execution_duration: float = 0.0  # seconds spent claiming and executing
     paused: tuple[Pause, ...] = ()  # the pauses in force when the cycle read its state
@@ -91,6 +96,9 @@ class _State(msgspec.Struct):
     findings: dict[str, OpenFinding]
     approved: frozenset[str]
     config_hash: str | None
+    provenance: dict[tuple[str, str], Provenance]
+    provenance_scopes: set[str]
+    grants: dict[str, str]  # desired id → identity of the resource granted to it
     pauses: PauseState
     restarts: dict[str, OwedRestart] = {}
 
@@ -168,13 +176,23 @@ class Engine:
                 state = await self.views.query(_load_state)
 
         observation = await observe(
-            self.store, self.provider, _scopes(config, state.known), state.known,
-            cycle_id=cycle_id, max_concurrency=concurrency,
+            self.store, self.provider, _scopes(config, state), state.known,
+            cycle_id=cycle_id, max_concurrency=concurrency, owner=config.owner,
         )
         restart_owed = await self._restarts_owed(cycle_id, state.restarts, observation)
+        desired = config.desired_resources()
+        last_seen = recorded_locations(state.known)
+        unreadable = observation.unreadable
+        natural: dict[str, str] = {}
+        for d in desired:
+            name = self.provider.natural_id(d)
+            if name is not None:
+                natural[d.id] = name
         diffs = self._comparator(config).compare(
-            config.desired_resources(), observation.resources,
-            unknown_scopes=tuple(observation.failed), restart_owed=restart_owed,
+            desired, observation.resources, unknown_scopes=tuple(observation.failed),
+            context=Context(last_seen=last_seen, unreadable=frozenset(unreadable),
+                            natural_ids=natural, grants=state.grants,
+                            restart_owed=frozenset(restart_owed)),
         )
         detected_at = {
             d.resource_id: _detected_at(state.findings.get(d.resource_id), d, started)
@@ -182,11 +200,15 @@ class Engine:
         }
         context = DecisionContext(
             now=started, detected_at=detected_at, approved=state.approved,
-            paused={t: p.describe() for t, p in state.pauses.active.items()})
+            paused={t: p.describe() for t, p in state.pauses.active.items()},
+            provenance=state.provenance, grants=state.grants)
         decisions = self._decision_maker(config).decide(diffs, context)
-
+        # Findings about a resource that could not be read stay open: unknown
+        # is not resolved.
+        unreadable_here = set(unreadable)
+        unknown = {rid for rid, where in last_seen.items() if where in unreadable_here}
         await self._record_findings(cycle_id, config_hash, diffs, decisions, state.findings,
-                                    observation, started)
+                                    observation, started, unknown)
         executions: list[Execution] = []
         execution_start = time.perf_counter()
         if execute:
@@ -209,6 +231,8 @@ class Engine:
             decisions=tuple(decisions), diffs=tuple(diffs), failed_scopes=failed,
             executions=tuple(executions), recovered=len(recovered),
             scope_errors=tuple(sorted((s.key, e) for s, e in observation.failed.items())),
+            unreadable=tuple(sorted((s.scope.key, u.cloud_id, u.error)
+                                    for s in observation.scopes.values() for u in s.unreadable)),
             execution_duration=execution_duration,
             paused=tuple(state.pauses.active[t] for t in sorted(state.pauses.active)),
             scope_counts=tuple(sorted((s.key, len(o.resources))
@@ -260,9 +284,11 @@ class Engine:
         findings: dict[str, OpenFinding],
         observation: Observation,
         now: datetime,
+        unknown: set[str],
     ) -> None:
         """Record what is new: findings not already open, decisions whose
-        status moved, and findings that no longer hold."""
+        status moved, and findings that no longer hold (not those of a
+        resource in ``unknown``, which could not be read this cycle)."""
         events: dict[str, list[Event]] = {}
         current = {d.resource_id for d in diffs}
         for diff in diffs:
@@ -274,7 +300,8 @@ class Engine:
                     detected_at=_detected_at(open_finding, diff, now)))
         failed = {s.key for s in observation.failed}
         for resource_id, open_finding in findings.items():
-            if resource_id not in current and open_finding.scope not in failed:
+            if (resource_id not in current and open_finding.scope not in failed
+                    and resource_id not in unknown):
                 events.setdefault(resource_stream(resource_id), []).append(DiffResolved(
                     cycle_id=cycle_id, resource_id=resource_id,
                     fingerprint=open_finding.fingerprint, reason="resolved"))
@@ -320,22 +347,25 @@ def _evidence(diff: Diff, observation: Observation) -> tuple[int, ...]:
     if scope is None:
         return ()
     positions = [scope.completed_position]
-    observed = scope.observed_positions.get(diff.resource_id)
+    # A conflict is about a desired id; the resource it saw has its own.
+    observed = scope.observed_positions.get(
+        diff.observed.id if diff.observed is not None else diff.resource_id)
     if observed is not None:
         positions.insert(0, observed)
     return tuple(positions)
 
 
-def _scopes(config: Config, known: dict[str, dict[str, KnownResource]]) -> list[Scope]:
+def _scopes(config: Config, state: _State) -> list[Scope]:
     """Every type in the config's region (to find unmanaged resources), every
-    scope a spec names, and every scope where resources were seen before (so
-    that unwanted ones elsewhere are found)."""
+    scope a spec names, every scope where resources were seen before (so
+    that unwanted ones elsewhere are found), and every scope where Ovi made
+    something (it may not have been observed yet)."""
     scopes = {Scope(config.provider, config.region, t) for t in ResourceType}
     scopes.update(d.scope for d in config.desired_resources())
-    for key, resources in known.items():
-        if resources:
-            provider, region, type_ = key.split("/", 2)
-            scopes.add(Scope(provider, region, ResourceType(type_)))
+    keys = {key for key, resources in state.known.items() if resources}
+    for key in keys | state.provenance_scopes:
+        provider, region, type_ = key.split("/", 2)
+        scopes.add(Scope(provider, region, ResourceType(type_)))
     return sorted(scopes)
 
 
@@ -348,5 +378,7 @@ def _load_state(db: sqlite3.Connection) -> _State:
     for scope, resource_id, cloud_id, fingerprint, rev in rows:
         known.setdefault(scope, {})[resource_id] = KnownResource(resource_id, cloud_id,
                                                                  fingerprint, rev or 0)
+    grants = {rid: grant.identity for rid, grant in adoption_grants(db).items()}
     return _State(known, open_findings(db), approved_decisions(db), latest_config_hash(db),
-                  pause_state(db), owed_restarts(db))
+                  provenance(db), provenance_scopes(db), grants, pause_state(db),
+                  owed_restarts(db))

@@ -13,7 +13,7 @@ from datetime import datetime
 import msgspec
 
 from eventstore import Event, EventRegistry
-from ovi.model import Action, CycleMode, Decision, Diff, Resource, Scope, SkipReason
+from ovi.model import Action, CycleMode, Decision, Diff, Resource, Scope, SkipReason, Unreadable
 
 __all__ = [
     "OVI_EVENTS",
@@ -25,6 +25,7 @@ __all__ = [
     "ActionFailed",
     "ActionSkipped",
     "Actor",
+    "AdoptionGranted",
     "ApprovalGranted",
     "AutomationPaused",
     "AutomationResumed",
@@ -110,12 +111,17 @@ class ResourceObserved(Event, frozen=True):
 
 
 class ResourceDisappeared(Event, frozen=True):
-    """A resource seen before is no longer in its (successfully observed) scope."""
+    """A resource seen before is no longer in its (successfully observed) scope.
+
+    ``now_known_as`` is set when the resource is still there but known by
+    another identity from now on (adopted; or keyed by cloud id in a log
+    written before identities were ``provider/region/type/cloud id``)."""
 
     cycle_id: str
     scope: Scope
     resource_id: str
     cloud_id: str
+    now_known_as: str | None = None
 
 
 class ObservationCompleted(Event, frozen=True):
@@ -129,6 +135,9 @@ class ObservationCompleted(Event, frozen=True):
     # The log's last position when the provider call started: an action on one
     # of these resources recorded after it is news this observation may miss.
     observed_after: int = 0
+    # Listed but not readable (AccessDenied on their tags): neither counted nor
+    # in the digest, and nothing is decided about them.
+    unreadable: tuple[Unreadable, ...] = ()
 
 
 class ObservationFailed(Event, frozen=True):
@@ -209,6 +218,18 @@ class NotificationSent(Event, frozen=True):
     resource_id: str
     decision_id: str
     sinks: tuple[str, ...]
+    at: datetime
+
+
+class AdoptionGranted(Event, frozen=True):
+    """A person allows Ovi to take over the existing resource ``identity``
+    (cloud id ``cloud_id``) as the desired ``resource_id`` (``ovi adopt``):
+    the next cycle that finds it unmanaged and ``resource_id`` missing adopts it."""
+
+    resource_id: str
+    identity: str
+    cloud_id: str
+    by: str
     at: datetime
 
 
@@ -349,6 +370,7 @@ OVI_EVENTS: tuple[type[Event], ...] = (
     AutomationPaused,
     AutomationResumed,
     NotificationSent,
+    AdoptionGranted,
 )
 
 

@@ -383,6 +383,9 @@ class Executor:
         if decision.action == Action.CREATE and diff.desired is not None:
             return await self.provider.create(diff.desired, decision_id=decision.decision_id,
                                               owner=owner, attempt=attempt)
+        if decision.action == Action.ADOPT and diff.desired is not None and diff.observed:
+            return await self.provider.adopt(diff.desired, diff.observed,
+                                             decision_id=decision.decision_id, owner=owner)
         if decision.action == Action.UPDATE and diff.desired is not None and diff.observed:
             return await self.provider.update(diff.desired, diff.observed, diff.changes)
         if decision.action == Action.DELETE and diff.observed is not None:

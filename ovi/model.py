@@ -6,6 +6,8 @@ No I/O and no clock here: everything that needs the time is passed it.
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
 
@@ -26,12 +28,17 @@ __all__ = [
     "Diff",
     "DiffType",
     "FieldChange",
+    "Location",
     "Outcome",
+    "Provenance",
     "Resource",
     "ResourceType",
     "Scope",
     "SkipReason",
+    "Unreadable",
     "decision_id_for",
+    "foreign_key",
+    "identify",
     "observed_set_digest",
     "resource_fingerprint",
 ]
@@ -56,6 +63,9 @@ class DiffType(StrEnum):
     UNWANTED = "unwanted"  # observed, managed by us, not desired
     DRIFTED = "drifted"  # desired and observed, differing
     UNMANAGED = "unmanaged"  # observed, not managed by us, not desired
+    # desired, not observed as ours, and a resource Ovi does not manage holds
+    # its place: the name a create would take, or an operator's adoption grant
+    CONFLICT = "conflict"
 
 
 class Action(StrEnum):
@@ -63,6 +73,15 @@ class Action(StrEnum):
     UPDATE = "update"
     DELETE = "delete"
     NOTIFY = "notify"
+    ADOPT = "adopt"  # tag an existing resource as Ovi's (explicitly asked for)
+
+
+class Provenance(StrEnum):
+    """What the log says about where a resource came from (for deletes)."""
+
+    CREATED = "created"  # an executed create of this id made it (recovered ones count)
+    ADOPTED = "adopted"  # an executed adoption made it Ovi's
+    UNRECORDED = "unrecorded"  # tagged as Ovi's, but the log never saw Ovi make it so
 
 
 class CycleMode(StrEnum):
@@ -91,7 +110,7 @@ class DecisionStatus(StrEnum):
     AWAITING_APPROVAL = "awaiting_approval"
     GRACE_PERIOD = "grace_period"  # unwanted, but not for long enough yet
     MAINTENANCE_WINDOW = "maintenance_window"  # destructive, outside the window
-    CAPPED = "capped"  # over max_deletes_per_cycle
+    CAPPED = "capped"  # over max_deletes_per_cycle or max_creates_per_cycle
     PAUSED = "paused"  # automation paused on the resource or the whole estate (ovi pause)
 
 
@@ -136,7 +155,11 @@ class Scope(msgspec.Struct, frozen=True, order=True, gc=False):
 class Resource(msgspec.Struct, frozen=True, gc=False):
     """A resource as observed in the cloud.
 
-    ``id`` is the ``ovi:id`` tag for resources Ovi manages, else the cloud id.
+    ``id`` is its identity (see :func:`identify`): the desired id for Ovi's
+    own, :func:`foreign_key` for anything else. Providers leave it empty; the
+    observer assigns it, in one place, for every scope of a cycle at once.
+    ``created_at`` is when the cloud says it was made (EC2 LaunchTime, RDS
+    InstanceCreateTime, S3 CreationDate), if it says.
     """
 
     id: str
@@ -147,6 +170,7 @@ class Resource(msgspec.Struct, frozen=True, gc=False):
     size: str | None = None
     status: str = ""
     tags: dict[str, str] = {}
+    created_at: datetime | None = None
 
     @property
     def scope(self) -> Scope:
@@ -154,21 +178,99 @@ class Resource(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def owner(self) -> str | None:
-        """The owning Ovi: ``ovi:owner``, else "ovi" when only ``ovi:managed=true``."""
-        owner = self.tags.get(OWNER_TAG)
-        if owner:
-            return owner
-        if self.tags.get(MANAGED_TAG) == "true":
-            return "ovi"
-        return None
+        """The ``ovi:owner`` tag, if any (``ovi:managed`` alone names no owner)."""
+        return self.tags.get(OWNER_TAG) or None
 
-    @property
-    def managed(self) -> bool:
-        return self.owner is not None
+    def managed_by(self, owner: str) -> bool:
+        """Is this resource ``owner``'s? Only its ``ovi:owner`` tag says so."""
+        return self.tags.get(OWNER_TAG) == owner
 
     @property
     def blessed(self) -> bool:
         return self.tags.get(BLESSED_TAG) == "true"
+
+    @property
+    def key(self) -> str:
+        """:func:`foreign_key` of this resource."""
+        return foreign_key(self.provider, self.region, self.type, self.cloud_id)
+
+
+class Location(msgspec.Struct, frozen=True, gc=False):
+    """Where a resource is: its scope and cloud id."""
+
+    scope: Scope
+    cloud_id: str
+
+
+class Unreadable(msgspec.Struct, frozen=True, gc=False):
+    """A resource a provider listed but could not read (its tags, say): its
+    owner and id are unknown, so nothing is decided about it."""
+
+    cloud_id: str
+    error: str
+
+
+def foreign_key(provider: str, region: str, type_: ResourceType | str, cloud_id: str) -> str:
+    """The identity of a resource that is not one of Ovi's own:
+    ``aws/us-east-1/s3/web-0``. No desired id can equal it (those have no ``/``)."""
+    return f"{provider}/{region}/{type_}/{cloud_id}"
+
+
+def _age(resource: Resource) -> tuple[bool, datetime | None, str]:
+    """Oldest first; a resource whose creation time is unknown counts as newest."""
+    return (resource.created_at is None, resource.created_at, resource.cloud_id)
+
+
+def identify(
+    observed: Iterable[Resource],
+    *,
+    owner: str,
+    recorded: Mapping[str, Location] = {},
+    complete: Collection[Scope] | None = None,
+    unreadable: Collection[Location] = (),
+) -> list[Resource]:
+    """Give every observed resource its identity (``Resource.id``), across all
+    scopes of a cycle at once.
+
+    A resource ``owner`` manages (``ovi:owner`` equal to it) that carries an
+    ``ovi:id`` is known by that desired id; everything else by
+    :func:`foreign_key`. When several copies carry one ``ovi:id``, one keeps
+    it: the copy the log recorded under it (``recorded``: where the log last
+    saw each id), else the oldest (creation time, then cloud id). The others
+    are known by their foreign keys. When the recorded copy could not be seen
+    this cycle (its scope is not in ``complete``, the scopes observed in full;
+    or it is ``unreadable``), none of the copies takes the id: the keeper is
+    elsewhere, unseen. ``complete=None`` means every scope was observed.
+    """
+    resources = list(observed)
+    claims: defaultdict[str, list[int]] = defaultdict(list)
+    ids: list[str | None] = [None] * len(resources)
+    for i, r in enumerate(resources):
+        tags = r.tags
+        desired_id = tags.get(ID_TAG)
+        if desired_id and tags.get(OWNER_TAG) == owner:
+            claims[desired_id].append(i)
+    blind = set(unreadable)
+    for desired_id, copies in claims.items():
+        where = recorded.get(desired_id)
+        keeper: int | None = None
+        if where is not None:
+            if where in blind or (complete is not None and where.scope not in complete):
+                continue  # the recorded copy may still be there: nobody else takes its id
+            place = where.scope
+            keeper = next((i for i in copies if resources[i].cloud_id == where.cloud_id
+                           and resources[i].region == place.region
+                           and resources[i].type == place.type
+                           and resources[i].provider == place.provider), None)
+        if keeper is None:
+            keeper = copies[0] if len(copies) == 1 else min(
+                copies, key=lambda i: _age(resources[i]))
+        ids[keeper] = desired_id
+    out: list[Resource] = []
+    for r, assigned in zip(resources, ids, strict=True):
+        identity = assigned if assigned is not None else r.key
+        out.append(r if r.id == identity else msgspec.structs.replace(r, id=identity))
+    return out
 
 
 class DesiredResource(msgspec.Struct, frozen=True, gc=False):
@@ -182,6 +284,7 @@ class DesiredResource(msgspec.Struct, frozen=True, gc=False):
     image: str | None = None
     engine: str | None = None
     tags: dict[str, str] = {}  # declared tags only (not ovi:*)
+    adopt: bool = False  # the spec's ``adopt: true``: take over an existing resource of its name
 
     @property
     def scope(self) -> Scope:
@@ -239,6 +342,8 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     rule: str  # the rule or policy that produced the action/status
     diff: Diff
     cloud_id: str | None = None
+    # For a delete: whether the log saw Ovi create or adopt the resource.
+    provenance: Provenance | None = None
 
 
 def decision_id_for(diff: Diff, action: Action, detected_at: datetime) -> str:

@@ -5,6 +5,11 @@ it can hold a ``READY`` decision back (grace period, approval, maintenance
 window, blast-radius cap, a pause) and say why, but it never releases a held decision,
 never changes an action and never turns a notify into an action. The
 :class:`~ovi.decisions.DecisionMaker` enforces that contract.
+
+Three policies are always in the chain, whatever the rules switch off: a
+delete of a resource the log never saw Ovi create or adopt waits for a
+person's approval (:class:`UnrecordedOrigin`), and both deletes and creates
+are capped per cycle (:class:`BlastRadius`, :class:`CreateCap`).
 """
 
 from __future__ import annotations
@@ -17,17 +22,19 @@ import msgspec
 
 from ovi.config import Rules, TimeWindow
 from ovi.events import PAUSE_ALL
-from ovi.model import Action, Decision, DecisionStatus
+from ovi.model import ID_TAG, Action, Decision, DecisionStatus, Diff, Provenance
 
 __all__ = [
     "ApprovalForSizes",
     "BlastRadius",
+    "CreateCap",
     "DecisionContext",
     "GracePeriod",
     "MaintenanceWindow",
     "Paused",
     "Policy",
     "RequireApproval",
+    "UnrecordedOrigin",
     "default_policies",
     "hold",
 ]
@@ -40,17 +47,35 @@ class DecisionContext(msgspec.Struct, frozen=True):
     recorded in the log (a finding new this cycle is absent or ``now``);
     ``approved`` holds the decision ids with a valid approval; ``paused``
     maps a paused target (a resource id, or ``*`` for the whole estate) to
-    why, in words.
+    why, in words. ``provenance`` maps (resource id, cloud id) to how the log
+    saw Ovi come to own it (an executed create or adoption); ``grants`` maps a
+    desired id to the identity of the existing resource an operator allowed
+    Ovi to adopt as it.
     """
 
     now: datetime
     detected_at: Mapping[str, datetime] = {}
     approved: frozenset[str] = frozenset()
     paused: Mapping[str, str] = {}
+    provenance: Mapping[tuple[str, str], Provenance] = {}
+    grants: Mapping[str, str] = {}
 
     def detected(self, resource_id: str) -> datetime:
         """When the finding behind ``resource_id`` was first recorded."""
         return self.detected_at.get(resource_id, self.now)
+
+    def origin(self, diff: Diff) -> Provenance:
+        """How the resource ``diff`` observed came to be Ovi's, by the log: made
+        under the diff's id, or under the ``ovi:id`` it carries (a duplicate
+        Ovi created is still Ovi's)."""
+        observed = diff.observed
+        if observed is None:
+            return Provenance.UNRECORDED
+        for resource_id in (diff.resource_id, observed.tags.get(ID_TAG)):
+            found = self.provenance.get((resource_id or "", observed.cloud_id))
+            if found is not None:
+                return found
+        return Provenance.UNRECORDED
 
 
 class Policy(Protocol):
@@ -137,6 +162,26 @@ class RequireApproval:
         ]
 
 
+class UnrecordedOrigin:
+    """A delete of a resource the log has no record of Ovi creating or
+    adopting waits for a person's approval, whatever ``require_approval``
+    says: tags alone (anyone can write them) never make a resource Ovi's to
+    delete."""
+
+    name = "unrecorded_origin"
+
+    def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
+        """Hold deletes of unrecorded provenance that have no approval."""
+        return [
+            hold(d, DecisionStatus.AWAITING_APPROVAL, self.name,
+                 f"needs a person's approval: ovi approve {d.decision_id}")
+            if _ready(d, Action.DELETE) and d.provenance is not Provenance.CREATED
+            and d.provenance is not Provenance.ADOPTED and d.decision_id not in ctx.approved
+            else d
+            for d in decisions
+        ]
+
+
 class ApprovalForSizes:
     """Creating a resource of one of ``sizes``, or resizing one to it, waits for
     an approval (expensive sizes are a human's call)."""
@@ -198,6 +243,21 @@ def _disruptive(decision: Decision) -> bool:
         c.field == "size" for c in decision.diff.changes)
 
 
+def _cap(decisions: list[Decision], action: Action, limit: int, rule: str,
+         why: str) -> list[Decision]:
+    """Hold the ready decisions of ``action`` beyond ``limit``, chosen in a
+    fixed order (scope key, resource id) so every instance agrees."""
+    ready = sorted(
+        (i for i, d in enumerate(decisions) if _ready(d, action)),
+        key=lambda i: (decisions[i].diff.scope.key, decisions[i].resource_id),
+    )
+    capped = set(ready[limit:])
+    return [
+        hold(d, DecisionStatus.CAPPED, rule, why) if i in capped else d
+        for i, d in enumerate(decisions)
+    ]
+
+
 class BlastRadius:
     """At most ``limit`` deletes are ready in one cycle; the rest are capped,
     chosen in a fixed order (scope key, resource id) so every instance agrees."""
@@ -209,23 +269,32 @@ class BlastRadius:
 
     def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
         """Cap the ready deletes beyond the limit."""
-        ready = sorted(
-            (i for i, d in enumerate(decisions) if _ready(d, Action.DELETE)),
-            key=lambda i: (decisions[i].diff.scope.key, decisions[i].resource_id),
-        )
-        capped = set(ready[self.limit:])
-        why = f"over the cap of {self.limit} deletes per cycle"
-        return [
-            hold(d, DecisionStatus.CAPPED, self.name, why) if i in capped else d
-            for i, d in enumerate(decisions)
-        ]
+        return _cap(decisions, Action.DELETE, self.limit, self.name,
+                    f"over the cap of {self.limit} deletes per cycle")
+
+
+class CreateCap:
+    """At most ``limit`` creates are ready in one cycle (a typo in ``count``
+    must not launch a thousand instances at once); the rest wait for the next
+    cycles, chosen in the same fixed order as capped deletes."""
+
+    name = "create_cap"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
+        """Cap the ready creates beyond the limit."""
+        return _cap(decisions, Action.CREATE, self.limit, self.name,
+                    f"over the cap of {self.limit} creates per cycle: waits for the next cycle")
 
 
 def default_policies(rules: Rules) -> list[Policy]:
     """The chain the rules ask for, in order: pauses (always), grace period,
-    approval, approval for sizes, maintenance window, blast radius (last, so it
-    counts only the deletes that would really run)."""
-    chain: list[Policy] = [Paused(), GracePeriod(rules.grace_period)]
+    approval for a delete of unrecorded provenance (always), approval, approval
+    for sizes, maintenance window, the caps on deletes and creates (always;
+    last, so they count only what would really run)."""
+    chain: list[Policy] = [Paused(), GracePeriod(rules.grace_period), UnrecordedOrigin()]
     if rules.require_approval:
         chain.append(RequireApproval())
     if rules.approval_for_sizes:
@@ -233,4 +302,5 @@ def default_policies(rules: Rules) -> list[Policy]:
     if rules.maintenance_window is not None:
         chain.append(MaintenanceWindow(rules.maintenance_window))
     chain.append(BlastRadius(rules.max_deletes_per_cycle))
+    chain.append(CreateCap(rules.max_creates_per_cycle))
     return chain

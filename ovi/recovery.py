@@ -4,8 +4,12 @@ An ``ActionExecuting`` without an outcome means the process died between the
 write-ahead record and the outcome. At start-up each such action (unless its
 claim is still held by a live instance) is checked against reality:
 
-- a create whose resource now exists (found by its ``ovi:decision`` tag) and
-  a delete whose resource is gone get ``ActionExecuted`` (recovered);
+- a create whose resource now exists (found by its ``ovi:decision`` tag; or,
+  for a resource named after its desired id like an S3 bucket, one of that
+  name with no tags at all made after the write-ahead record: the crash fell
+  between the create and its tagging), an adoption whose resource carries the
+  decision's tag and a delete whose resource is gone get ``ActionExecuted``
+  (recovered);
 - an update whose write-ahead says the resource was running (a resize stops
   it) first has the resource started again if it is not running: a crash
   between stop and start must not leave it stopped. An update whose every
@@ -13,7 +17,8 @@ claim is still held by a live instance) is checked against reality:
 - everything else gets ``ActionFailed`` (interrupted) and the next cycle
   decides afresh. A create is therefore never made twice, and if starting a
   stopped resource fails here, the start is still owed (the restarts
-  projection) and a later cycle makes it.
+  projection) and a later cycle makes it. An action whose resource is listed
+  but unreadable stays in doubt.
 
 The claims are kept (renewed) while recovery works: starting an instance and
 waiting for it may take longer than a claim lives.
@@ -22,8 +27,9 @@ waiting for it may take longer than a claim lives.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
-from eventstore import EventStore, StreamBatch, WrongExpectedVersion
+from eventstore import EventStore, RecordedEvent, StreamBatch, WrongExpectedVersion
 from ovi.coordinator import Coordinator
 from ovi.events import ActionExecuted, ActionExecuting, ActionFailed, resource_stream
 from ovi.model import (
@@ -34,6 +40,7 @@ from ovi.model import (
     FieldChange,
     Outcome,
     Resource,
+    Unreadable,
 )
 from ovi.providers.base import Provider, ProviderError
 from projections import ProjectionRunner
@@ -69,9 +76,9 @@ async def recover_in_doubt(
             claim = claimed.held.get(resource_id)
             if claim is None:
                 continue  # a live instance is on it
-            executing = await _write_ahead(store, outcome)
+            written = await _write_ahead(store, outcome)
             try:
-                event = await _resolve(provider, outcome, executing, cycle_id)
+                event = await _resolve(provider, outcome, written, cycle_id)
             except ProviderError:
                 await coordinator.release(claim)
                 continue
@@ -84,30 +91,46 @@ async def recover_in_doubt(
     return resolved
 
 
-async def _write_ahead(store: EventStore, outcome: DecisionOutcome) -> ActionExecuting | None:
-    """The ``ActionExecuting`` left in doubt (the decision's last outcome)."""
+# S3 creation dates have whole seconds, and AWS's clock is not ours.
+_CLOCK_SLACK = timedelta(seconds=1)
+
+
+async def _write_ahead(store: EventStore, outcome: DecisionOutcome) -> RecordedEvent | None:
+    """The ``ActionExecuting`` left in doubt (the decision's last outcome), as recorded."""
     if outcome.rev is None:
         return None
-    async for recorded in store.read(after=outcome.rev - 1, until=outcome.rev):
+    async for recorded in store.read(after=outcome.rev - 1, until=outcome.rev, limit=1):
         if isinstance(recorded.event, ActionExecuting):
-            return recorded.event
+            return recorded
     return None
 
 
 async def _resolve(provider: Provider, outcome: DecisionOutcome,
-                   executing: ActionExecuting | None, cycle_id: str
+                   written: RecordedEvent | None, cycle_id: str
                    ) -> ActionExecuted | ActionFailed:
     decision = outcome.decision
     token = outcome.token or 0
+    executing: ActionExecuting | None = written.event if written is not None else None
+    began = written.recorded_at if written is not None else None
     attempt = executing.create_attempt if executing is not None else 1
-    found = await provider.observe(decision.diff.scope)
+    listed = await provider.observe(decision.diff.scope)
+    found = [r for r in listed if isinstance(r, Resource)]
+    desired = decision.diff.desired
+    name = provider.natural_id(desired) if desired is not None else None
+    targets = {decision.cloud_id, name} - {None}
+    if any(isinstance(u, Unreadable) and u.cloud_id in targets for u in listed):
+        raise ProviderError(f"{decision.resource_id}: cannot be read now: stays in doubt")
     why = ("interrupted: the process stopped before recording the outcome, and the cloud does"
            " not show it done")
-    if decision.action == Action.CREATE:
+    match: Resource | None
+    if decision.action in (Action.CREATE, Action.ADOPT):
         # Only what this decision made counts: another owner's resource may
         # carry the same ovi:id.
         match = next((r for r in found if r.tags.get(DECISION_TAG) == decision.decision_id),
                      None)
+        if match is None and decision.action is Action.CREATE and name is not None:
+            match = next((r for r in found if r.cloud_id == name and _made_by_us(r, began)),
+                         None)
         done = match is not None
     else:
         match = next((r for r in found if r.cloud_id == decision.cloud_id), None)
@@ -156,3 +179,15 @@ def _in_effect(changes: Sequence[FieldChange], resource: Resource) -> bool:
         if not ok:
             return False
     return True
+
+
+def _made_by_us(resource: Resource, began: datetime | None) -> bool:
+    """Did the interrupted create make ``resource`` (of the name it was to
+    take) before it could tag it? Only if it has no tags of its own and was
+    made after the write-ahead record (no earlier than its clock allows): the
+    create decision was taken on an observation that did not show it, so it
+    is not one that was there before."""
+    if began is None or resource.created_at is None:
+        return False
+    own = [k for k in resource.tags if not k.startswith("aws:")]
+    return not own and resource.created_at >= began - _CLOCK_SLACK

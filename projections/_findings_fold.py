@@ -14,8 +14,14 @@ from datetime import datetime
 import msgspec
 
 from eventstore import RecordedEvent, format_timestamp
-from ovi.events import ActionExecuting, ActionFailed, ActionSkipped, stream_resource
-from ovi.model import Outcome, Scope
+from ovi.events import (
+    ActionExecuted,
+    ActionExecuting,
+    ActionFailed,
+    ActionSkipped,
+    stream_resource,
+)
+from ovi.model import Action, Outcome, Provenance, Scope
 
 __all__ = ["DecisionMadeView", "FindingsFold"]
 
@@ -37,11 +43,16 @@ class _Detected(msgspec.Struct, gc=False):
 _decode_detected = msgspec.json.Decoder(_Detected).decode
 
 
+class _DecisionDiffView(msgspec.Struct, gc=False):
+    scope: Scope
+
+
 class _DecisionView(msgspec.Struct, gc=False):
     decision_id: str
     action: str
     resource_id: str
     status: str
+    diff: _DecisionDiffView
 
 
 class DecisionMadeView(msgspec.Struct, gc=False):
@@ -58,7 +69,8 @@ class DecisionMadeView(msgspec.Struct, gc=False):
 _Finding = list[object]
 
 _UPSERT_DECISION = (
-    "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL)"
+    "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL,"
+    " ?)"
     " ON CONFLICT (decision_id) DO UPDATE SET status = excluded.status,"
     " rule = excluded.rule, cycle_id = excluded.cycle_id,"
     " config_hash = excluded.config_hash, last_rev = excluded.last_rev"
@@ -72,6 +84,7 @@ _RECORD_OUTCOME = (
     " WHERE decision_id = ? AND (outcome IS NOT 'executing' OR ? = 'executing'"
     "  OR (? <> 'skipped' AND outcome_token = ?))"
 )
+_ORIGINS = {Action.CREATE: Provenance.CREATED, Action.ADOPT: Provenance.ADOPTED}
 _OUTCOMES = {"ActionSkipped": Outcome.SKIPPED, "ActionExecuting": Outcome.EXECUTING,
              "ActionExecuted": Outcome.EXECUTED, "ActionFailed": Outcome.FAILED}
 
@@ -110,6 +123,10 @@ class FindingsFold:
             self._decided(event, rev)
         elif type_ in _OUTCOMES:
             self._outcome(recorded, _OUTCOMES[type_])
+        elif type_ == "AdoptionGranted":
+            self._db.execute("INSERT OR REPLACE INTO adoption_grants VALUES (?, ?, ?, ?, ?, ?)",
+                             (event.resource_id, event.identity, event.cloud_id, event.by,
+                              self._text(event.at), rev))
         elif type_ == "ApprovalGranted":
             self._db.execute("INSERT OR REPLACE INTO approvals VALUES (?, ?, ?, ?, ?)",
                              (event.decision_id, event.resource_id, event.by,
@@ -166,7 +183,7 @@ class FindingsFold:
         first = rev if row is None else row[7]
         self._decisions[decision.decision_id] = [
             decision.decision_id, resource_id, decision.action, decision.status, event.rule,
-            event.cycle_id, event.config_hash, first, rev]
+            event.cycle_id, event.config_hash, first, rev, decision.diff.scope.key]
 
     def _outcome(self, recorded: RecordedEvent, outcome: Outcome) -> None:
         event = recorded.event
@@ -187,6 +204,19 @@ class FindingsFold:
         self._db.execute(_RECORD_OUTCOME, (
             outcome, reason, recorded.position, recorded.instance_id, token, retryable,
             event.decision_id, outcome, outcome, token))
+        origin = _ORIGINS.get(event.action)
+        if isinstance(event, ActionExecuted) and origin is not None and event.cloud_id:
+            self._provenance(event, origin, recorded.position)
+
+    def _provenance(self, event: ActionExecuted, origin: Provenance, rev: int) -> None:
+        row = self._db.execute("SELECT scope FROM decisions WHERE decision_id = ?",
+                               (event.decision_id,)).fetchone()
+        self._db.execute("INSERT OR REPLACE INTO provenance VALUES (?, ?, ?, ?, ?, ?)",
+                         (event.resource_id, event.cloud_id, origin, event.decision_id,
+                          row[0] if row is not None else "", rev))
+        if origin is Provenance.ADOPTED:  # the grant, if any, is used up
+            self._db.execute("DELETE FROM adoption_grants WHERE resource_id = ?",
+                             (event.resource_id,))
 
     def _write_decisions(self) -> None:
         if self._decisions:

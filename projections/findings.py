@@ -10,6 +10,9 @@ Tables::
               outcome_retryable)  -- outcome: skipped | executing | executed | failed
     approvals(decision_id PK, resource_id, by, at, rev)
     config_versions(config_hash PK, first_rev, last_rev, source)
+    provenance(resource_id, cloud_id, origin, decision_id, scope, rev,
+               PK (resource_id, cloud_id))  -- origin: created | adopted
+    adoption_grants(resource_id PK, identity, cloud_id, by, at, rev)
 
 ``findings`` holds each resource's latest finding: open, or how it was closed
 (``superseded`` by a newer one, or the resolution's reason); earlier ones are
@@ -19,6 +22,11 @@ copying it: a finding's diff is the ``DiffDetected`` event at
 and ``decision_rev`` is the last decision made about the resource while its
 finding was open. The queries read those events from the log's ``events``
 table, in the same file.
+
+``provenance`` is what the log says Ovi made its own: every executed create
+(recovered ones too) and adoption, with the decision's scope. A delete of
+anything else waits for a person. ``adoption_grants`` holds the ``ovi adopt``
+grants not used yet (an executed adoption of that id uses it up).
 """
 
 from __future__ import annotations
@@ -31,19 +39,23 @@ from typing import Any, ClassVar
 import msgspec
 
 from eventstore import RecordedEvent, parse_timestamp
-from ovi.model import Decision, Outcome
+from ovi.model import Decision, Outcome, Provenance
 from projections._findings_fold import DecisionMadeView, FindingsFold
 from projections._projection import Projection
 
 __all__ = [
+    "AdoptionGrant",
     "DecisionOutcome",
     "FindingsProjection",
     "OpenFinding",
+    "adoption_grants",
     "approved_decisions",
     "decision_outcomes",
     "find_decision",
     "latest_config_hash",
     "open_findings",
+    "provenance",
+    "provenance_scopes",
 ]
 
 class _MadeDecision(msgspec.Struct, gc=False):
@@ -74,11 +86,13 @@ class OpenFinding(msgspec.Struct, frozen=True):
 
 class FindingsProjection(Projection):
     name: ClassVar[str] = "findings"
-    schema_version: ClassVar[int] = 3
-    tables: ClassVar[tuple[str, ...]] = ("findings", "decisions", "approvals", "config_versions")
+    schema_version: ClassVar[int] = 4
+    tables: ClassVar[tuple[str, ...]] = ("findings", "decisions", "approvals", "config_versions",
+                                         "provenance", "adoption_grants")
     event_types: ClassVar[frozenset[str] | None] = frozenset(
         {"DiffDetected", "DiffResolved", "DecisionMade", "ApprovalGranted", "ConfigLoaded",
-         "ActionSkipped", "ActionExecuting", "ActionExecuted", "ActionFailed"}
+         "ActionSkipped", "ActionExecuting", "ActionExecuted", "ActionFailed",
+         "AdoptionGranted"}
     )
     event_views: ClassVar[Mapping[str, type[Any]]] = {
         "DiffDetected": bytes, "DecisionMade": DecisionMadeView}
@@ -113,7 +127,8 @@ class FindingsProjection(Projection):
                 outcome_rev       INTEGER,
                 outcome_instance  TEXT,
                 outcome_token     INTEGER,
-                outcome_retryable INTEGER
+                outcome_retryable INTEGER,
+                scope             TEXT NOT NULL
             ) WITHOUT ROWID"""
         )
         db.execute("CREATE INDEX decisions_outcome ON decisions (outcome, outcome_rev)"
@@ -122,6 +137,27 @@ class FindingsProjection(Projection):
             """CREATE TABLE approvals (
                 decision_id TEXT PRIMARY KEY,
                 resource_id TEXT NOT NULL,
+                by          TEXT NOT NULL,
+                at          TEXT NOT NULL,
+                rev         INTEGER NOT NULL
+            )"""
+        )
+        db.execute(
+            """CREATE TABLE provenance (
+                resource_id TEXT NOT NULL,
+                cloud_id    TEXT NOT NULL,
+                origin      TEXT NOT NULL,
+                decision_id TEXT NOT NULL,
+                scope       TEXT NOT NULL,
+                rev         INTEGER NOT NULL,
+                PRIMARY KEY (resource_id, cloud_id)
+            ) WITHOUT ROWID"""
+        )
+        db.execute(
+            """CREATE TABLE adoption_grants (
+                resource_id TEXT PRIMARY KEY,
+                identity    TEXT NOT NULL,
+                cloud_id    TEXT NOT NULL,
                 by          TEXT NOT NULL,
                 at          TEXT NOT NULL,
                 rev         INTEGER NOT NULL
@@ -224,3 +260,35 @@ def latest_config_hash(db: sqlite3.Connection) -> str | None:
         "SELECT config_hash FROM config_versions ORDER BY last_rev DESC LIMIT 1"
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+class AdoptionGrant(msgspec.Struct, frozen=True):
+    """An ``ovi adopt`` grant not used yet."""
+
+    resource_id: str  # the desired id the resource is to become
+    identity: str  # the resource's identity (provider/region/type/cloud id)
+    cloud_id: str
+    by: str
+    at: datetime
+
+
+def provenance(db: sqlite3.Connection) -> dict[tuple[str, str], Provenance]:
+    """(resource id, cloud id) → how Ovi came to own it (an executed create or
+    adoption)."""
+    return {(rid, cloud_id): Provenance(origin) for rid, cloud_id, origin
+            in db.execute("SELECT resource_id, cloud_id, origin FROM provenance")}
+
+
+def provenance_scopes(db: sqlite3.Connection) -> set[str]:
+    """The scopes where Ovi ever created or adopted something (they are
+    observed even when the config names them no more)."""
+    return {row[0] for row in db.execute("SELECT DISTINCT scope FROM provenance") if row[0]}
+
+
+def adoption_grants(db: sqlite3.Connection) -> dict[str, AdoptionGrant]:
+    """Unused ``ovi adopt`` grants by the desired id they name."""
+    return {
+        row[0]: AdoptionGrant(row[0], row[1], row[2], row[3], parse_timestamp(row[4]))
+        for row in db.execute(
+            "SELECT resource_id, identity, cloud_id, by, at FROM adoption_grants")
+    }

@@ -70,7 +70,8 @@ class ResourceState(msgspec.Struct, frozen=True):
 
 class ResourcesProjection(Projection):
     name: ClassVar[str] = "resources"
-    schema_version: ClassVar[int] = 3
+    # 4: an owner is the ovi:owner tag only (ovi:managed alone no longer means "ovi")
+    schema_version: ClassVar[int] = 4
     tables: ClassVar[tuple[str, ...]] = ("resource_rows", "resource_versions",
                                          "scope_observations")
     event_types: ClassVar[frozenset[str] | None] = frozenset(

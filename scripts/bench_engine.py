@@ -77,8 +77,9 @@ def config(count: int, *, rules: str = "") -> Config:
     text = ("version: v1\nprovider: aws\nregion: us-east-1\nresources:\n"
             f"  - {{type: ec2, name: web, count: {count}, size: t3.micro,"
             " tags: {team: platform, environment: prod}}\n")
-    if rules:
-        text += "rules:\n" + "".join(f"  {line}\n" for line in rules.splitlines())
+    # The bounds a real config would raise to manage this many at once.
+    rules = f"max_resources: {max(count, 1)}\nmax_creates_per_cycle: {count}\n{rules}"
+    text += "rules:\n" + "".join(f"  {line}\n" for line in rules.splitlines())
     return parse_config(text, "bench.yaml")
 
 

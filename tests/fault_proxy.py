@@ -11,7 +11,10 @@ gets the first call's response again, as AWS answers for at least a day, even
 when that instance has been terminated since; repeated with other parameters
 (an AMI that moved) it gets ``IdempotentParameterMismatch``, as from AWS. A
 fault with a ``delay`` holds the request first (a slow call, or one a test
-kills its caller during).
+kills its caller during). ``ListBuckets`` with ``max-buckets`` is paged as AWS
+pages it (moto cuts the list at that size and gives no continuation token),
+and with ``paginated_list_buckets_only`` an unpaginated one is refused, as AWS
+refuses it for an account allowed more than 10,000 buckets.
 
 Requests are named ``service:Operation`` (``ec2:RunInstances``,
 ``s3:GetBucketTagging``, ``ssm:GetParameter``): the service from the SigV4
@@ -34,12 +37,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from xml.etree import ElementTree
 
 import pytest
 
 __all__ = ["Fault", "FaultProxy", "Request", "When", "fault_proxy"]
 
-_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/(?P<service>[^/]+)/aws4_request")
+_SCOPE = re.compile(
+    r"Credential=[^/]+/\d{8}/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request")
+_S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
                          "te", "trailer", "upgrade"})
 
@@ -60,6 +66,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     form: dict[str, list[str]]  # the query-protocol body (EC2, RDS), decoded
+    region: str = ""  # from the SigV4 credential scope
 
     @property
     def name(self) -> str:
@@ -106,6 +113,7 @@ class FaultProxy:
 
     upstream: str
     honour_client_tokens: bool = True
+    paginated_list_buckets_only: bool = False
     faults: list[Fault] = field(default_factory=list)
     seen: list[_Seen] = field(default_factory=list)
     arrived: list[Request] = field(default_factory=list)  # answered or not yet
@@ -214,6 +222,8 @@ class FaultProxy:
                             f" arguments used in previous request(s) with token {token}"))
         elif fault is not None and fault.when is When.BEFORE:
             status, headers, payload = _error(request, fault)
+        elif request.name == "s3:ListBuckets":
+            status, headers, payload = self._list_buckets(handler, request, body, target)
         else:
             status, headers, payload = _forward(handler, body, target)
             if token and self.honour_client_tokens and status == 200:
@@ -233,6 +243,43 @@ class FaultProxy:
                 handler.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the caller is gone (killed while its request was held)
+
+
+    def _list_buckets(self, handler: BaseHTTPRequestHandler, request: Request, body: bytes,
+                      target: urllib.parse.SplitResult) -> tuple[int, list[tuple[str, str]], bytes]:
+        """ListBuckets paged the way AWS pages it: ``max-buckets`` per page, an
+        opaque ``ContinuationToken`` while more follow."""
+        size = request.query.get("max-buckets")
+        if size is None:
+            if self.paginated_list_buckets_only:
+                return _error(request, Fault(
+                    "s3:ListBuckets", code="InvalidRequest", status=400,
+                    message="this account must send paginated ListBuckets requests"))
+            return _forward(handler, body, target)
+        after = request.query.get("continuation-token", [""])[0]
+        kept = {k: v for k, v in request.query.items()
+                if k not in ("max-buckets", "continuation-token")}
+        handler.path = request.path + ("?" + urllib.parse.urlencode(kept, doseq=True)
+                                       if kept else "")
+        status, headers, payload = _forward(handler, body, target)
+        if status != 200:
+            return status, headers, payload
+        root = ElementTree.fromstring(payload)
+        listed = root.find(f"{{{_S3_XMLNS}}}Buckets")
+        assert listed is not None, payload
+        buckets = list(listed)
+        names = [b.findtext(f"{{{_S3_XMLNS}}}Name") or "" for b in buckets]
+        start = names.index(after) + 1 if after in names else 0
+        page = buckets[start:start + int(size[0])]
+        for bucket in buckets:
+            if bucket not in page:
+                listed.remove(bucket)
+        if start + len(page) < len(buckets):
+            token = ElementTree.SubElement(root, f"{{{_S3_XMLNS}}}ContinuationToken")
+            token.text = names[start + len(page) - 1]
+        ElementTree.register_namespace("", _S3_XMLNS)
+        return status, headers, ElementTree.tostring(root, xml_declaration=True,
+                                                     encoding="utf-8")
 
 
 def _describe(method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Request:
@@ -255,7 +302,8 @@ def _describe(method: str, raw_path: str, headers: dict[str, str], body: bytes) 
         operation = _s3_operation(method, parts.path, query)
     else:
         operation = f"{method} {parts.path}"
-    return Request(service, operation, method, parts.path, query, form)
+    region = found["region"] if found else ""
+    return Request(service, operation, method, parts.path, query, form, region)
 
 
 _S3_SUBRESOURCES = (("tagging", "BucketTagging"), ("location", "BucketLocation"),

@@ -35,6 +35,7 @@ from ovi.providers.base import ProviderError
 __all__ = [
     "AWSCalls",
     "Page",
+    "check_adoptable",
     "creation_tags",
     "label",
     "retry_settings",
@@ -266,7 +267,23 @@ def creation_tags(desired: DesiredResource, decision_id: str, owner: str) -> dic
 
 
 def label(resource: Resource) -> str:
-    """``web-0 (i-0abc)`` for error messages; just the id when both are one."""
-    if resource.id == resource.cloud_id:
-        return resource.id
+    """``web-0 (i-0abc)`` for error messages; just the cloud id when the
+    resource is known by nothing else (no ``ovi:id`` of ours)."""
+    if not resource.id or resource.id == resource.cloud_id or "/" in resource.id:
+        return resource.cloud_id
     return f"{resource.id} ({resource.cloud_id})"
+
+
+def check_adoptable(current: Resource, tags: dict[str, str], operation: str) -> None:
+    """Refuse to adopt ``current`` when its Ovi tags (now ``tags``) changed
+    since the observation the adoption was decided on: someone else may have
+    taken it meanwhile.
+
+    :raises ProviderError: not retryable, code ``ChangedSinceObserved``.
+    """
+    for key in (OWNER_TAG, ID_TAG):
+        if tags.get(key) != current.tags.get(key):
+            raise ProviderError(
+                f"{operation} {label(current)} in {current.region}: not adopted: its {key} tag"
+                f" changed since it was observed ({current.tags.get(key)!r} → {tags.get(key)!r})",
+                operation=operation, code="ChangedSinceObserved")

@@ -9,7 +9,6 @@ import anyio
 
 from ovi.model import (
     DECISION_TAG,
-    ID_TAG,
     RUNNING_STATUSES,
     DesiredResource,
     Resource,
@@ -18,6 +17,7 @@ from ovi.model import (
 from ovi.providers._aws_common import (
     AWSCalls,
     Page,
+    check_adoptable,
     creation_tags,
     label,
     tag_dict,
@@ -146,6 +146,28 @@ class EC2Instances:
         await self._calls.call("ec2", current.region, "create_tags", label(current),
                                Resources=[current.cloud_id], Tags=tag_list(tags))
 
+    async def adopt(self, desired: DesiredResource, current: Resource, decision_id: str,
+                    owner: str) -> Resource:
+        """Tag the existing instance ``current`` as Ovi's ``desired`` (its
+        other tags are kept).
+
+        :raises ProviderError: if it is gone or its Ovi tags changed since it
+            was observed.
+        """
+        target = label(current)
+        fresh = await self.get(current.region, current.cloud_id, target)
+        if fresh is None:
+            raise ProviderError(f"ec2:CreateTags {target} in {current.region}: the instance"
+                                " no longer exists", code=_NOT_FOUND)
+        check_adoptable(current, fresh.tags, "ec2:CreateTags")
+        tags = creation_tags(desired, decision_id, owner)
+        await self._calls.call("ec2", current.region, "create_tags", target,
+                               Resources=[current.cloud_id], Tags=tag_list(tags))
+        return Resource(id="", cloud_id=fresh.cloud_id, type=fresh.type, provider=fresh.provider,
+                        region=fresh.region, size=fresh.size, status=fresh.status,
+                        tags=dict(sorted({**fresh.tags, **tags}.items())),
+                        created_at=fresh.created_at)
+
     async def resize(self, current: Resource, size: str) -> None:
         """Stop, change the instance type, start again if ``current`` (the
         instance as the decision saw it) was running. AWS only changes the
@@ -232,10 +254,10 @@ def _instances(page: Page) -> list[Page]:
 
 
 def _resource(item: Page, region: str) -> Resource:
-    tags = tag_dict(item.get("Tags"))
-    cloud_id = str(item["InstanceId"])
+    launched = item.get("LaunchTime")
     return Resource(
-        id=tags.get(ID_TAG) or cloud_id, cloud_id=cloud_id, type=ResourceType.EC2,
+        id="", cloud_id=str(item["InstanceId"]), type=ResourceType.EC2,
         provider="aws", region=region, size=item.get("InstanceType"),
-        status=str(item.get("State", {}).get("Name", "")), tags=tags,
+        status=str(item.get("State", {}).get("Name", "")), tags=tag_dict(item.get("Tags")),
+        created_at=launched.astimezone(UTC) if isinstance(launched, datetime) else None,
     )

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
-from ovi.model import DECISION_TAG, ID_TAG, DesiredResource, Resource, ResourceType
+from ovi.model import DECISION_TAG, DesiredResource, Resource, ResourceType
 from ovi.providers._aws_common import (
     AWSCalls,
     Page,
+    check_adoptable,
     creation_tags,
     label,
     tag_dict,
     tag_list,
 )
+from ovi.providers._naming import db_identifier
 from ovi.providers.base import ProviderError
 
 __all__ = ["RDSInstances", "db_identifier"]
@@ -25,16 +26,6 @@ MASTER_USERNAME = "ovi_admin"
 _NOT_FOUND = ("DBInstanceNotFound", "DBInstanceNotFoundFault")
 _EXISTS = ("DBInstanceAlreadyExists", "DBInstanceAlreadyExistsFault")
 _INVALID_STATE = ("InvalidDBInstanceState", "InvalidDBInstanceStateFault")
-_MAX_IDENTIFIER = 63
-
-
-def db_identifier(resource_id: str) -> str:
-    """A valid DB instance identifier for ``resource_id``: 1 to 63 lowercase
-    letters, digits and single hyphens, starting with a letter."""
-    ident = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", resource_id.lower())).strip("-")
-    if not ident[:1].isalpha():
-        ident = f"ovi-{ident}" if ident else "ovi"
-    return ident[:_MAX_IDENTIFIER].rstrip("-")
 
 
 class RDSInstances:
@@ -98,6 +89,26 @@ class RDSInstances:
         await self._calls.call("rds", current.region, "add_tags_to_resource", target,
                                ResourceName=item["DBInstanceArn"], Tags=tag_list(tags))
 
+    async def adopt(self, desired: DesiredResource, current: Resource, decision_id: str,
+                    owner: str) -> Resource:
+        """Tag the existing DB instance ``current`` as Ovi's ``desired`` (its
+        other tags are kept).
+
+        :raises ProviderError: if it is gone or its Ovi tags changed since it
+            was observed.
+        """
+        target = label(current)
+        item = await self._describe(current.region, current.cloud_id, target)
+        if item is None:
+            raise ProviderError(f"rds:AddTagsToResource {target} in {current.region}: "
+                                "the DB instance no longer exists", code=_NOT_FOUND[0])
+        fresh = _resource(item, current.region)
+        check_adoptable(current, fresh.tags, "rds:AddTagsToResource")
+        tags = creation_tags(desired, decision_id, owner)
+        await self._calls.call("rds", current.region, "add_tags_to_resource", target,
+                               ResourceName=item["DBInstanceArn"], Tags=tag_list(tags))
+        return _resource({**item, "TagList": tag_list({**fresh.tags, **tags})}, current.region)
+
     async def resize(self, current: Resource, size: str) -> None:
         """Change the instance class now (not at the next maintenance window)."""
         await self._calls.call("rds", current.region, "modify_db_instance", label(current),
@@ -141,10 +152,10 @@ class RDSInstances:
 
 
 def _resource(item: Page, region: str) -> Resource:
-    tags = tag_dict(item.get("TagList"))
-    cloud_id = str(item["DBInstanceIdentifier"])
+    created = item.get("InstanceCreateTime")
     return Resource(
-        id=tags.get(ID_TAG) or cloud_id, cloud_id=cloud_id, type=ResourceType.RDS,
+        id="", cloud_id=str(item["DBInstanceIdentifier"]), type=ResourceType.RDS,
         provider="aws", region=region, size=item.get("DBInstanceClass"),
-        status=str(item.get("DBInstanceStatus", "")), tags=tags,
+        status=str(item.get("DBInstanceStatus", "")), tags=tag_dict(item.get("TagList")),
+        created_at=created.astimezone(UTC) if isinstance(created, datetime) else None,
     )

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from ovi.model import DesiredResource, FieldChange, Resource, ResourceType, Scope
+from ovi.model import DesiredResource, FieldChange, Resource, ResourceType, Scope, Unreadable
 from ovi.providers._aws_common import AWSCalls, label
 from ovi.providers._aws_ec2 import EC2Instances
 from ovi.providers._aws_rds import RDSInstances
-from ovi.providers._aws_s3 import S3Buckets
+from ovi.providers._aws_s3 import LIST_PAGE_SIZE, S3Buckets
+from ovi.providers._naming import natural_id
 from ovi.providers.base import ProviderError
 
 if TYPE_CHECKING:
@@ -33,9 +34,11 @@ _TAG_PREFIX = "tags."
 class _Kind(Protocol):
     """What each resource type's module offers (resize only where it applies)."""
 
-    async def observe(self, region: str) -> list[Resource]: ...
+    async def observe(self, region: str) -> Sequence[Resource | Unreadable]: ...
     async def get(self, region: str, cloud_id: str, target: str) -> Resource | None: ...
     async def create(self, desired: DesiredResource, decision_id: str, owner: str) -> Resource: ...
+    async def adopt(self, desired: DesiredResource, current: Resource, decision_id: str,
+                    owner: str) -> Resource: ...
     async def set_tags(self, current: Resource, tags: dict[str, str]) -> None: ...
     async def delete(self, current: Resource) -> None: ...
 
@@ -50,7 +53,8 @@ class AWSProvider:
     ``allow_resize`` lets :meth:`update` change an instance's size (EC2: stop,
     modify, start); ``final_snapshot`` makes :meth:`delete` snapshot an RDS
     instance first. ``session`` is an ``aiobotocore`` session (default: a new
-    one reading the environment).
+    one reading the environment). ``s3_page_size`` is the number of buckets
+    per ``ListBuckets`` page.
     """
 
     name = "aws"
@@ -62,6 +66,7 @@ class AWSProvider:
         allow_resize: bool = False,
         final_snapshot: bool = True,
         session: Any = None,
+        s3_page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         self.owner = owner
         self.allow_resize = allow_resize
@@ -69,7 +74,7 @@ class AWSProvider:
         self._calls = AWSCalls(session)
         self._ec2 = EC2Instances(self._calls)
         self._rds = RDSInstances(self._calls, final_snapshot=final_snapshot)
-        self._s3 = S3Buckets(self._calls)
+        self._s3 = S3Buckets(self._calls, page_size=s3_page_size)
         self._kinds: dict[ResourceType, _Kind] = {
             ResourceType.EC2: self._ec2, ResourceType.RDS: self._rds, ResourceType.S3: self._s3,
         }
@@ -96,14 +101,34 @@ class AWSProvider:
         """Close every client. The provider may be used again afterwards."""
         await self._calls.aclose()
 
-    async def observe(self, scope: Scope) -> Sequence[Resource]:
+    async def observe(self, scope: Scope) -> Sequence[Resource | Unreadable]:
         """Every live resource of ``scope``: instances not terminated or
-        shutting down, DB instances not being deleted, the region's buckets.
+        shutting down, DB instances not being deleted, the region's buckets
+        (one whose tags cannot be read is :class:`~ovi.model.Unreadable`).
 
         :raises ProviderError: if the scope cannot be listed in full.
         """
         self._check_provider(scope.provider, f"observe {scope.key}")
         return await self._kinds[scope.type].observe(scope.region)
+
+    def natural_id(self, desired: DesiredResource) -> str | None:
+        """The cloud id a create of ``desired`` takes: the bucket name (the
+        desired id) for S3, the DB identifier for RDS; ``None`` for EC2, whose
+        instance ids AWS picks."""
+        return natural_id(desired)
+
+    async def adopt(self, desired: DesiredResource, current: Resource, *, decision_id: str,
+                    owner: str) -> Resource:
+        """Tag the existing ``current`` as Ovi's ``desired``: ``ovi:id``,
+        ``ovi:managed``, ``ovi:owner``, ``ovi:decision`` and the declared
+        tags; its other tags are kept.
+
+        :raises ProviderError: if it is gone, or its Ovi tags changed since it
+            was observed (someone else may have taken it).
+        """
+        self._check_provider(current.provider, f"adopt {current.cloud_id}")
+        return await self._kinds[current.type].adopt(desired, current, decision_id,
+                                                     owner or self.owner)
 
     async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
                      attempt: int = 1) -> Resource:

@@ -1,4 +1,4 @@
-"""The provider contract: observe a scope, create, update, delete."""
+"""The provider contract: observe a scope, create, adopt, update, delete."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ovi._exceptions import OviError
-from ovi.model import DesiredResource, FieldChange, Resource, Scope
+from ovi.model import DesiredResource, FieldChange, Resource, Scope, Unreadable
 
 __all__ = ["CreatedResourceGone", "Provider", "ProviderError", "create_token"]
 
@@ -87,8 +87,26 @@ class Provider(Protocol):
 
     name: str
 
-    async def observe(self, scope: Scope) -> Sequence[Resource]:
-        """Every live resource of ``scope`` (terminated/deleting ones left out)."""
+    async def observe(self, scope: Scope) -> Sequence[Resource | Unreadable]:
+        """Every live resource of ``scope`` (terminated/deleting ones left
+        out), with an empty ``id`` (the observer assigns identities). One that
+        was listed but cannot be read is an :class:`~ovi.model.Unreadable`;
+        the rest of the scope is still returned."""
+        ...
+
+    def natural_id(self, desired: DesiredResource) -> str | None:
+        """The cloud id a create of ``desired`` would take when the cloud names
+        resources after it (an S3 bucket's name), so that a resource already
+        holding that name is found before any call; ``None`` when the cloud
+        picks the id."""
+        ...
+
+    async def adopt(self, desired: DesiredResource, current: Resource, *, decision_id: str,
+                    owner: str) -> Resource:
+        """Make the existing ``current`` Ovi's ``desired``: tag it with
+        ``ovi:id``, ``ovi:managed``, ``ovi:owner``, ``ovi:decision`` and the
+        declared tags, keeping its other tags; refuse if its Ovi tags changed
+        since it was observed."""
         ...
 
     async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,

@@ -26,6 +26,7 @@ from ovi.model import (
     Resource,
     ResourceType,
     Scope,
+    Unreadable,
 )
 from ovi.providers.base import CreatedResourceGone, ProviderError, create_token
 
@@ -40,8 +41,11 @@ class FakeProvider:
 
     ``latency`` seconds are slept in every call, and ``slow[kind]`` more in
     each call of that kind (``"update"``…); scopes in ``failing_scopes`` fail
-    to observe; ``fail_next`` holds errors raised by the next calls of
-    create/update/delete, in order.
+    to observe; resources whose cloud id is in ``unreadable`` are listed but
+    cannot be read (the value is the error); ``fail_next`` holds errors raised
+    by the next calls of create/update/delete, in order. Like AWS, buckets and
+    DB instances are named after their desired id (:meth:`natural_id`),
+    instances get ids of the cloud's choosing.
 
     Creates behave as AWS's idempotency tokens make them: a live resource the
     decision made is returned; a token used before answers with what it made,
@@ -60,6 +64,7 @@ class FakeProvider:
         self.resources: Estate = {r.cloud_id: r for r in resources}
         self.latency = latency
         self.failing_scopes: set[Scope] = set()
+        self.unreadable: dict[str, str] = {}
         self.fail_next: list[ProviderError] = []
         self.fail_steps: dict[str, list[ProviderError]] = {}
         self.slow: dict[str, float] = {}
@@ -72,7 +77,10 @@ class FakeProvider:
         self.tokens: dict[str, Resource] = {}  # idempotency token → what it made
 
     def _new_cloud_id(self, desired: DesiredResource) -> str:
-        return f"{desired.type}-{next(self._created):012x}"
+        return self.natural_id(desired) or f"{desired.type}-{next(self._created):012x}"
+
+    def natural_id(self, desired: DesiredResource) -> str | None:
+        return None if desired.type is ResourceType.EC2 else desired.id
 
     def _made_by(self, estate: Estate, decision_id: str) -> Resource | None:
         """What an earlier attempt of this decision created, if anything."""
@@ -96,11 +104,22 @@ class FakeProvider:
         if kind != "observe" and self.fail_next:
             raise self.fail_next.pop(0)
 
-    async def observe(self, scope: Scope) -> Sequence[Resource]:
+    async def observe(self, scope: Scope) -> Sequence[Resource | Unreadable]:
         await self._call("observe", scope.key)
         if scope in self.failing_scopes:
             raise ProviderError(f"cannot observe {scope.key}: injected failure", retryable=True)
-        return await self._state(lambda estate: [r for r in estate.values() if r.scope == scope])
+
+        def listed(estate: Estate) -> list[Resource | Unreadable]:
+            found: list[Resource | Unreadable] = []
+            for r in estate.values():
+                if (r.region, r.type, r.provider) != (scope.region, scope.type, scope.provider):
+                    continue
+                error = self.unreadable.get(r.cloud_id)
+                found.append(Unreadable(r.cloud_id, error) if error is not None
+                             else msgspec.structs.replace(r, id=""))
+            return found
+
+        return await self._state(listed)
 
     async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
                      attempt: int = 1) -> Resource:
@@ -119,6 +138,9 @@ class FakeProvider:
                     f"create {desired.id}: token {token} answers with {made.cloud_id},"
                     " which no longer exists", cloud_id=made.cloud_id)
             cloud_id = self._new_cloud_id(desired)
+            if cloud_id in estate:
+                raise ProviderError(f"create {desired.id}: {cloud_id} already exists and this"
+                                    " decision did not create it", code="NameTaken")
             self._by_decision[decision_id] = cloud_id
             tags = {**desired.tags, ID_TAG: desired.id, MANAGED_TAG: "true", OWNER_TAG: owner,
                     DECISION_TAG: decision_id}
@@ -135,6 +157,26 @@ class FakeProvider:
     def die(self, cloud_id: str) -> None:
         """The resource dies (an instance terminated by AWS or by hand)."""
         del self.resources[cloud_id]
+
+    async def adopt(self, desired: DesiredResource, current: Resource, *, decision_id: str,
+                    owner: str) -> Resource:
+        await self._call("adopt", current.cloud_id)
+
+        def adopt(estate: Estate) -> Resource:
+            existing = estate.get(current.cloud_id)
+            if existing is None:
+                raise ProviderError(f"{current.cloud_id} does not exist")
+            for key in (OWNER_TAG, ID_TAG):
+                if existing.tags.get(key) != current.tags.get(key):
+                    raise ProviderError(f"{current.cloud_id}: {key} changed since observed",
+                                        code="ChangedSinceObserved")
+            tags = {**existing.tags, **desired.tags, ID_TAG: desired.id, MANAGED_TAG: "true",
+                    OWNER_TAG: owner, DECISION_TAG: decision_id}
+            adopted = msgspec.structs.replace(existing, tags=tags)
+            estate[current.cloud_id] = adopted
+            return adopted
+
+        return await self._state(adopt)
 
     async def update(
         self, desired: DesiredResource, current: Resource, changes: Sequence[FieldChange]
@@ -219,7 +261,8 @@ class SharedFakeProvider(FakeProvider):
         self.path = Path(path)
 
     def _new_cloud_id(self, desired: DesiredResource) -> str:
-        return f"{desired.type}-{secrets.token_hex(6)}"  # unique across processes
+        # unique across processes
+        return self.natural_id(desired) or f"{desired.type}-{secrets.token_hex(6)}"
 
     def _made_by(self, estate: Estate, decision_id: str) -> Resource | None:
         # Another process may have made it: look at the shared estate itself.

@@ -7,6 +7,11 @@ then. The comparator and decision maker of the new config run on it with
 ``now`` = the cycle's start, and per resource the ``(action, status)`` they
 give is compared with the one recorded as in force at the end of that cycle.
 
+The facts the engine hands the comparator and decision maker besides the
+observation are folded too: where the log last saw each id, the resources
+that could not be read, provenance (executed creates and adoptions) and the
+``ovi adopt`` grants not used yet.
+
 With the recorded config itself the backtest finds no difference: that is
 how it is tested. Detection times (grace periods, decision ids, hence
 approvals) come from the recorded finding when the new diff is the same
@@ -20,10 +25,12 @@ from datetime import datetime
 import msgspec
 
 from eventstore import EventStore
-from ovi.comparator import DefaultComparator
+from ovi.comparator import Context, DefaultComparator
 from ovi.config import Config
 from ovi.decisions import DecisionContext, DecisionMaker
 from ovi.events import (
+    ActionExecuted,
+    AdoptionGranted,
     ApprovalGranted,
     CycleFinished,
     CycleStarted,
@@ -35,14 +42,26 @@ from ovi.events import (
     ResourceDisappeared,
     ResourceObserved,
 )
-from ovi.model import Decision, Diff, Resource, ResourceType, Scope, observed_set_digest
+from ovi.model import (
+    Action,
+    Decision,
+    Diff,
+    Location,
+    Provenance,
+    Resource,
+    ResourceType,
+    Scope,
+    observed_set_digest,
+)
+from ovi.providers._naming import natural_id
 from ovi.replay._render import Progress
 
 __all__ = ["BacktestReport", "Difference", "DigestMismatch", "Verdict", "backtest"]
 
 _TYPES = ("CycleStarted", "CycleFinished", "ResourceObserved", "ResourceDisappeared",
           "ObservationCompleted", "ObservationFailed", "DiffDetected", "DiffResolved",
-          "DecisionMade", "ApprovalGranted")
+          "DecisionMade", "ApprovalGranted", "AdoptionGranted", "ActionExecuted")
+_ORIGINS = {Action.CREATE: Provenance.CREATED, Action.ADOPT: Provenance.ADOPTED}
 
 
 class Verdict(msgspec.Struct, frozen=True):
@@ -109,6 +128,7 @@ class _Cycle(msgspec.Struct):
     started_at: datetime
     observed: dict[Scope, list[Resource]] = {}
     failed: set[Scope] = set()
+    unreadable: set[Location] = set()
 
 
 class _Backtest:
@@ -124,6 +144,9 @@ class _Backtest:
         self.recorded: dict[str, _Finding] = {}
         self.simulated: dict[str, _Finding] = {}
         self.approvals: dict[str, int] = {}
+        self.provenance: dict[tuple[str, str], Provenance] = {}
+        self.grants: dict[str, str] = {}
+        self.natural = {d.id: n for d in self.desired if (n := natural_id(d)) is not None}
         self.cycles: dict[str, _Cycle] = {}
         self.runs: dict[str, Difference] = {}
         self.report = BacktestReport(config_hash=config.config_hash)
@@ -153,12 +176,23 @@ class _Backtest:
                     found.verdict = Verdict.of(event.decision)
             case ApprovalGranted():
                 self.approvals.setdefault(event.decision_id, position)
+            case AdoptionGranted():
+                self.grants[event.resource_id] = event.identity
+            case ActionExecuted():
+                origin = _ORIGINS.get(event.action)
+                if origin is not None and event.cloud_id:
+                    self.provenance[event.resource_id, event.cloud_id] = origin
+                    if origin is Provenance.ADOPTED:
+                        self.grants.pop(event.resource_id, None)
             case CycleFinished():
                 if (cycle := self.cycles.pop(event.cycle_id, None)) is not None:
                     self._evaluate(cycle)
 
     def _completed(self, position: int, event: ObservationCompleted) -> None:
         members = self.estate.get(event.scope, {})
+        if event.unreadable:  # known, but not read this time: not in the observed set
+            unread = {u.cloud_id for u in event.unreadable}
+            members = {rid: m for rid, m in members.items() if m[0].cloud_id not in unread}
         fingerprints = {rid: fp for rid, (_, fp) in members.items()}
         if len(fingerprints) != event.count or observed_set_digest(fingerprints) != event.digest:
             self.report.digest_mismatches.append(DigestMismatch(
@@ -167,6 +201,7 @@ class _Backtest:
         if cycle is not None:
             cycle.observed[event.scope] = sorted((r for r, _ in members.values()),
                                                  key=lambda r: r.cloud_id)
+            cycle.unreadable.update(Location(event.scope, u.cloud_id) for u in event.unreadable)
 
     def _detected(self, diff: Diff, now: datetime) -> datetime:
         for findings in (self.recorded, self.simulated):
@@ -180,19 +215,27 @@ class _Backtest:
         report.cycles_replayed += 1
         unknown = cycle.failed | (self.scopes - set(cycle.observed))
         observed = [r for scope in sorted(cycle.observed) for r in cycle.observed[scope]]
-        diffs = self.comparator.compare(self.desired, observed, unknown_scopes=tuple(unknown))
+        last_seen = {rid: Location(scope, r.cloud_id) for scope, members in self.estate.items()
+                     for rid, (r, _) in members.items()}
+        diffs = self.comparator.compare(
+            self.desired, observed, unknown_scopes=tuple(unknown),
+            context=Context(last_seen=last_seen, unreadable=frozenset(cycle.unreadable),
+                            natural_ids=self.natural, grants=self.grants))
         detected = {d.resource_id: self._detected(d, cycle.started_at) for d in diffs}
         approved = frozenset(d for d, p in self.approvals.items() if p < cycle.position)
-        context = DecisionContext(now=cycle.started_at, detected_at=detected, approved=approved)
+        context = DecisionContext(now=cycle.started_at, detected_at=detected, approved=approved,
+                                  provenance=self.provenance, grants=self.grants)
         decisions = self.maker.decide(diffs, context)
         unknown_keys = {s.key for s in unknown}
+        # Resources listed but unreadable: their findings stay open, undecided.
+        unread = {rid for rid, where in last_seen.items() if where in cycle.unreadable}
         current = {d.resource_id for d in diffs}
         for diff in diffs:
             self.simulated[diff.resource_id] = _Finding(diff.fingerprint,
                                                         detected[diff.resource_id],
                                                         diff.scope.key)
         for gone in [r for r, f in self.simulated.items()
-                     if r not in current and f.scope not in unknown_keys]:
+                     if r not in current and f.scope not in unknown_keys and r not in unread]:
             del self.simulated[gone]
         if self.since is not None and cycle.started_at < self.since:
             return
@@ -201,7 +244,7 @@ class _Backtest:
         report.last_at = cycle.started_at
         new = {d.resource_id: Verdict.of(d) for d in decisions}
         old = {rid: f.verdict for rid, f in self.recorded.items()
-               if f.verdict is not None and f.scope not in unknown_keys}
+               if f.verdict is not None and f.scope not in unknown_keys and rid not in unread}
         differing = set()
         for rid in sorted(new.keys() | old.keys()):
             before, after = old.get(rid), new.get(rid)

@@ -13,6 +13,7 @@ from ovi.events import (
     ActionExecuting,
     ActionFailed,
     ActionSkipped,
+    AdoptionGranted,
     ApprovalGranted,
     AutomationPaused,
     AutomationResumed,
@@ -147,9 +148,14 @@ def describe(event: Any) -> str:
         case ResourceObserved():
             return f"observed {describe_resource(event.resource)}"
         case ResourceDisappeared():
+            if event.now_known_as:
+                return f"{event.cloud_id} is known as {event.now_known_as} from now on"
             return f"{event.cloud_id} is gone from {event.scope.key}"
         case ObservationCompleted():
-            return f"observed all of {event.scope.key}: {event.count} resources"
+            unread = (f", {len(event.unreadable)} unreadable"
+                      f" ({', '.join(u.cloud_id for u in event.unreadable)})"
+                      if event.unreadable else "")
+            return f"observed all of {event.scope.key}: {event.count} resources{unread}"
         case ObservationFailed():
             return f"could not observe {event.scope.key}: {event.error}"
         case DiffDetected():
@@ -171,6 +177,9 @@ def describe(event: Any) -> str:
         case NotificationSent():
             return (f"announced {event.kind} about {event.resource_id} to"
                     f" {', '.join(event.sinks)}")
+        case AdoptionGranted():
+            return (f"{event.identity} may be adopted as {event.resource_id}: granted by"
+                    f" {event.by} at {fmt_time(event.at)}")
         case ClaimAcquired():
             took = f", taking over from {event.takeover_of}" if event.takeover_of else ""
             return (f"claimed by {event.instance_id} until {fmt_time(event.expires_at)},"

@@ -12,7 +12,13 @@ from pathlib import Path
 import msgspec
 
 from eventstore import SQLiteEventStore, format_timestamp
-from ovi.events import claim_stream, registry, resource_stream, stream_resource
+from ovi.events import (
+    ResourceDisappeared,
+    claim_stream,
+    registry,
+    resource_stream,
+    stream_resource,
+)
 from ovi.replay._errors import ReplayError
 from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
@@ -88,8 +94,9 @@ async def resolve_resource(store: SQLiteEventStore, text: str) -> str:
     :raises ReplayError: if the log knows no such resource, or the cloud id
         belonged to several resources.
     """
-    if await store.stream_version(resource_stream(text)) or \
-            await store.stream_version(claim_stream(text)):
+    if await store.stream_version(resource_stream(text)):
+        return await _renamed(store, text)
+    if await store.stream_version(claim_stream(text)):
         return text
     needle = msgspec.json.encode(text)
     found: list[str] = []
@@ -115,6 +122,28 @@ async def resolve_resource(store: SQLiteEventStore, text: str) -> str:
         raise ReplayError(f"cloud id {text!r} belonged to several resources over time"
                           f" ({', '.join(found)}): name one of them")
     return found[0]
+
+
+async def _renamed(store: SQLiteEventStore, resource_id: str) -> str:
+    """The identity a resource is known by now: a log written before
+    identities were ``provider/region/type/cloud id`` keyed foreign resources
+    by their cloud id, and the first cycle after the upgrade recorded the new
+    key (``ResourceDisappeared.now_known_as``). Only such a key (the stream of
+    a cloud id) is followed."""
+    seen = {resource_id}
+    current = resource_id
+    while "/" not in current:
+        renamed: str | None = None
+        async for recorded in store.read(stream=resource_stream(current),
+                                         types=("ResourceDisappeared", "ResourceObserved")):
+            event = recorded.event
+            renamed = (event.now_known_as if isinstance(event, ResourceDisappeared)
+                       and event.cloud_id == current else None)
+        if renamed is None or renamed in seen:
+            return current
+        seen.add(renamed)
+        current = renamed
+    return current
 
 
 async def revision_at_time(store: SQLiteEventStore, moment: datetime, head: int) -> int:

@@ -20,6 +20,7 @@ from ovi.events import (
     ActionExecuting,
     ActionFailed,
     ActionSkipped,
+    AdoptionGranted,
     ApprovalGranted,
     AutomationPaused,
     AutomationResumed,
@@ -39,7 +40,7 @@ from ovi.events import (
     pause_stream,
     resource_stream,
 )
-from ovi.model import Decision, Diff, Resource
+from ovi.model import Action, Decision, Diff, Resource
 from ovi.replay._describe import describe
 from ovi.replay._errors import ReplayError
 
@@ -116,6 +117,7 @@ class _Walk:
         self.actions: list[Step] = []
         self.afterwards: list[Step] = []
         self.tokens: set[int] = set()
+        self.grant: Step | None = None
 
     def feed(self, recorded: RecordedEvent) -> None:
         event = recorded.event
@@ -128,6 +130,8 @@ class _Walk:
             self.findings = [*self.findings[-1:], (recorded, event)]
         elif isinstance(event, ApprovalGranted) and event.decision_id == self.decision_id:
             self.approvals.append(_step(recorded))
+        elif isinstance(event, AdoptionGranted) and not started:
+            self.grant = _step(recorded)  # the latest one before the decision
         elif isinstance(event, _ACTIONS) and event.decision_id == self.decision_id:
             self.actions.append(_step(recorded))
             if isinstance(event, ActionExecuting):
@@ -164,9 +168,13 @@ async def explain(store: EventStore, resource_id: str, decision_id: str | None =
         walk.feed(recorded)
     latest, last_step = walk.latest, walk.decided[-1]
     assert latest is not None
+    # An adoption an operator granted is the approval behind it.
+    granted = ([walk.grant] if walk.grant is not None
+               and latest.decision.action is Action.ADOPT else [])
     chain = Chain(resource_id=resource_id, cloud_id=latest.decision.cloud_id,
                   decision=latest.decision, decided=walk.decided,
-                  finding=walk.finding_for(latest.decision.diff), approvals=walk.approvals,
+                  finding=walk.finding_for(latest.decision.diff),
+                  approvals=granted + walk.approvals,
                   actions=walk.actions, afterwards=walk.afterwards,
                   other_decisions=[i for i in ids if i != target])
     for position in latest.evidence:

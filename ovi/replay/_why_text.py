@@ -7,6 +7,7 @@ from ovi.events import (
     ActionExecuting,
     ActionFailed,
     ActionSkipped,
+    AdoptionGranted,
     ApprovalGranted,
     ClaimAcquired,
     ConfigLoaded,
@@ -17,7 +18,7 @@ from ovi.events import (
     ResourceDisappeared,
     ResourceObserved,
 )
-from ovi.model import DecisionStatus, DiffType
+from ovi.model import DecisionStatus, DiffType, Provenance
 from ovi.replay._describe import describe_resource
 from ovi.replay._render import Output, fmt_time
 from ovi.replay._why import Chain, Step
@@ -30,7 +31,7 @@ _STATUS_WORDS = {
     DecisionStatus.AWAITING_APPROVAL: "waiting for a person's approval",
     DecisionStatus.GRACE_PERIOD: "waiting out the grace period",
     DecisionStatus.MAINTENANCE_WINDOW: "waiting for the maintenance window",
-    DecisionStatus.CAPPED: "held back by the cap on deletes per cycle",
+    DecisionStatus.CAPPED: "held back by the cap on deletes or creates per cycle",
     DecisionStatus.PAUSED: "held: automation paused (ovi pause)",
 }
 _DIFF_WORDS = {
@@ -38,6 +39,13 @@ _DIFF_WORDS = {
     DiffType.UNWANTED: "managed by Ovi but no longer in the config",
     DiffType.DRIFTED: "different from what the config says",
     DiffType.UNMANAGED: "found in the cloud but not managed by this Ovi",
+    DiffType.CONFLICT: "wanted by the config, and an existing resource not Ovi's takes its place",
+}
+_PROVENANCE_WORDS = {
+    Provenance.CREATED: "created (the log shows Ovi creating it)",
+    Provenance.ADOPTED: "adopted (the log shows Ovi adopting it)",
+    Provenance.UNRECORDED: "unrecorded (the log never saw Ovi create or adopt it:"
+    " a person must approve its delete)",
 }
 _PAD = " " * 14
 
@@ -104,6 +112,8 @@ def _finding(out: Output, chain: Chain) -> None:
 def _decided(out: Output, chain: Chain) -> None:
     d = chain.decision
     lines = [f"{d.action} {d.resource_id}, decision {d.decision_id}"]
+    if d.provenance is not None:
+        lines.append(f"provenance: {_PROVENANCE_WORDS[d.provenance]}")
     for i, step in enumerate(chain.decided):
         event = step.event
         assert isinstance(event, DecisionMade)
@@ -130,8 +140,9 @@ def _approved(out: Output, chain: Chain) -> None:
     lines = []
     for step in chain.approvals:
         event = step.event
-        assert isinstance(event, ApprovalGranted)
-        lines.append(f"granted by {out.paint(event.by, 'bold')} at {fmt_time(event.at)}"
+        assert isinstance(event, ApprovalGranted | AdoptionGranted)
+        what = (f"adopting {event.identity} " if isinstance(event, AdoptionGranted) else "")
+        lines.append(f"{what}granted by {out.paint(event.by, 'bold')} at {fmt_time(event.at)}"
                      f" (recorded at position {step.position})")
     if not lines:
         waits = chain.decision.status == DecisionStatus.AWAITING_APPROVAL

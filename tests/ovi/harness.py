@@ -11,8 +11,16 @@ from pathlib import Path
 from eventstore import RecordedEvent, SQLiteEventStore
 from ovi.config import Config, parse_config
 from ovi.engine import CycleResult, Engine
-from ovi.events import registry
-from ovi.model import ID_TAG, MANAGED_TAG, OWNER_TAG, CycleMode, Resource, ResourceType
+from ovi.events import ActionExecuted, registry, resource_stream
+from ovi.model import (
+    ID_TAG,
+    MANAGED_TAG,
+    OWNER_TAG,
+    Action,
+    CycleMode,
+    Resource,
+    ResourceType,
+)
 from ovi.providers.fake import FakeProvider
 from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
@@ -63,6 +71,15 @@ class Env:
             config = parse_config(config, "test.yaml")
         return await self.engine.run_cycle(config, source="test.yaml", mode=CycleMode.APPLY,
                                            dry_run=dry_run, max_concurrency=max_concurrency)
+
+    async def record_created(self, *resources: Resource) -> None:
+        """What the log says when Ovi itself created ``resources`` (one earlier
+        cycle's executed creates): their deletes then need no approval of
+        their provenance."""
+        for r in resources:
+            await self.store.append(resource_stream(r.tags[ID_TAG]), [ActionExecuted(
+                cycle_id="earlier", decision_id=f"d-made-{r.cloud_id}", action=Action.CREATE,
+                resource_id=r.tags[ID_TAG], cloud_id=r.cloud_id, token=0)])
 
     async def events(self, after: int = 0) -> list[RecordedEvent]:
         return [e async for e in self.store.read(after=after)]

@@ -1,12 +1,15 @@
-"""The comparator: one test per identity and diff rule in docs/architecture.md."""
+"""The comparator: one test per identity and diff rule in docs/architecture.md.
+Observed resources get their identities first (``identify``), as the observer
+gives them."""
 
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import msgspec
 
-from ovi.comparator import Comparator, DefaultComparator
+from ovi.comparator import Comparator, Context, DefaultComparator
 from ovi.config import parse_config
 from ovi.model import (
     BLESSED_TAG,
@@ -17,14 +20,17 @@ from ovi.model import (
     Diff,
     DiffType,
     FieldChange,
+    Location,
     Resource,
     ResourceType,
     Scope,
+    identify,
 )
 
 EC2 = ResourceType.EC2
 US = Scope("aws", "us-east-1", EC2)
 EU = Scope("aws", "eu-west-1", EC2)
+US_S3 = Scope("aws", "us-east-1", ResourceType.S3)
 
 
 def want(rid: str, *, region: str = "us-east-1", size: str | None = "t3.micro",
@@ -47,10 +53,20 @@ def foreign(cloud_id: str, *, tags: dict[str, str] | None = None,
                     size="t3.micro", tags=tags or {})
 
 
+def bucket(name: str, **tags: str) -> Resource:
+    return Resource(id="", cloud_id=name, type=ResourceType.S3, provider="aws",
+                    region="us-east-1", tags=tags)
+
+
 def compare(desired: list[DesiredResource], observed: list[Resource],
-            unknown: tuple[Scope, ...] = (), comparator: Comparator | None = None) -> list[Diff]:
-    comparator = comparator or DefaultComparator()
-    return comparator.compare(desired, observed, unknown_scopes=unknown)
+            unknown: tuple[Scope, ...] = (), comparator: Comparator | None = None,
+            context: Context | None = None, owner: str = "ovi") -> list[Diff]:
+    comparator = comparator or DefaultComparator(owner=owner)
+    complete = {r.scope for r in observed} - set(unknown)
+    known = context.last_seen if context is not None else {}
+    return comparator.compare(
+        desired, identify(observed, owner=owner, recorded=known, complete=complete),
+        unknown_scopes=unknown, context=context or Context())
 
 
 def kinds(diffs: list[Diff]) -> list[tuple[DiffType, str]]:
@@ -80,14 +96,15 @@ def test_unwanted_when_managed_but_not_desired() -> None:
 
 def test_unmanaged_when_not_managed_and_not_desired() -> None:
     [diff] = compare([], [foreign("i-5")])
-    assert kinds([diff]) == [(DiffType.UNMANAGED, "i-5")]
+    assert kinds([diff]) == [(DiffType.UNMANAGED, "aws/us-east-1/ec2/i-5")]
     assert diff.reason == "i-5 is not managed by Ovi"
 
 
 def test_match_by_ovi_id_never_cloud_id() -> None:
     # A resource whose cloud id equals a desired id is no match without the tag …
     diffs = compare([want("web-0")], [foreign("web-0")])
-    assert kinds(diffs) == [(DiffType.MISSING, "web-0"), (DiffType.UNMANAGED, "web-0")]
+    assert kinds(diffs) == [(DiffType.UNMANAGED, "aws/us-east-1/ec2/web-0"),
+                            (DiffType.MISSING, "web-0")]
     # … and one whose cloud id is anything at all matches by its ovi:id tag.
     assert compare([want("web-0")], [ours("web-0", "i-0123")]) == []
     renamed = ours("web-1", "web-0")
@@ -96,27 +113,39 @@ def test_match_by_ovi_id_never_cloud_id() -> None:
     ]
 
 
-def test_managed_means_managed_tag_or_owner() -> None:
-    only_managed = Resource(id="a", cloud_id="i-a", type=EC2, provider="aws",
+def test_managed_means_the_owner_tag_equals_this_owner() -> None:
+    only_managed = Resource(id="", cloud_id="i-a", type=EC2, provider="aws",
                             region="us-east-1", tags={ID_TAG: "a", MANAGED_TAG: "true"})
-    only_owner = Resource(id="b", cloud_id="i-b", type=EC2, provider="aws",
+    only_owner = Resource(id="", cloud_id="i-b", type=EC2, provider="aws",
                           region="us-east-1", tags={ID_TAG: "b", OWNER_TAG: "ovi"})
-    managed_false = Resource(id="i-c", cloud_id="i-c", type=EC2, provider="aws",
+    managed_false = Resource(id="", cloud_id="i-c", type=EC2, provider="aws",
                              region="us-east-1", tags={ID_TAG: "c", MANAGED_TAG: "false"})
     diffs = compare([], [only_managed, only_owner, managed_false])
+    # ovi:managed=true names no owner: not the default owner's, not anybody's.
     assert kinds(diffs) == [
-        (DiffType.UNWANTED, "a"), (DiffType.UNWANTED, "b"), (DiffType.UNMANAGED, "i-c"),
+        (DiffType.UNMANAGED, "aws/us-east-1/ec2/i-a"),
+        (DiffType.UNMANAGED, "aws/us-east-1/ec2/i-c"), (DiffType.UNWANTED, "b"),
     ]
+    assert diffs[0].reason == "i-a is not managed by Ovi"
 
 
 def test_another_owners_resources_are_unmanaged_here() -> None:
     theirs = ours("web-0", "i-theirs", owner="team-b")
     diffs = compare([want("web-0")], [theirs])
-    # Their web-0 is not ours: ours is still missing, theirs reported by cloud id.
-    assert kinds(diffs) == [(DiffType.UNMANAGED, "i-theirs"), (DiffType.MISSING, "web-0")]
+    # Their web-0 is not ours: ours is still missing, theirs known by its own identity.
+    assert kinds(diffs) == [(DiffType.UNMANAGED, "aws/us-east-1/ec2/i-theirs"),
+                            (DiffType.MISSING, "web-0")]
     assert diffs[0].reason == "i-theirs belongs to Ovi owner 'team-b', not 'ovi'"
-    mine = DefaultComparator(owner="team-b")
-    assert compare([want("web-0")], [theirs], comparator=mine) == []
+    assert compare([want("web-0")], [theirs], owner="team-b") == []
+
+
+def test_a_bucket_named_like_an_instance_shares_no_identity_with_it() -> None:
+    diffs = compare([want("web-0")], [ours("web-0", "i-1"), bucket("web-0")])
+    assert kinds(diffs) == [(DiffType.UNMANAGED, "aws/us-east-1/s3/web-0")]
+    diffs = compare([], [ours("web-0", "i-1"), bucket("web-0")])
+    assert kinds(diffs) == [(DiffType.UNWANTED, "web-0"),
+                            (DiffType.UNMANAGED, "aws/us-east-1/s3/web-0")]
+    assert [d.cloud_id for d in diffs] == ["i-1", "web-0"]
 
 
 def test_drift_on_type_provider_region_or_size() -> None:
@@ -171,20 +200,38 @@ def test_spec_region_defaults_to_config_region() -> None:
     assert comparator.compare(config.desired_resources(), observed) == []
 
 
-def test_duplicate_ovi_id_smallest_cloud_id_is_matched() -> None:
-    diffs = compare([want("web-0")], [ours("web-0", "i-c"), ours("web-0", "i-a"),
-                                      ours("web-0", "i-b", size="t3.large")])
-    assert kinds(diffs) == [(DiffType.UNWANTED, "i-b"), (DiffType.UNWANTED, "i-c")]
+def test_of_duplicates_the_oldest_keeps_the_id_when_the_log_recorded_none() -> None:
+    old, new = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
+    copies = [msgspec.structs.replace(ours("web-0", "i-a"), created_at=new),
+              msgspec.structs.replace(ours("web-0", "i-c"), created_at=old),
+              ours("web-0", "i-b", size="t3.large")]  # no creation time: counts as newest
+    diffs = compare([want("web-0")], copies)
+    assert kinds(diffs) == [(DiffType.UNWANTED, "aws/us-east-1/ec2/i-a"),
+                            (DiffType.UNWANTED, "aws/us-east-1/ec2/i-b")]
     assert {d.reason for d in diffs} == {"duplicate of web-0"}
-    assert [d.cloud_id for d in diffs] == ["i-b", "i-c"]
 
 
-def test_managed_resource_without_ovi_id_is_unwanted_by_cloud_id() -> None:
-    stray = Resource(id="web-0", cloud_id="web-0", type=ResourceType.S3, provider="aws",
-                     region="us-east-1", tags={MANAGED_TAG: "true"})
+def test_of_duplicates_the_one_the_log_recorded_keeps_the_id() -> None:
+    recorded = Context(last_seen={"web-0": Location(US, "i-z")})
+    diffs = compare([want("web-0")], [ours("web-0", "i-a"), ours("web-0", "i-z")],
+                    context=recorded)
+    assert kinds(diffs) == [(DiffType.UNWANTED, "aws/us-east-1/ec2/i-a")]
+
+
+def test_a_duplicate_whose_keeper_was_not_seen_gets_no_diff() -> None:
+    # The log saw web-0 in eu-west-1, which failed this cycle: the copy in
+    # us-east-1 is neither the keeper nor deletable, and nothing is missing.
+    recorded = Context(last_seen={"web-0": Location(EU, "i-eu")})
+    diffs = compare([want("web-0")], [ours("web-0", "i-us")], unknown=(EU,), context=recorded)
+    assert diffs == []
+
+
+def test_managed_resource_without_ovi_id_is_unwanted_by_its_identity() -> None:
+    stray = bucket("web-0", **{OWNER_TAG: "ovi", MANAGED_TAG: "true"})
     diffs = compare([want("web-0", type=ResourceType.S3, size=None)], [stray])
-    assert kinds(diffs) == [(DiffType.MISSING, "web-0"), (DiffType.UNWANTED, "web-0")]
-    assert "has no ovi:id tag" in diffs[1].reason
+    assert kinds(diffs) == [(DiffType.UNWANTED, "aws/us-east-1/s3/web-0"),
+                            (DiffType.MISSING, "web-0")]
+    assert "has no ovi:id tag" in diffs[0].reason
 
 
 def test_unknown_scope_gets_no_diffs() -> None:
@@ -196,6 +243,42 @@ def test_unknown_scope_gets_no_diffs() -> None:
     ]
     diffs = compare(desired, observed, unknown=(US,))
     assert kinds(diffs) == [(DiffType.MISSING, "eu-0")]
+
+
+def test_missing_needs_every_place_the_log_saw_it_observed() -> None:
+    moved = want("web-0")  # desired in us-east-1, last seen in eu-west-1
+    recorded = Context(last_seen={"web-0": Location(EU, "i-eu")})
+    assert compare([moved], [], unknown=(EU,), context=recorded) == []
+    assert kinds(compare([moved], [], context=recorded)) == [(DiffType.MISSING, "web-0")]
+
+
+def test_an_unreadable_resource_is_neither_missing_nor_anything_else() -> None:
+    logs = want("logs-0", type=ResourceType.S3, size=None)
+    known = Context(last_seen={"logs-0": Location(US_S3, "logs-0")},
+                    unreadable=frozenset({Location(US_S3, "logs-0")}))
+    assert compare([logs], [], context=known) == []
+    named = Context(natural_ids={"logs-0": "logs-0"},
+                    unreadable=frozenset({Location(US_S3, "logs-0")}))
+    assert compare([logs], [], context=named) == []
+
+
+def test_a_foreign_resource_holding_the_name_is_a_conflict_not_missing() -> None:
+    assets = want("assets-0", type=ResourceType.S3, size=None)
+    named = Context(natural_ids={"assets-0": "assets-0"})
+    [diff] = compare([assets], [bucket("assets-0")], context=named)
+    assert (diff.type, diff.resource_id, diff.cloud_id) == (
+        DiffType.CONFLICT, "assets-0", "assets-0")
+    assert diff.observed is not None and diff.observed.id == "aws/us-east-1/s3/assets-0"
+    assert "already exists" in diff.reason
+
+
+def test_a_granted_resource_is_a_conflict_of_its_desired_id() -> None:
+    granted = Context(grants={"web-0": "aws/us-east-1/ec2/i-9"})
+    [diff] = compare([want("web-0")], [foreign("i-9")], context=granted)
+    assert (diff.type, diff.resource_id, diff.cloud_id) == (DiffType.CONFLICT, "web-0", "i-9")
+    other = compare([want("web-0")], [foreign("i-8")], context=granted)
+    assert kinds(other) == [(DiffType.UNMANAGED, "aws/us-east-1/ec2/i-8"),
+                            (DiffType.MISSING, "web-0")]
 
 
 def test_blessed_tag_does_not_hide_a_finding() -> None:
@@ -223,7 +306,7 @@ def test_a_start_owed_is_a_status_change_only_while_not_running() -> None:
     comparator = DefaultComparator()
     # Owed a start: only the start is reported, whatever else differs.
     [diff] = comparator.compare([want("web-0", size="t3.large")], [stopped],
-                                restart_owed={"web-0"})
+                                context=Context(restart_owed={"web-0"}))
     assert (diff.type, diff.changes) == (
         DiffType.DRIFTED, (FieldChange("status", "running", "stopped"),))
     assert "starts it again" in diff.reason
@@ -232,4 +315,4 @@ def test_a_start_owed_is_a_status_change_only_while_not_running() -> None:
     # Owed, but running already: nothing to start.
     running = msgspec.structs.replace(stopped, status="running")
     assert comparator.compare([want("web-0", size="t3.small")], [running],
-                              restart_owed={"web-0"}) == []
+                              context=Context(restart_owed={"web-0"})) == []

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from ovi._exceptions import ConfigError, OviError
-from ovi.config import Config, TimeWindow, Weekday, load_config, parse_config, parse_duration
+from ovi.config import (
+    Config,
+    Rules,
+    TimeWindow,
+    Weekday,
+    load_config,
+    parse_config,
+    parse_duration,
+)
 from ovi.model import DesiredResource, ResourceType, Scope
 
 # Line numbers below refer to this text.
@@ -282,7 +290,40 @@ ERRORS = [
      "rules.maintenance_window.days", 14, "each day once"),
     ("window_unknown_key", _rules("  maintenance_window: {begin: '01:00', end: '05:00'}\n"),
      "rules.maintenance_window.begin", 14, "one of the fields days, start, end"),
+    ("count_beyond_max_resources", BASE.replace("count: 3", "count: 100000000"),
+     "resources[0].count", 7,
+     "expected at most 1000 desired resources in all (rules.max_resources"),
+    ("counts_beyond_max_resources_together", _rules("  max_resources: 4\n"),
+     "resources[2].count", 12, "got 1 (making 5 in all)"),
+    ("max_resources_beyond_its_limit", _rules("  max_resources: 1000001\n"),
+     "rules.max_resources", 14, "expected an integer ≤ 1000000"),
+    ("max_creates_negative", _rules("  max_creates_per_cycle: -1\n"),
+     "rules.max_creates_per_cycle", 14, "expected an integer ≥ 0"),
+    ("adopt_on_ec2", BASE.replace("count: 3", "count: 3\n    adopt: true"),
+     "resources[0].adopt", 8, "no adopt for ec2"),
 ]
+
+
+def test_max_resources_raises_the_bound_and_adopt_is_kept() -> None:
+    big = BASE.replace("count: 3", "count: 1500") + "    adopt: true\n"
+    config = parse(big + "rules:\n  max_resources: 2000\n  max_creates_per_cycle: 10\n")
+    assert len(config.desired_resources()) == 1502
+    assert [d.adopt for d in config.desired_resources()][-1] is True
+    assert (config.rules.max_resources, config.rules.max_creates_per_cycle) == (2000, 10)
+    assert (Rules().max_resources, Rules().max_creates_per_cycle) == (1000, 50)
+
+
+def test_deep_nesting_is_a_one_line_error_with_its_line() -> None:
+    err = error_for(BASE + "  - tags: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert str(err) == ("ovi.yaml:13: expected mappings and lists nested at most 32 deep,"
+                        " got more than 32 levels")
+
+
+def test_aliases_that_expand_beyond_bounds_are_refused() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    err = error_for("\n".join(lines) + "\n" + BASE)
+    assert "at most 100,000 values once aliases (*name) are expanded" in str(err)
 
 
 @pytest.mark.parametrize(

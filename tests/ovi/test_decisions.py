@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from ovi._exceptions import PolicyError
-from ovi.comparator import DefaultComparator
+from ovi.comparator import Context, DefaultComparator
 from ovi.config import Rules, TimeWindow, Weekday, parse_config
 from ovi.decisions import DecisionContext, DecisionMaker, Policy
 from ovi.model import (
@@ -21,6 +21,8 @@ from ovi.model import (
     DecisionStatus,
     DesiredResource,
     Diff,
+    DiffType,
+    Provenance,
     Resource,
     ResourceType,
     decision_id_for,
@@ -28,10 +30,12 @@ from ovi.model import (
 from ovi.policies import (
     ApprovalForSizes,
     BlastRadius,
+    CreateCap,
     GracePeriod,
     MaintenanceWindow,
     Paused,
     RequireApproval,
+    UnrecordedOrigin,
 )
 
 NOW = datetime(2025, 1, 4, 12, 0, tzinfo=UTC)  # a Saturday, noon
@@ -57,9 +61,17 @@ def diffs_of(desired: list[DesiredResource], observed: list[Resource]) -> list[D
     return DefaultComparator().compare(desired, observed)
 
 
+# The log records Ovi creating every web-N of these tests (unless a test says otherwise).
+CREATED = {(f"web-{i}", f"i-web-{i}"): Provenance.CREATED for i in range(10)}
+
+
 def ctx(*, detected: dict[str, datetime] | None = None, approved: frozenset[str] = frozenset(),
-        now: datetime = NOW) -> DecisionContext:
-    return DecisionContext(now=now, detected_at=detected or {}, approved=approved)
+        now: datetime = NOW,
+        provenance: dict[tuple[str, str], Provenance] | None = None,
+        grants: dict[str, str] | None = None) -> DecisionContext:
+    return DecisionContext(now=now, detected_at=detected or {}, approved=approved,
+                           provenance=CREATED if provenance is None else provenance,
+                           grants=grants or {})
 
 
 def decide(diffs: list[Diff], rules: Rules | None = None, context: DecisionContext | None = None,
@@ -246,7 +258,8 @@ def test_disruptive_changes_wait_for_the_window_and_a_start_owed_does_not() -> N
     resize = diffs_of([want("web-0", size="t3.large")], [seen("web-0")])
     retag = diffs_of([want("web-1", tags={"team": "a"})], [seen("web-1")])
     stopped = msgspec.structs.replace(seen("web-2"), status="stopped")
-    restart = DefaultComparator().compare([want("web-2")], [stopped], restart_owed={"web-2"})
+    restart = DefaultComparator().compare([want("web-2")], [stopped],
+                                          context=Context(restart_owed={"web-2"}))
     held, tags, start = decide(resize + retag + restart, rules)
     assert (held.status, held.rule) == (DecisionStatus.MAINTENANCE_WINDOW, "maintenance_window")
     assert tags.status is READY  # tags change in place: nothing is disrupted
@@ -294,11 +307,78 @@ def test_default_chain_follows_the_rules() -> None:
     full = Rules(approval_for_sizes=("m5.large",), maintenance_window=window)
     chain = DecisionMaker(full).policies
     assert [type(p) for p in chain] == [
-        Paused, GracePeriod, RequireApproval, ApprovalForSizes, MaintenanceWindow, BlastRadius,
+        Paused, GracePeriod, UnrecordedOrigin, RequireApproval, ApprovalForSizes,
+        MaintenanceWindow, BlastRadius, CreateCap,
     ]
     bare = Rules(require_approval=False)
+    # The approval of unrecorded deletes and both caps cannot be switched off.
     assert [p.name for p in DecisionMaker(bare).policies] == [
-        "paused", "grace_period", "blast_radius"]
+        "paused", "grace_period", "unrecorded_origin", "blast_radius", "create_cap"]
+
+
+def test_a_delete_of_what_the_log_never_saw_ovi_make_waits_for_a_person() -> None:
+    no_gates = Rules(require_approval=False, grace_period=timedelta(0))
+    diffs = diffs_of([], [seen("web-1"), seen("web-2"), seen("web-3")])
+    origins = {("web-1", "i-web-1"): Provenance.CREATED, ("web-2", "i-web-2"): Provenance.ADOPTED}
+    made, adopted, forged = decide(diffs, no_gates, ctx(provenance=origins))
+    assert [d.provenance for d in (made, adopted, forged)] == [
+        Provenance.CREATED, Provenance.ADOPTED, Provenance.UNRECORDED]
+    assert made.status is READY and adopted.status is READY
+    assert (forged.status, forged.rule) == (DecisionStatus.AWAITING_APPROVAL, "unrecorded_origin")
+    assert "no record of Ovi creating or adopting it" in forged.reason
+    assert f"ovi approve {forged.decision_id}" in forged.reason
+    approved = ctx(provenance=origins, approved=frozenset({forged.decision_id}))
+    assert decide(diffs, no_gates, approved)[2].status is READY
+
+
+def test_a_duplicate_ovi_created_is_recorded_under_its_ovi_id() -> None:
+    copy = Resource(id="aws/us-east-1/ec2/i-dup", cloud_id="i-dup", type=ResourceType.EC2,
+                    provider="aws", region="us-east-1",
+                    tags={ID_TAG: "web-0", MANAGED_TAG: "true", OWNER_TAG: "ovi"})
+    diff = Diff(type=DiffType.UNWANTED, resource_id=copy.id, resource_type=copy.type,
+                scope=copy.scope, reason="duplicate of web-0", cloud_id="i-dup", observed=copy)
+    [d] = decide([diff], context=ctx(provenance={("web-0", "i-dup"): Provenance.CREATED}))
+    assert d.provenance is Provenance.CREATED
+    [d] = decide([diff], context=ctx(provenance={}))
+    assert d.provenance is Provenance.UNRECORDED
+
+
+def test_creates_beyond_the_cap_wait_for_the_next_cycle() -> None:
+    diffs = diffs_of([want(f"web-{i}") for i in range(5)], [])
+    decisions = decide(diffs, Rules(max_creates_per_cycle=3))
+    assert [(d.resource_id, d.status) for d in decisions] == [
+        ("web-0", READY), ("web-1", READY), ("web-2", READY),
+        ("web-3", DecisionStatus.CAPPED), ("web-4", DecisionStatus.CAPPED),
+    ]
+    assert decisions[3].rule == "create_cap"
+    assert "over the cap of 3 creates per cycle" in decisions[3].reason
+    assert Rules().max_creates_per_cycle == 50
+
+
+def _conflict(holder: Resource, *, adopt: bool = False) -> Diff:
+    desired = DesiredResource(id="assets-0", type=ResourceType.S3, provider="aws",
+                              region="us-east-1", adopt=adopt)
+    return Diff(type=DiffType.CONFLICT, resource_id="assets-0", resource_type=ResourceType.S3,
+                scope=desired.scope, reason="assets-0 is desired, but …",
+                cloud_id=holder.cloud_id, desired=desired, observed=holder)
+
+
+def test_a_conflict_is_adopted_only_when_asked_for_or_ovis_own() -> None:
+    theirs = Resource(id="aws/us-east-1/s3/assets-0", cloud_id="assets-0",
+                      type=ResourceType.S3, provider="aws", region="us-east-1")
+    [d] = decide([_conflict(theirs)])
+    assert (d.action, d.status, d.rule) == (Action.NOTIFY, INFO, "name-conflict")
+    assert "adopt: true" in d.reason and f"ovi adopt {theirs.id} --as assets-0" in d.reason
+    [d] = decide([_conflict(theirs, adopt=True)])
+    assert (d.action, d.status, d.rule) == (Action.ADOPT, READY, "adopt")
+    granted = ctx(grants={"assets-0": theirs.id})
+    assert decide([_conflict(theirs)], context=granted)[0].rule == "adoption-granted"
+    made = ctx(provenance={("assets-0", "assets-0"): Provenance.CREATED})
+    assert decide([_conflict(theirs)], context=made)[0].action is Action.ADOPT
+    # adopt: true never takes over another Ovi owner's resource; only a grant does.
+    owned = msgspec.structs.replace(theirs, tags={OWNER_TAG: "team-b"})
+    [d] = decide([_conflict(owned, adopt=True)])
+    assert d.action is Action.NOTIFY and "from that owner" in d.reason
 
 
 def test_from_config_uses_the_config_rules() -> None:

@@ -116,6 +116,7 @@ async def test_decision_carries_cycle_config_rule_and_evidence(tmp_path: Path) -
 async def test_grace_period_runs_from_first_recorded_detection(tmp_path: Path) -> None:
     rules = "grace_period: 10m\nrequire_approval: false"
     async with environment(tmp_path, managed("gone-0", "i-9")) as env:
+        await env.record_created(managed("gone-0", "i-9"))
         first = await env.cycle(config_text(rules=rules))
         env.clock.advance(minutes=5)
         second = await env.cycle(config_text(rules=rules))

@@ -139,6 +139,7 @@ async def test_failed_write_ahead_prevents_the_provider_call(tmp_path: Path) -> 
 
 async def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     async with environment(tmp_path, managed("old-0", "i-old")) as env:
+        await env.record_created(managed("old-0", "i-old"))
         result = await env.apply(config_text(WEB % 2, rules=f"{NO_WAIT}\nrequire_approval: false"),
                                  dry_run=True)
         skipped = await of_type(env, ActionSkipped)

@@ -26,9 +26,11 @@ from ovi.model import (
     Resource,
     ResourceType,
     Scope,
+    Unreadable,
 )
 from ovi.providers import AWSProvider, ProviderError
 from ovi.providers._aws_ec2 import DEFAULT_AMI_PARAMETER
+from tests.fault_proxy import Fault, FaultProxy
 from tests.moto_server import reset_moto, set_moto_auth
 
 REGION = "us-east-1"
@@ -111,6 +113,17 @@ def scope(type_: ResourceType, region: str = REGION) -> Scope:
     return Scope("aws", region, type_)
 
 
+async def observed(aws: AWSProvider, where: Scope) -> dict[str, Resource]:
+    """What ``observe`` read, by cloud id (asserting that it read everything);
+    creation times are checked, then left out of comparisons."""
+    found: dict[str, Resource] = {}
+    for r in await aws.observe(where):
+        assert isinstance(r, Resource), r
+        assert r.created_at is not None and r.created_at.tzinfo is not None
+        found[r.cloud_id] = msgspec.structs.replace(r, created_at=None)
+    return found
+
+
 def tags_of(items: list[dict[str, str]] | None) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in items or ()}
 
@@ -168,14 +181,14 @@ async def test_observe_ec2_maps_instances_and_leaves_out_terminated(
     boto("ec2").terminate_instances(InstanceIds=[gone])
     run_instance(boto, region=OTHER_REGION)
 
-    found = {r.cloud_id: r for r in await aws.observe(scope(ResourceType.EC2))}
+    found = await observed(aws, scope(ResourceType.EC2))
 
     assert set(found) == {managed, plain}
-    assert found[managed] == Resource(
-        id="web-0", cloud_id=managed, type=ResourceType.EC2, provider="aws", region=REGION,
+    assert found[managed] == Resource(  # identities are the observer's to give
+        id="", cloud_id=managed, type=ResourceType.EC2, provider="aws", region=REGION,
         size="t3.nano", status="running", tags={ID_TAG: "web-0", MANAGED_TAG: "true", "team": "a"},
     )
-    assert found[plain].id == plain and found[plain].tags == {}
+    assert found[plain].id == "" and found[plain].tags == {}
 
 
 @pytest.mark.asyncio
@@ -198,15 +211,15 @@ async def test_observe_rds_maps_db_instances_with_their_tags(
     create_db(boto, "dropped")
     boto("rds").delete_db_instance(DBInstanceIdentifier="dropped", SkipFinalSnapshot=True)
 
-    found = {r.cloud_id: r for r in await aws.observe(scope(ResourceType.RDS))}
+    found = await observed(aws, scope(ResourceType.RDS))
 
     assert set(found) == {"orders-0", "legacy"}
     assert found["orders-0"] == Resource(
-        id="orders-0", cloud_id="orders-0", type=ResourceType.RDS, provider="aws",
+        id="", cloud_id="orders-0", type=ResourceType.RDS, provider="aws",
         region=REGION, size="db.t3.micro", status="available",
         tags={ID_TAG: "orders-0", OWNER_TAG: "ovi"},
     )
-    assert found["legacy"].tags == {} and found["legacy"].id == "legacy"
+    assert found["legacy"].tags == {} and found["legacy"].id == ""
     assert await aws.observe(scope(ResourceType.RDS, OTHER_REGION)) == []
 
 
@@ -218,18 +231,59 @@ async def test_observe_s3_keeps_the_scope_region_and_reads_tags(
     create_bucket(boto, "untagged")
     create_bucket(boto, "far-away", OTHER_REGION, team="eu")
 
-    here = {r.cloud_id: r for r in await aws.observe(scope(ResourceType.S3))}
-    there = await aws.observe(scope(ResourceType.S3, OTHER_REGION))
+    here = await observed(aws, scope(ResourceType.S3))
+    there = list((await observed(aws, scope(ResourceType.S3, OTHER_REGION))).values())
 
     assert set(here) == {"logs-0", "untagged"}
     assert here["logs-0"] == Resource(
-        id="logs-0", cloud_id="logs-0", type=ResourceType.S3, provider="aws", region=REGION,
+        id="", cloud_id="logs-0", type=ResourceType.S3, provider="aws", region=REGION,
         size=None, status="available", tags={ID_TAG: "logs-0", MANAGED_TAG: "true"},
     )
     assert here["untagged"].tags == {}
     assert [(r.cloud_id, r.region, r.tags) for r in there] == [
         ("far-away", OTHER_REGION, {"team": "eu"})
     ]
+
+
+@pytest.mark.asyncio
+async def test_observe_s3_pages_through_every_bucket(
+    boto: Boto, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"bucket-{i}" for i in range(5)]
+    for name in names:
+        create_bucket(boto, name)
+    # As AWS for an account allowed more than 10,000 buckets: paged requests only.
+    fault_proxy.paginated_list_buckets_only = True
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.endpoint)
+    async with AWSProvider(s3_page_size=2) as aws:
+        found = await observed(aws, scope(ResourceType.S3))
+
+    assert sorted(found) == names
+    pages = fault_proxy.calls("s3:ListBuckets")
+    assert [r.param("max-buckets") for r in pages] == ["2", "2", "2"]
+
+
+@pytest.mark.asyncio
+async def test_observe_s3_reports_an_unreadable_bucket_alone(
+    boto: Boto, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_bucket(boto, "mine", **{ID_TAG: "mine"})
+    create_bucket(boto, "theirs")
+    denied = fault_proxy.add(Fault("s3:GetBucketTagging", code="AccessDenied", status=403,
+                                   times=100, match=lambda r: r.path.strip("/") == "theirs"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.endpoint)
+    async with AWSProvider() as aws:
+        found = sorted(await aws.observe(scope(ResourceType.S3)), key=lambda r: r.cloud_id)
+        (mine, theirs) = found
+        assert isinstance(mine, Resource) and mine.tags == {ID_TAG: "mine"}
+        assert isinstance(theirs, Unreadable) and "AccessDenied" in theirs.error
+        # A read that may pass (throttled) is no verdict on the bucket: the scope fails.
+        denied.times = 0
+        fault_proxy.add(Fault("s3:GetBucketTagging", code="SlowDown", times=100,
+                              match=lambda r: r.path.strip("/") == "theirs"))
+        with pytest.raises(ProviderError) as caught:
+            await aws.observe(scope(ResourceType.S3))
+    assert caught.value.retryable
 
 
 # --- create ------------------------------------------------------------------
@@ -254,7 +308,7 @@ async def test_create_ec2_tags_at_launch_with_the_default_ami(
     assert instance["InstanceType"] == "t3.micro"
     ami = boto("ssm").get_parameter(Name=DEFAULT_AMI_PARAMETER)["Parameter"]["Value"]
     assert instance["ImageId"] == ami
-    assert (created.id, created.cloud_id, created.size) == ("web-0", instance["InstanceId"],
+    assert (created.id, created.cloud_id, created.size) == ("", instance["InstanceId"],
                                                            "t3.micro")
     assert created.tags == expected
     # The AMI is looked up once per region.
@@ -291,7 +345,7 @@ async def test_create_rds_with_tags_and_a_managed_password(
     assert (db["Engine"], db["DBInstanceClass"], db["MasterUsername"]) == (
         "postgres", "db.t3.micro", "ovi_admin")
     assert "MasterUserSecret" in db  # AWS keeps the password; Ovi never sees one
-    assert (created.id, created.cloud_id, created.status) == ("orders-0", "orders-0", "available")
+    assert (created.id, created.cloud_id, created.status) == ("", "orders-0", "available")
 
 
 @pytest.mark.asyncio
@@ -314,7 +368,7 @@ async def test_create_rds_retry_returns_it_and_a_foreign_one_is_refused(
 async def test_create_rds_makes_the_identifier_valid(aws: AWSProvider, boto: Boto) -> None:
     created = await aws.create(desired("9db--x-0", ResourceType.RDS), decision_id="d-3",
                                owner="ovi")
-    assert created.cloud_id == "ovi-9db-x-0" and created.id == "9db--x-0"
+    assert created.cloud_id == "ovi-9db-x-0" and created.tags[ID_TAG] == "9db--x-0"
     [db] = boto("rds").describe_db_instances()["DBInstances"]
     assert tags_of(db["TagList"])[ID_TAG] == "9db--x-0"
 
@@ -344,20 +398,73 @@ async def test_create_s3_refuses_an_invalid_bucket_name(aws: AWSProvider, boto: 
 
 
 @pytest.mark.asyncio
-async def test_create_s3_adopts_its_untagged_bucket_never_a_foreign_one(
+async def test_create_s3_never_takes_over_a_bucket_this_decision_did_not_make(
     aws: AWSProvider, boto: Boto
 ) -> None:
-    create_bucket(boto, "half-made")  # an earlier attempt died before tagging it
+    create_bucket(boto, "half-made")  # untagged: someone's, for all Ovi can tell
     create_bucket(boto, "theirs", team="x")
+    create_bucket(boto, "retried", **{DECISION_TAG: "d-8"})  # our own create, tagged
 
-    adopted = await aws.create(desired("half-made", ResourceType.S3), decision_id="d-6",
+    for name, decision in (("half-made", "d-6"), ("theirs", "d-7")):
+        with pytest.raises(ProviderError, match="this decision did not create it") as caught:
+            await aws.create(desired(name, ResourceType.S3), decision_id=decision, owner="ovi")
+        assert not caught.value.retryable and "adopt: true" in str(caught.value)
+    retried = await aws.create(desired("retried", ResourceType.S3), decision_id="d-8",
                                owner="ovi")
-    assert adopted.tags == ovi_tags("half-made", "d-6")
-    with pytest.raises(ProviderError, match="not Ovi's to take over") as caught:
-        await aws.create(desired("theirs", ResourceType.S3), decision_id="d-7", owner="ovi")
 
-    assert not caught.value.retryable
+    assert retried.tags == ovi_tags("retried", "d-8")
     assert tags_of(boto("s3").get_bucket_tagging(Bucket="theirs")["TagSet"]) == {"team": "x"}
+    with pytest.raises(Exception, match="NoSuchTagSet"):
+        boto("s3").get_bucket_tagging(Bucket="half-made")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("type_", list(ResourceType))
+async def test_adopt_tags_an_existing_resource_and_keeps_its_tags(
+    aws: AWSProvider, boto: Boto, type_: ResourceType
+) -> None:
+    if type_ is ResourceType.EC2:
+        cloud_id = run_instance(boto, tags={"Name": "hand-made"})
+    elif type_ is ResourceType.RDS:
+        create_db(boto, "legacy-db", Name="hand-made")
+        cloud_id = "legacy-db"
+    else:
+        create_bucket(boto, "legacy-logs", Name="hand-made")
+        cloud_id = "legacy-logs"
+    (current,) = (await observed(aws, scope(type_))).values()
+    assert current.cloud_id == cloud_id
+
+    adopted = await aws.adopt(desired("thing-0", type_, team="a"), current, decision_id="d-9",
+                              owner="shop")
+
+    assert adopted.tags == {"Name": "hand-made", **ovi_tags("thing-0", "d-9", "shop", team="a")}
+    (seen,) = (await observed(aws, scope(type_))).values()
+    assert seen.tags == adopted.tags
+
+
+@pytest.mark.asyncio
+async def test_adopt_refuses_a_resource_whose_owner_changed_since_it_was_observed(
+    aws: AWSProvider, boto: Boto
+) -> None:
+    create_bucket(boto, "contested")
+    (current,) = (await observed(aws, scope(ResourceType.S3))).values()
+    boto("s3").put_bucket_tagging(Bucket="contested", Tagging={"TagSet": [
+        {"Key": OWNER_TAG, "Value": "team-b"}]})
+
+    with pytest.raises(ProviderError, match="ovi:owner tag changed") as caught:
+        await aws.adopt(desired("contested", ResourceType.S3), current, decision_id="d-1",
+                        owner="ovi")
+
+    assert caught.value.code == "ChangedSinceObserved" and not caught.value.retryable
+    assert tags_of(boto("s3").get_bucket_tagging(Bucket="contested")["TagSet"]) == {
+        OWNER_TAG: "team-b"}
+
+
+@pytest.mark.asyncio
+async def test_natural_ids_are_the_names_aws_gives_what_ovi_creates(aws: AWSProvider) -> None:
+    assert aws.natural_id(desired("assets-0", ResourceType.S3)) == "assets-0"
+    assert aws.natural_id(desired("9db--x-0", ResourceType.RDS)) == "ovi-9db-x-0"
+    assert aws.natural_id(desired("web-0", ResourceType.EC2)) is None
 
 
 # --- update ------------------------------------------------------------------
@@ -454,8 +561,8 @@ async def test_resize_is_refused_when_disabled(
                           FieldChange("tags.team", "a", None)])
 
     assert not caught.value.retryable
-    observed = await aws.observe(scope(type_))
-    assert [(r.size, r.tags.get("team")) for r in observed] == [(current.size, None)]
+    found = await observed(aws, scope(type_))
+    assert [(r.size, r.tags.get("team")) for r in found.values()] == [(current.size, None)]
 
 
 # --- delete ------------------------------------------------------------------

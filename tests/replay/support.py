@@ -17,7 +17,7 @@ import msgspec
 from eventstore import SQLiteEventStore
 from ovi.config import parse_config
 from ovi.events import ApprovalGranted, registry, resource_stream
-from ovi.model import Resource
+from ovi.model import Resource, identify
 from ovi.providers.base import ProviderError
 from ovi.retry import RetryPolicy
 from tests.ovi.harness import config_text, environment, managed, unmanaged
@@ -57,7 +57,8 @@ async def _story_cycles(directory: Path, config_path: Path) -> Story:
         env.engine.executor.retry = RetryPolicy(attempts=1)
         first = await env.cycle(CONFIG)
         revision_1 = await env.store.last_position()
-        estate_1 = sorted(env.provider.resources.values(), key=lambda r: r.id)
+        estate_1 = sorted(identify(env.provider.resources.values(), owner="ovi"),
+                          key=lambda r: r.id)
         env.clock.advance(minutes=1)
         env.provider.fail_next = [ProviderError("throttled (injected)", retryable=True)]
         second = await env.apply(CONFIG)

@@ -21,7 +21,9 @@ def test_why_a_deleted_resource_shows_approval_config_and_outcome(story: Story) 
     assert "granted by alice" in text
     assert f"config version {story.config_hash[:16]} from test.yaml" in text
     assert "unwanted: managed by Ovi but no longer in the config" in text
-    assert "waiting for a person's approval (rule require_approval)" in text
+    # Seeded by hand: the log never saw Ovi create old-0, so a person approves its delete.
+    assert "waiting for a person's approval (rule unrecorded_origin)" in text
+    assert "provenance: unrecorded" in text
     assert "ready to run (rule unwanted→delete)" in text
     assert "i-old was no longer found in aws/us-east-1/ec2" in text
     assert story.old_decision in text and story.cycles[2] in text
@@ -65,7 +67,8 @@ def test_state_at_a_revision_is_what_was_observed_then(story: Story) -> None:
         (r.id, r.cloud_id, r.size, r.tags) for r in story.estate_1]
     assert all(r["exists"] and r["rev"] <= story.revision_1 for r in then["resources"])
     now = json_object(replay("state", "--json", store=story.path))
-    assert sorted(r["id"] for r in now["resources"]) == ["i-stray", "web-0", "web-1"]
+    assert sorted(r["id"] for r in now["resources"]) == [
+        "aws/us-east-1/ec2/i-stray", "web-0", "web-1"]
     every = json_object(replay("state", "--all", "--json", store=story.path))
     gone = [r for r in every["resources"] if not r["exists"]]
     assert [(r["id"], r["cloud_id"]) for r in gone] == [("old-0", "i-old")]
@@ -83,7 +86,7 @@ def test_state_at_a_time_and_in_text(story: Story) -> None:
     header, *rows, footer = text.stdout.splitlines()
     assert header.split() == ["ID", "CLOUD", "ID", "TYPE", "REGION", "SIZE", "OWNER",
                               "EXISTS", "REV"]
-    assert [row.split()[0] for row in rows] == ["i-stray", "old-0", "web-0"]
+    assert [row.split()[0] for row in rows] == ["aws/us-east-1/ec2/i-stray", "old-0", "web-0"]
     assert footer.startswith(f"3 resources at revision {story.revision_1}")
     beyond = replay("state", "--at", "99999", store=story.path)
     assert beyond.returncode == 1 and "beyond the log's head" in beyond.stderr
@@ -113,3 +116,10 @@ async def test_explain_names_a_given_older_decision(tmp_path: Path) -> None:
     assert chain.decision.decision_id == older and chain.other_decisions
     assert latest.decision.decision_id != older
     assert latest.other_decisions == [older]
+
+
+def test_a_cloud_id_names_the_resource_it_is_known_by(story: Story) -> None:
+    # i-stray is nobody's: known as aws/us-east-1/ec2/i-stray, found by its cloud id.
+    done = replay("timeline", "i-stray", store=story.path)
+    assert done.returncode == 0, done.stderr
+    assert "aws/us-east-1/ec2/i-stray" in done.stdout

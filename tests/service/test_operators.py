@@ -126,7 +126,7 @@ def test_webhook_retried_after_a_500_and_not_repeated_across_a_restart(
         assert path.endswith(hook.secret)
         assert "legacy-logs" in body["text"]
         assert body["finding"]["kind"] == "notify"
-        assert body["finding"]["resource_id"] == "legacy-logs"
+        assert body["finding"]["resource_id"] == "aws/us-east-1/s3/legacy-logs"
 
         with service(tmp_path, aws, "--config", str(config), "--interval", "1s",
                      name="again") as again:

@@ -16,7 +16,15 @@ from ovi.comparator import DefaultComparator
 from ovi.config import Rules
 from ovi.decisions import DecisionMaker
 from ovi.events import PAUSE_ALL, ActionExecuting, ActionSkipped, AutomationPaused, pause_stream
-from ovi.model import Action, DecisionStatus, DesiredResource, Resource, ResourceType, Scope
+from ovi.model import (
+    Action,
+    DecisionStatus,
+    DesiredResource,
+    Resource,
+    ResourceType,
+    Scope,
+    Unreadable,
+)
 from ovi.policies import DecisionContext
 from ovi.providers.fake import FakeProvider
 from ovi.runtime import open_runtime
@@ -61,7 +69,7 @@ class PausingMidCycle(FakeProvider):
         self.target = target
         self.done = False
 
-    async def observe(self, scope: Scope) -> Sequence[Resource]:
+    async def observe(self, scope: Scope) -> Sequence[Resource | Unreadable]:
         if not self.done and scope.type is ResourceType.EC2:
             self.done = True
             await self.env.store.append(pause_stream(self.target), [AutomationPaused(
