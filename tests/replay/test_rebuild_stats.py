@@ -106,6 +106,7 @@ async def test_a_failing_worker_fails_the_rebuild_saying_why(story: Story,
     assert str(caught.value) == "rebuild failed: ValueError: no projection named 'unknown'"
 
 
-def test_the_worker_module_refuses_bad_usage() -> None:
+def test_the_worker_module_refuses_bad_usage(tmp_path: Path) -> None:
     assert worker_main(["only-a-log"]) == 2
-    assert worker_main(["log.db", "copy.db", "no-such-projection"]) == 1
+    log, copy = str(tmp_path / "log.db"), str(tmp_path / "copy.db")
+    assert worker_main([log, copy, "no-such-projection"]) == 1
