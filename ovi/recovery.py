@@ -15,6 +15,9 @@ claim is still held by a live instance) is checked against reality:
   stopped resource fails here, the start is still owed (the restarts
   projection) and a later cycle makes it.
 
+An action is read again once claimed: another instance may have resolved
+it between our first read and our claim, and it is never resolved twice.
+
 The claims are kept (renewed) while recovery works: starting an instance and
 waiting for it may take longer than a claim lives.
 """
@@ -62,9 +65,20 @@ async def recover_in_doubt(
     # Take the claims first (an expired one is taken over): a holder that is
     # in fact still alive then finds its claim gone and writes nothing more.
     claimed = await coordinator.claim(o.decision.resource_id for o in in_doubt.values())
+    # Another instance may have resolved some between our read and our claim
+    # (its outcome came with the release we claimed after): read them again,
+    # now that nobody else can move them, and resolve only what is still open.
+    await views.catch_up()
+    again = await views.query(lambda db: decision_outcomes(db, decision_ids=in_doubt))
+    open_ = {d: o for d, o in in_doubt.items() if _still_open(o, again.get(d))}
+    for resource_id in {o.decision.resource_id for o in in_doubt.values()} - {
+            o.decision.resource_id for o in open_.values()}:
+        claim = claimed.held.get(resource_id)
+        if claim is not None:
+            await coordinator.release(claim)
     resolved: list[ActionExecuted | ActionFailed] = []
     async with coordinator.keeping(claimed.held.values()):
-        for outcome in in_doubt.values():
+        for outcome in open_.values():
             resource_id = outcome.decision.resource_id
             claim = claimed.held.get(resource_id)
             if claim is None:
@@ -82,6 +96,11 @@ async def recover_in_doubt(
                 continue  # lost the claim meanwhile: whoever holds it resolves it
             resolved.append(event)
     return resolved
+
+
+def _still_open(before: DecisionOutcome, now: DecisionOutcome | None) -> bool:
+    """Whether the action in doubt read before claiming still is."""
+    return now is not None and now.outcome is Outcome.EXECUTING and now.rev == before.rev
 
 
 async def _write_ahead(store: EventStore, outcome: DecisionOutcome) -> ActionExecuting | None:
