@@ -11,20 +11,21 @@ from pathlib import Path
 import anyio
 import pytest
 
-from eventstore import Event
+from eventstore import Appended, BackendError, Event, StreamBatch
 from ovi.coordinator import ClaimResult, Coordinator
 from ovi.events import (
     ActionExecuted,
     ActionExecuting,
     ActionFailed,
     ClaimAcquired,
+    ClaimRenewed,
     claim_stream,
     resource_stream,
 )
 from ovi.model import Action
 from ovi.recovery import recover_in_doubt
 from ovi.replay import verify_log
-from tests.ovi.harness import Env, config_text, environment
+from tests.ovi.harness import Env, config_text, environment, managed
 
 pytestmark = pytest.mark.asyncio
 
@@ -87,3 +88,43 @@ async def test_an_action_in_doubt_is_resolved_once_when_two_instances_recover_it
     assert report.ok, report.violations
     assert len(outcomes) == 1  # one outcome for the crashed write-ahead, a's
 
+
+async def test_a_renewal_that_fails_once_does_not_let_the_claim_run_out_under_a_live_call(
+    tmp_path: Path
+) -> None:
+    ttl = timedelta(seconds=1)
+    config = config_text("{type: ec2, name: web, count: 1, size: t3.small}",
+                         rules="allow_resize: true")
+    async with environment(tmp_path, managed("web-0", "i-web0"), instance_id="a",
+                           real_time=True, claim_ttl=ttl) as first, \
+            environment(tmp_path, instance_id="b", real_time=True, claim_ttl=ttl) as second:
+        second.provider.resources = first.provider.resources  # one cloud
+        first.provider.slow["update"] = 2.5  # the resize outlasts the TTL twice
+        real = first.store.append_streams
+        hiccups = [BackendError("database is locked (injected)")]
+
+        async def one_hiccup(batches: Iterable[StreamBatch]) -> Appended:
+            batches = list(batches)
+            if hiccups and any(isinstance(e, ClaimRenewed) for b in batches for e in b.events):
+                raise hiccups.pop()
+            return await real(batches)
+
+        first.store.append_streams = one_hiccup  # type: ignore[method-assign]
+        results = []
+
+        async def apply_first() -> None:
+            results.append(await first.apply(config))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(apply_first)
+            await anyio.sleep(1.5)  # without renewals, the claim would have run out
+            meanwhile = await second.apply(config)
+        (done,) = results[0].executions
+        report = await verify_log(first.store)
+    assert hiccups == []  # the renewal did fail once
+    # b neither took the claim over (to recover a live action) nor resized too.
+    assert meanwhile.recovered == 0
+    calls = first.provider.calls + second.provider.calls
+    assert [c for c in calls if c[0] in ("update", "create")] == [("update", "i-web0")]
+    assert done.outcome == "executed"
+    assert report.ok and report.in_doubt == [], report.violations
