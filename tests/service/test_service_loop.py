@@ -73,7 +73,7 @@ class _Hanging(FakeProvider):
         self.entered = anyio.Event()
 
     async def create(self, desired: DesiredResource, *, decision_id: str,
-                     owner: str) -> Resource:
+                     owner: str, attempt: int = 1) -> Resource:
         self.entered.set()  # the write-ahead is durable by now
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
