@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from eventstore import Appended, BackendError, Event, StreamBatch
+from ovi.app import pause_automation
 from ovi.coordinator import ClaimResult, Coordinator
 from ovi.events import (
     ActionExecuted,
@@ -22,7 +23,7 @@ from ovi.events import (
     claim_stream,
     resource_stream,
 )
-from ovi.model import Action
+from ovi.model import Action, DesiredResource, Resource, SkipReason
 from ovi.recovery import recover_in_doubt
 from ovi.replay import verify_log
 from tests.ovi.harness import Env, config_text, environment, managed
@@ -127,4 +128,38 @@ async def test_a_renewal_that_fails_once_does_not_let_the_claim_run_out_under_a_
     calls = first.provider.calls + second.provider.calls
     assert [c for c in calls if c[0] in ("update", "create")] == [("update", "i-web0")]
     assert done.outcome == "executed"
+    assert report.ok and report.in_doubt == [], report.violations
+
+
+async def test_a_pause_recorded_while_a_create_runs_stops_its_next_attempt(
+    tmp_path: Path
+) -> None:
+    config = config_text(WEB)
+    async with environment(tmp_path) as env:
+        await env.apply(config)
+        (first,) = env.provider.resources.values()
+        env.provider.die(first.cloud_id)  # before any observation saw it
+        real_create = env.provider.create
+
+        async def paused_meanwhile(desired: DesiredResource, *, decision_id: str, owner: str,
+                                   attempt: int = 1) -> Resource:
+            if attempt == 1:  # `ovi pause web-0` lands while attempt 1 is in flight
+                await pause_automation(tmp_path / "ovi.db", ["web-0"], reason="INC-1")
+            return await real_create(desired, decision_id=decision_id, owner=owner,
+                                     attempt=attempt)
+
+        env.provider.create = paused_meanwhile  # type: ignore[method-assign]
+        result = await env.apply(config)
+        attempts = [e.create_attempt for e in await of_type(env, ActionExecuting)
+                    if isinstance(e, ActionExecuting)]
+        failed = await of_type(env, ActionFailed)
+        later = await env.apply(config)
+        report = await verify_log(env.store)
+    assert env.provider.resources == {}  # nothing made after the pause
+    assert attempts == [1, 1]  # the second attempt was never written ahead
+    (execution,) = result.executions  # attempt 1 failed: what its token made is gone
+    assert execution.outcome == "failed" and "no longer exists" in (execution.error or "")
+    assert [e.retryable for e in failed if isinstance(e, ActionFailed)] == [True]
+    (decision,) = later.decisions  # the next cycle holds it for the pause
+    assert decision.status == "paused" and later.executions[0].reason == SkipReason.PAUSED
     assert report.ok and report.in_doubt == [], report.violations
