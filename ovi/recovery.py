@@ -132,14 +132,18 @@ async def _resolve(provider: Provider, outcome: DecisionOutcome,
         match = next((r for r in found if r.cloud_id == decision.cloud_id), None)
         done = decision.action == Action.DELETE and match is None
         if decision.action == Action.UPDATE and match is not None:
+            started = True
             if executing is not None and executing.was_running and \
                     match.status not in RUNNING_STATUSES:
                 try:
                     match = await _start(provider, decision.diff.desired, match)
                 except ProviderError as exc:
+                    # Not done, whatever else is in effect: an ActionExecuted
+                    # would settle the start still owed.
+                    started = False
                     why = (f"interrupted, and the resource it stopped could not be started"
                            f" again: {exc} (the start is still owed)")
-            done = _in_effect(decision.diff.changes, match)
+            done = started and _in_effect(decision.diff.changes, match)
     if done:
         return ActionExecuted(
             cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,

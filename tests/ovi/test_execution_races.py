@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
 from eventstore import Appended, BackendError, Event, StreamBatch
@@ -24,13 +25,16 @@ from ovi.events import (
     resource_stream,
 )
 from ovi.model import Action, DesiredResource, Resource, SkipReason
+from ovi.providers.base import ProviderError
 from ovi.recovery import recover_in_doubt
 from ovi.replay import verify_log
+from ovi.retry import RetryPolicy
 from tests.ovi.harness import Env, config_text, environment, managed
 
 pytestmark = pytest.mark.asyncio
 
 WEB = "{type: ec2, name: web, count: 1, size: t3.micro}"
+THROTTLED = ProviderError("RequestLimitExceeded (injected)", retryable=True)
 
 
 async def of_type(env: Env, cls: type[Event]) -> list[Event]:
@@ -162,4 +166,38 @@ async def test_a_pause_recorded_while_a_create_runs_stops_its_next_attempt(
     assert [e.retryable for e in failed if isinstance(e, ActionFailed)] == [True]
     (decision,) = later.decisions  # the next cycle holds it for the pause
     assert decision.status == "paused" and later.executions[0].reason == SkipReason.PAUSED
+    assert report.ok and report.in_doubt == [], report.violations
+
+
+async def test_recovery_that_cannot_start_a_resized_instance_still_owes_the_start(
+    tmp_path: Path
+) -> None:
+    config = config_text("{type: ec2, name: web, count: 1, size: t3.small}",
+                         rules="allow_resize: true")
+    async with environment(tmp_path, managed("web-0", "i-web0")) as env:
+        env.engine.executor.retry = RetryPolicy(attempts=2, base_delay=0.001)
+        plan = await env.cycle(config)
+        (decision,) = plan.decisions
+        # A crashed instance claimed it, wrote ahead, stopped it and changed its
+        # type; it died before the start.
+        await env.store.append(claim_stream("web-0"), [ClaimAcquired(
+            resource_id="web-0", instance_id="dead:1", claimed_at=env.clock(),
+            expires_at=env.clock() + timedelta(minutes=1), token=1)], expected_version=0)
+        await env.store.append(resource_stream("web-0"), [ActionExecuting(
+            cycle_id="crashed", decision_id=decision.decision_id, action=Action.UPDATE,
+            resource_id="web-0", cloud_id="i-web0", token=1, was_running=True)])
+        env.provider.resources["i-web0"] = msgspec.structs.replace(
+            env.provider.resources["i-web0"], status="stopped", size="t3.small")
+        env.clock.advance(minutes=2)
+        env.provider.fail_steps["start"] = [THROTTLED]  # recovery's start is throttled
+        result = await env.apply(config)
+        failed = await of_type(env, ActionFailed)
+        report = await verify_log(env.store)
+    assert result.recovered == 1
+    assert [isinstance(f, ActionFailed) and f.interrupted for f in failed] == [True]
+    # The cycle after recovery makes the start owed.
+    assert [(d.rule, [c.field for c in d.diff.changes]) for d in result.decisions] == [
+        ("restart-owed→start", ["status"])]
+    assert [e.outcome for e in result.executions] == ["executed"]
+    assert env.provider.resources["i-web0"].status == "running"
     assert report.ok and report.in_doubt == [], report.violations
