@@ -339,8 +339,8 @@ class Executor:
         token answers with a dead resource is closed and made again as the
         next attempt, both recorded (fenced, by the claim and by the pauses
         as the first write-ahead was: a pause recorded since stops the new
-        attempt) before the new token is used. ``progress`` says, even when this raises, which attempt is open and
-        how many calls it made."""
+        attempt) before the new token is used. ``progress`` says, even when
+        this raises, which attempt is open and how many calls it made."""
         stream = resource_stream(decision.resource_id)
         try:
             return await call_with_retries(
