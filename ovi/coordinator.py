@@ -14,7 +14,8 @@ expecting the stream's version, so a claim taken over is never renewed): an
 action longer than the TTL keeps its claim. Renewals move the stream's
 version but not the fencing token, so a :class:`Claim` tracks both. A claim
 that could not be renewed, or was taken over, is no longer *usable*: no new
-work starts under it.
+work starts under it. One whose renewal merely could not be written is still
+renewed at the next heartbeat, for the work already running under it.
 
 "What time is it" for claims is answered in one place, :meth:`Coordinator.now`.
 """
@@ -52,11 +53,14 @@ class Claim:
     claim; it never changes. ``version`` is the claim stream's version now:
     what the next append to it (a renewal, a fenced write, the release)
     expects. ``lost`` means the claim was taken over or could not be renewed:
-    no new work may start under it; ``released`` that it was given back.
+    no new work may start under it; ``released`` that it was given back;
+    ``taken_over`` that another instance holds it now. A claim whose renewal
+    could not be written is lost but still renewed: the work already under
+    way keeps it, and a heartbeat that fails once must not let it run out.
     """
 
     __slots__ = ("_lock", "confirmed_at", "expires_at", "lost", "released", "resource_id",
-                 "token", "version")
+                 "taken_over", "token", "version")
 
     def __init__(self, resource_id: str, token: int, expires_at: datetime, *,
                  confirmed_at: datetime, version: int | None = None) -> None:
@@ -67,12 +71,21 @@ class Claim:
         self.confirmed_at = confirmed_at  # when an append last proved it ours
         self.lost = False
         self.released = False
+        self.taken_over = False
         self._lock = anyio.Lock()  # one append to the claim stream at a time
 
     @property
     def active(self) -> bool:
         """Neither lost nor released."""
         return not (self.lost or self.released)
+
+    @property
+    def renewable(self) -> bool:
+        """Still ours as far as we know: neither taken over nor released."""
+        return not (self.taken_over or self.released)
+
+    def _taken(self) -> None:
+        self.lost = self.taken_over = True
 
     def __repr__(self) -> str:
         return (f"Claim({self.resource_id!r}, token={self.token}, version={self.version},"
@@ -219,7 +232,8 @@ class Coordinator:
     async def renew(self, claims: Iterable[Claim]) -> None:
         """Extend every active claim given to a full TTL from now, in one
         atomic append when none was taken over (else one at a time). A claim
-        taken over, or one whose renewal failed, is marked lost.
+        taken over, or one whose renewal failed, is marked lost; one whose
+        renewal failed is renewed again next time (it may still be ours).
 
         :raises EventStoreError: if the log cannot be written (every claim of
             the append is then marked lost).
@@ -228,7 +242,7 @@ class Coordinator:
         async with AsyncExitStack() as locks:
             for claim in claims:
                 await locks.enter_async_context(claim._lock)
-            live = [c for c in claims if c.active]
+            live = [c for c in claims if c.renewable]
             if not live:
                 return
             now = await self.now()
@@ -240,7 +254,7 @@ class Coordinator:
                     try:
                         await self.store.append_streams([self._renewal(claim, now, expires)])
                     except WrongExpectedVersion:
-                        claim.lost = True
+                        claim._taken()
                     else:
                         self._renewed(claim, now, expires)
                 return
@@ -279,12 +293,12 @@ class Coordinator:
                 group.cancel_scope.cancel()
 
     async def _heartbeat(self, kept: list[Claim]) -> None:
-        while any(c.active for c in kept):
+        while any(c.renewable for c in kept):
             await anyio.sleep(self.heartbeat.total_seconds())
             try:
                 await self.renew(kept)
             except EventStoreError:
-                pass  # marked lost: nothing new starts under them; they run out
+                pass  # marked lost: nothing new starts under them; tried again next beat
 
     # -- appending under a claim -----------------------------------------
 
@@ -316,7 +330,7 @@ class Coordinator:
             except WrongExpectedVersion as exc:
                 # Another fence among ``batches`` (a pause stream) may be what moved.
                 if exc.stream == claim_stream(claim.resource_id):
-                    claim.lost = True
+                    claim._taken()
                 raise
             claim.confirmed_at = await self.now()
             return appended
@@ -333,7 +347,7 @@ class Coordinator:
                 appended = await self.store.append_streams(
                     [*batches, self.release_batch(claim)])
             except WrongExpectedVersion:
-                claim.lost = True
+                claim._taken()
                 raise
             claim.released = True
             return appended

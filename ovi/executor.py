@@ -337,9 +337,10 @@ class Executor:
         """The provider call, with retries (the same attempt: a lost response
         is answered by the same token, never duplicated). A create whose
         token answers with a dead resource is closed and made again as the
-        next attempt, both recorded (fenced) before the new token is used.
-        ``progress`` says, even when this raises, which attempt is open and
-        how many calls it made."""
+        next attempt, both recorded (fenced, by the claim and by the pauses
+        as the first write-ahead was: a pause recorded since stops the new
+        attempt) before the new token is used. ``progress`` says, even when
+        this raises, which attempt is open and how many calls it made."""
         stream = resource_stream(decision.resource_id)
         try:
             return await call_with_retries(
@@ -355,8 +356,8 @@ class Executor:
                 create_attempt=progress.attempt)
             following = self._executing(decision, claim, cycle_id, progress.attempt + 1)
             try:
-                await self.coordinator.append_fenced(claim, [StreamBatch(stream, (closed,
-                                                                                  following))])
+                await self.coordinator.append_fenced(claim, [
+                    StreamBatch(stream, (closed, following)), *self._fences(decision)])
             except EventStoreError as exc:
                 raise gone from exc  # not recorded: the old attempt stays the open one
         progress.attempt += 1

@@ -20,6 +20,9 @@ claim is still held by a live instance) is checked against reality:
   projection) and a later cycle makes it. An action whose resource is listed
   but unreadable stays in doubt.
 
+An action is read again once claimed: another instance may have resolved
+it between our first read and our claim, and it is never resolved twice.
+
 The claims are kept (renewed) while recovery works: starting an instance and
 waiting for it may take longer than a claim lives.
 """
@@ -69,9 +72,20 @@ async def recover_in_doubt(
     # Take the claims first (an expired one is taken over): a holder that is
     # in fact still alive then finds its claim gone and writes nothing more.
     claimed = await coordinator.claim(o.decision.resource_id for o in in_doubt.values())
+    # Another instance may have resolved some between our read and our claim
+    # (its outcome came with the release we claimed after): read them again,
+    # now that nobody else can move them, and resolve only what is still open.
+    await views.catch_up()
+    again = await views.query(lambda db: decision_outcomes(db, decision_ids=in_doubt))
+    open_ = {d: o for d, o in in_doubt.items() if _still_open(o, again.get(d))}
+    for resource_id in {o.decision.resource_id for o in in_doubt.values()} - {
+            o.decision.resource_id for o in open_.values()}:
+        claim = claimed.held.get(resource_id)
+        if claim is not None:
+            await coordinator.release(claim)
     resolved: list[ActionExecuted | ActionFailed] = []
     async with coordinator.keeping(claimed.held.values()):
-        for outcome in in_doubt.values():
+        for outcome in open_.values():
             resource_id = outcome.decision.resource_id
             claim = claimed.held.get(resource_id)
             if claim is None:
@@ -93,6 +107,11 @@ async def recover_in_doubt(
 
 # S3 creation dates have whole seconds, and AWS's clock is not ours.
 _CLOCK_SLACK = timedelta(seconds=1)
+
+
+def _still_open(before: DecisionOutcome, now: DecisionOutcome | None) -> bool:
+    """Whether the action in doubt read before claiming still is."""
+    return now is not None and now.outcome is Outcome.EXECUTING and now.rev == before.rev
 
 
 async def _write_ahead(store: EventStore, outcome: DecisionOutcome) -> RecordedEvent | None:
@@ -136,14 +155,18 @@ async def _resolve(provider: Provider, outcome: DecisionOutcome,
         match = next((r for r in found if r.cloud_id == decision.cloud_id), None)
         done = decision.action == Action.DELETE and match is None
         if decision.action == Action.UPDATE and match is not None:
+            started = True
             if executing is not None and executing.was_running and \
                     match.status not in RUNNING_STATUSES:
                 try:
                     match = await _start(provider, decision.diff.desired, match)
                 except ProviderError as exc:
+                    # Not done, whatever else is in effect: an ActionExecuted
+                    # would settle the start still owed.
+                    started = False
                     why = (f"interrupted, and the resource it stopped could not be started"
                            f" again: {exc} (the start is still owed)")
-            done = _in_effect(decision.diff.changes, match)
+            done = started and _in_effect(decision.diff.changes, match)
     if done:
         return ActionExecuted(
             cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
