@@ -290,6 +290,8 @@ class Service:
         except ProjectionError as exc:
             self.log.error("cycle", f"cannot check the log's event types: {exc}")
         self._report_unknown()
+        if self._draining:
+            return  # a signal came during the check: no cycle starts once draining
         mode = CycleMode.PLAN if self.settings.plan_only or self._unknown else CycleMode.RUN
         result: CycleResult | None = None
         self._cycle_started = time.monotonic()
@@ -415,9 +417,10 @@ class Service:
                 self._drain_timed_out = True
                 self._cycle_scope.cancel()
 
-        if busy:
-            # A task of the group: cancelled with it when the drain finishes first.
-            self._spawn(deadline)
+        # Always armed, busy or not: a cycle between its checks when the
+        # signal came still ends within the timeout. A task of the group:
+        # cancelled with it when the drain finishes first.
+        self._spawn(deadline)
 
     def _spawn(self, fn: Callable[[], Coroutine[object, object, None]]) -> None:
         if self._group is not None:
