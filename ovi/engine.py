@@ -324,14 +324,15 @@ class Engine:
 
 
 def _pause_fences(pauses: PauseState) -> Callable[[Decision], tuple[StreamBatch, ...]]:
-    """Empty batches expecting the pause streams of a decision's resource and of
-    the whole estate to be where the cycle read them: appended with the
-    write-ahead, they stop an action paused by anyone since."""
+    """Empty batches expecting the pause streams of the whole estate and of
+    each identity a decision acts on (:attr:`Decision.subjects`) to be where
+    the cycle read them: appended with the write-ahead, they stop an action
+    paused by anyone since."""
 
     def fences(decision: Decision) -> tuple[StreamBatch, ...]:
         return tuple(StreamBatch(pause_stream(target), (),
                                  expected_version=pauses.versions.get(target, 0))
-                     for target in (PAUSE_ALL, decision.resource_id))
+                     for target in (PAUSE_ALL, *decision.subjects))
 
     return fences
 
