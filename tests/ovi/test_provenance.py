@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from ovi.app import grant_adoption
 from ovi.config import parse_config
 from ovi.model import ID_TAG, OWNER_TAG, Action, DiffType, ResourceType
 from ovi.replay import backtest
@@ -97,3 +98,28 @@ async def test_provenance_ends_when_the_resource_is_deleted_or_disappears(
     # The backtest folds provenance the same way: with the last config, the
     # last cycle's decisions are what the engine recorded.
     assert not [d for d in same.differences if d.last_cycle == back.cycle_id], same.differences
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "design question: an AdoptionGranted names the resource's identity only, not the owner"
+    " (or state) the person saw; binding it needs a new optional event field, a column in"
+    " adoption_grants and grants carried as structs through Context/DecisionContext"))
+@pytest.mark.asyncio
+async def test_a_grant_to_adopt_an_unowned_resource_does_not_take_it_from_a_later_owner(
+    tmp_path: Path
+) -> None:
+    bucket = unmanaged("assets-0", type_=ResourceType.S3)
+    spec = config_text("{type: s3, name: assets}")
+    async with environment(tmp_path, bucket) as env:
+        await env.cycle(spec)
+        # Ann grants the adoption of a bucket that belongs to nobody...
+        await grant_adoption(tmp_path / "ovi.db", "aws/us-east-1/s3/assets-0",
+                             as_id="assets-0", by="ann")
+        # ...and before the next cycle another installation takes it over.
+        env.provider.resources["assets-0"] = msgspec.structs.replace(bucket, tags={
+            ID_TAG: "assets-0", OWNER_TAG: "team-c", "ovi:managed": "true"})
+        env.clock.advance(minutes=10)
+        result = await env.apply(spec)
+    (decision,) = result.decisions
+    assert decision.action is Action.NOTIFY, decision.reason
+    assert env.provider.resources["assets-0"].tags[OWNER_TAG] == "team-c"
