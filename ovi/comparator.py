@@ -45,7 +45,9 @@ class Context(msgspec.Struct, frozen=True):
     resources after it (an S3 bucket, an RDS identifier). ``grants``: desired
     id → the identity of an existing resource an operator allowed Ovi to adopt
     as it (``ovi adopt``). ``restart_owed``: ids of resources an interrupted
-    update of Ovi's stopped and Ovi has not seen running since.
+    update of Ovi's stopped and Ovi has not seen running since. ``made``:
+    desired id → where the resources are that the log shows Ovi created or
+    adopted as it (they may have lost Ovi's tags since).
     """
 
     last_seen: Mapping[str, Location] = {}
@@ -53,6 +55,7 @@ class Context(msgspec.Struct, frozen=True):
     natural_ids: Mapping[str, str] = {}
     grants: Mapping[str, str] = {}
     restart_owed: Collection[str] = frozenset()
+    made: Mapping[str, Collection[Location]] = {}
 
 
 _NOTHING_KNOWN = Context()
@@ -117,14 +120,14 @@ class DefaultComparator:
         keepers: dict[str, Resource] = {}
         copies: defaultdict[str, list[Resource]] = defaultdict(list)
         foreign: list[Resource] = []
+        nameless: list[Resource] = []  # ours by owner, but with no ovi:id
         diffs: list[Diff] = []
         for r in seen:
             tagged = r.tags.get(ID_TAG)
             if not r.managed_by(self.owner):
                 foreign.append(r)
-            elif tagged is None:  # ours, but matchable to nothing: never guess from the cloud id
-                reason = f"{r.cloud_id} is managed by {self.owner!r} but has no {ID_TAG} tag"
-                diffs.append(_unwanted(r, reason))
+            elif tagged is None:
+                nameless.append(r)
             elif tagged in blind:
                 continue
             elif r.id == tagged:
@@ -145,8 +148,14 @@ class DefaultComparator:
                 diffs.append(_restart(want, primary))
             elif changes := self._changes(want, primary):
                 diffs.append(self._drifted(want, primary, changes))
-        paired = self._absent(desired, keepers, copies, foreign, unknown, context, diffs)
+        paired = self._absent(desired, keepers, copies, [*foreign, *nameless], unknown,
+                              context, diffs)
         diffs.extend(self._unmanaged(r) for r in foreign if r.id not in paired)
+        # Ours, but matchable to nothing (never guessed from the cloud id)
+        # unless a conflict above holds it in a desired id's place.
+        diffs.extend(
+            _unwanted(r, f"{r.cloud_id} is managed by {self.owner!r} but has no {ID_TAG} tag")
+            for r in nameless if r.id not in paired)
         diffs.sort(key=lambda d: (d.scope.key, d.resource_id, d.type, d.cloud_id or ""))
         return diffs
 
@@ -155,15 +164,19 @@ class DefaultComparator:
         desired: Sequence[DesiredResource],
         keepers: Mapping[str, Resource],
         copies: Mapping[str, list[Resource]],
-        foreign: Sequence[Resource],
+        holders: Sequence[Resource],
         unknown: Collection[Scope],
         context: Context,
         diffs: list[Diff],
     ) -> set[str]:
         """Missing and conflicting desired resources; returns the identities of
-        the foreign resources that a conflict reports."""
-        by_id = {r.id: r for r in foreign}
-        by_name = {(r.scope, r.cloud_id): r for r in foreign}
+        the resources without a desired id of ours (``holders``) that a
+        conflict reports. A holder is in a desired id's place when it has the
+        name a create would take, an operator granted it, or the log shows Ovi
+        made it that id (its tags were removed or changed since): reported or
+        adopted, never made a second time."""
+        by_id = {r.id: r for r in holders}
+        by_name = {(r.scope, r.cloud_id): r for r in holders}
         unreadable = set(context.unreadable)
         paired: set[str] = set()
         for d in desired:
@@ -177,6 +190,10 @@ class DefaultComparator:
                 continue  # the resource of its name cannot be read: ours or not, unknown
             granted = by_id.get(context.grants.get(d.id, ""))
             holder = granted or (by_name.get((d.scope, name)) if name is not None else None)
+            if holder is None:
+                holder = next((by_name[place.scope, place.cloud_id]
+                               for place in context.made.get(d.id, ())
+                               if (place.scope, place.cloud_id) in by_name), None)
             if holder is not None and holder.id not in paired:
                 paired.add(holder.id)
                 diffs.append(self._conflict(d, holder, granted is not None))
@@ -188,8 +205,12 @@ class DefaultComparator:
         return paired
 
     def _conflict(self, want: DesiredResource, holder: Resource, granted: bool) -> Diff:
-        whose = (f"belongs to Ovi owner {holder.owner!r}" if holder.owner
-                 else "was not made by Ovi")
+        if holder.managed_by(self.owner):
+            whose = f"is tagged as {self.owner!r}'s but has no {ID_TAG} tag"
+        elif holder.owner:
+            whose = f"belongs to Ovi owner {holder.owner!r}"
+        else:
+            whose = "carries no Ovi owner"
         if granted:
             reason = f"{want.id} is desired, and adopting {holder.id} as it was granted"
         else:

@@ -23,6 +23,7 @@ import msgspec
 from ovi._config_source import SourceDocument, load_document
 from ovi._exceptions import ConfigError
 from ovi.model import DesiredResource, ResourceType, Scope
+from ovi.providers._naming import db_identifier
 
 __all__ = [
     "Config",
@@ -297,6 +298,7 @@ def _check(config: Config, doc: SourceDocument) -> None:
     _check_bounds(config, doc)
     names: dict[str, int] = {}
     ids: dict[str, int] = {}
+    identifiers: dict[str, tuple[int, str]] = {}  # RDS DB identifier → (spec, id)
     for i, spec in enumerate(config.resources):
         at = ("resources", i)
         _check_fields(spec, at, doc)
@@ -317,6 +319,8 @@ def _check(config: Config, doc: SourceDocument) -> None:
                     got=f'id "{rid}", also produced by resources[{ids[rid]}]',
                 )
             ids[rid] = i
+            if spec.type is ResourceType.RDS:
+                _check_identifier(identifiers, rid, i, spec, doc)
     notify = config.notify
     if notify is not None and notify.webhook_url_file and notify.webhook_credential:
         raise doc.error(("notify", "webhook_credential"),
@@ -328,6 +332,22 @@ def _check(config: Config, doc: SourceDocument) -> None:
             raise doc.error((*path, "days"), "each day once")
         if window.start == window.end:
             raise doc.error((*path, "end"), "an end different from start (the window is empty)")
+
+
+def _check_identifier(identifiers: dict[str, tuple[int, str]], rid: str, index: int,
+                      spec: ResourceSpec, doc: SourceDocument) -> None:
+    """Two DB instances cannot share an identifier, and the one made from an
+    id folds runs of '-' (``a--b-0`` and ``a-b-0`` are both ``a-b-0``): the
+    second would fail to create on every cycle."""
+    identifier = db_identifier(rid)
+    other = identifiers.setdefault(identifier, (index, rid))
+    if other[1] != rid:
+        where = ("resources", index, "name") if spec.name else ("resources", index)
+        raise doc.error(
+            where, "RDS resources whose DB identifiers differ (runs of '-' count as one)",
+            got=f'id "{rid}", whose DB identifier "{identifier}" resources[{other[0]}]'
+                f' ("{other[1]}") has too',
+        )
 
 
 def _check_fields(spec: ResourceSpec, at: tuple[str | int, ...], doc: SourceDocument) -> None:

@@ -5,7 +5,8 @@ create; drifted → update, except a change that needs a replacement (type,
 provider, region; size unless ``allow_resize``) → notify; unmanaged → notify;
 unwanted → delete, except blessed → notify and ``skip_destructive`` → notify;
 conflict → adopt when taking the resource over was asked for (``adopt: true``,
-``ovi adopt``) or the log shows Ovi made it, else notify. A delete carries its
+``ovi adopt``) or the log shows Ovi made it and no other owner has claimed it
+since, else notify. A delete carries its
 provenance (did the log see Ovi create or adopt it?). Policies then hold
 decisions back (see :mod:`ovi.policies`); they can never make one bolder.
 """
@@ -38,10 +39,13 @@ _REPLACEMENT_FIELDS = frozenset({"type", "provider", "region"})
 
 class DecisionMaker:
     """Decides what to do about each diff. ``policies=None`` builds the default
-    chain from ``rules``; pass a sequence to replace it (``[]`` for none)."""
+    chain from ``rules``; pass a sequence to replace it (``[]`` for none).
+    ``owner`` is this Ovi's owner (the config's)."""
 
-    def __init__(self, rules: Rules, policies: Sequence[Policy] | None = None) -> None:
+    def __init__(self, rules: Rules, policies: Sequence[Policy] | None = None, *,
+                 owner: str = "ovi") -> None:
         self.rules = rules
+        self.owner = owner
         self.policies: tuple[Policy, ...] = tuple(
             default_policies(rules) if policies is None else policies
         )
@@ -49,7 +53,7 @@ class DecisionMaker:
     @classmethod
     def from_config(cls, config: Config) -> DecisionMaker:
         """The decision maker a config asks for, with the default policy chain."""
-        return cls(config.rules)
+        return cls(config.rules, owner=config.owner)
 
     def decide(self, diffs: Sequence[Diff], ctx: DecisionContext) -> list[Decision]:
         """One decision per diff, in the order of ``diffs``.
@@ -82,7 +86,7 @@ class DecisionMaker:
         if diff.type is DiffType.UNMANAGED:
             return Action.NOTIFY, info, "unmanaged→notify", diff.reason
         if diff.type is DiffType.CONFLICT:
-            return _conflict(diff, ctx)
+            return _conflict(diff, ctx, self.owner)
         if diff.type is DiffType.DRIFTED:
             fields = {c.field for c in diff.changes}
             if fields == {"status"}:  # the comparator's word for a start Ovi owes
@@ -104,9 +108,12 @@ class DecisionMaker:
         return Action.DELETE, ready, "unwanted→delete", diff.reason
 
 
-def _conflict(diff: Diff, ctx: DecisionContext) -> tuple[Action, DecisionStatus, str, str]:
+def _conflict(diff: Diff, ctx: DecisionContext,
+              owner: str) -> tuple[Action, DecisionStatus, str, str]:
     """Adopt the resource in the way when that was asked for or it is Ovi's
-    own (the log says so); otherwise only say how to ask for it."""
+    own (the log says so, and no other owner's tag says otherwise: another
+    installation may have taken it over, and two that take it back from each
+    other never stop); otherwise only say how to ask for it."""
     want, holder = diff.desired, diff.observed
     notify = (Action.NOTIFY, DecisionStatus.INFORMATIONAL)
     if want is None or holder is None:
@@ -119,7 +126,8 @@ def _conflict(diff: Diff, ctx: DecisionContext) -> tuple[Action, DecisionStatus,
     if ctx.grants.get(want.id) == holder.id:
         return (*ready, "adoption-granted", f"{diff.reason}; taking it over (ovi adopt)")
     if ctx.provenance.get((want.id, holder.cloud_id)) in (Provenance.CREATED,
-                                                           Provenance.ADOPTED):
+                                                           Provenance.ADOPTED) \
+            and holder.owner in (None, owner):
         return (*ready, "own-untagged",
                 f"{diff.reason}; the log shows Ovi made it {want.id}: tagging it again")
     if want.adopt and holder.owner is None:

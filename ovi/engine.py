@@ -39,6 +39,7 @@ from ovi.model import (
     CycleMode,
     Decision,
     Diff,
+    Location,
     Outcome,
     Provenance,
     ResourceType,
@@ -54,6 +55,7 @@ from projections.findings import (
     adoption_grants,
     approved_decisions,
     latest_config_hash,
+    made_locations,
     open_findings,
     provenance,
     provenance_scopes,
@@ -101,6 +103,7 @@ class _State(msgspec.Struct):
     grants: dict[str, str]  # desired id → identity of the resource granted to it
     pauses: PauseState
     restarts: dict[str, OwedRestart] = {}
+    made: dict[str, tuple[Location, ...]] = {}  # desired id → what Ovi made as it
 
 
 def new_cycle_id(now: datetime) -> str:
@@ -192,7 +195,7 @@ class Engine:
             desired, observation.resources, unknown_scopes=tuple(observation.failed),
             context=Context(last_seen=last_seen, unreadable=frozenset(unreadable),
                             natural_ids=natural, grants=state.grants,
-                            restart_owed=frozenset(restart_owed)),
+                            restart_owed=frozenset(restart_owed), made=state.made),
         )
         detected_at = {
             d.resource_id: _detected_at(state.findings.get(d.resource_id), d, started)
@@ -321,14 +324,15 @@ class Engine:
 
 
 def _pause_fences(pauses: PauseState) -> Callable[[Decision], tuple[StreamBatch, ...]]:
-    """Empty batches expecting the pause streams of a decision's resource and of
-    the whole estate to be where the cycle read them: appended with the
-    write-ahead, they stop an action paused by anyone since."""
+    """Empty batches expecting the pause streams of the whole estate and of
+    each identity a decision acts on (:attr:`Decision.subjects`) to be where
+    the cycle read them: appended with the write-ahead, they stop an action
+    paused by anyone since."""
 
     def fences(decision: Decision) -> tuple[StreamBatch, ...]:
         return tuple(StreamBatch(pause_stream(target), (),
                                  expected_version=pauses.versions.get(target, 0))
-                     for target in (PAUSE_ALL, decision.resource_id))
+                     for target in (PAUSE_ALL, *decision.subjects))
 
     return fences
 
@@ -381,4 +385,4 @@ def _load_state(db: sqlite3.Connection) -> _State:
     grants = {rid: grant.identity for rid, grant in adoption_grants(db).items()}
     return _State(known, open_findings(db), approved_decisions(db), latest_config_hash(db),
                   provenance(db), provenance_scopes(db), grants, pause_state(db),
-                  owed_restarts(db))
+                  owed_restarts(db), made_locations(db))

@@ -345,6 +345,16 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     # For a delete: whether the log saw Ovi create or adopt the resource.
     provenance: Provenance | None = None
 
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        """The identities this decision acts on: its resource id and, for a
+        conflict, the identity of the existing resource it would adopt (a
+        pause of either holds it)."""
+        observed = self.diff.observed
+        if observed is None or not observed.id or observed.id == self.resource_id:
+            return (self.resource_id,)
+        return (self.resource_id, observed.id)
+
 
 def decision_id_for(diff: Diff, action: Action, detected_at: datetime) -> str:
     """Deterministic decision id: stable while the finding stays the same, new

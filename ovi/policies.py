@@ -107,7 +107,8 @@ def _when(moment: datetime) -> str:
 class Paused:
     """Nothing is executed on a paused resource, nor anywhere while the whole
     estate is paused (``ovi pause``): its decisions, waiting or ready, are held
-    as ``paused``; notifications still go out. First in the chain, so the
+    as ``paused`` (an adoption too when the resource it would take over is
+    paused under its own identity); notifications still go out. First in the chain, so the
     blast-radius cap counts only deletes that could really run."""
 
     name = "paused"
@@ -119,7 +120,7 @@ class Paused:
         estate = ctx.paused.get(PAUSE_ALL)
         out: list[Decision] = []
         for d in decisions:
-            why = ctx.paused.get(d.resource_id, estate)
+            why = next((ctx.paused[t] for t in d.subjects if t in ctx.paused), estate)
             if why is not None and d.status is not DecisionStatus.INFORMATIONAL:
                 d = hold(d, DecisionStatus.PAUSED, self.name, why)
             out.append(d)

@@ -19,6 +19,7 @@ from ovi.events import (
     ActionExecuting,
     ActionFailed,
     ActionSkipped,
+    ResourceDisappeared,
     stream_resource,
 )
 from ovi.model import Action, Outcome, Provenance, Scope
@@ -123,6 +124,8 @@ class FindingsFold:
             self._decided(event, rev)
         elif type_ in _OUTCOMES:
             self._outcome(recorded, _OUTCOMES[type_])
+        elif type_ == "ResourceDisappeared":
+            self._disappeared(event)
         elif type_ == "AdoptionGranted":
             self._db.execute("INSERT OR REPLACE INTO adoption_grants VALUES (?, ?, ?, ?, ?, ?)",
                              (event.resource_id, event.identity, event.cloud_id, event.by,
@@ -204,16 +207,35 @@ class FindingsFold:
         self._db.execute(_RECORD_OUTCOME, (
             outcome, reason, recorded.position, recorded.instance_id, token, retryable,
             event.decision_id, outcome, outcome, token))
+        if not isinstance(event, ActionExecuted) or not event.cloud_id:
+            return
         origin = _ORIGINS.get(event.action)
-        if isinstance(event, ActionExecuted) and origin is not None and event.cloud_id:
+        if origin is not None:
             self._provenance(event, origin, recorded.position)
+        elif event.action is Action.DELETE:
+            self._forget(self._scope_of(event.decision_id), event.cloud_id)
+
+    def _disappeared(self, event: ResourceDisappeared) -> None:
+        # Gone, not merely known by another identity: whatever later takes
+        # its cloud id (a bucket name freed and reused) is another resource.
+        if event.now_known_as is None:
+            self._forget(event.scope.key, event.cloud_id)
+
+    def _forget(self, scope: str, cloud_id: str) -> None:
+        """What Ovi made at ``cloud_id`` in ``scope`` no longer exists: the log's
+        word that Ovi made it must not pass to the next resource of that name."""
+        self._db.execute("DELETE FROM provenance WHERE scope = ? AND cloud_id = ?",
+                         (scope, cloud_id))
+
+    def _scope_of(self, decision_id: str) -> str:
+        row = self._db.execute("SELECT scope FROM decisions WHERE decision_id = ?",
+                               (decision_id,)).fetchone()
+        return str(row[0]) if row is not None else ""
 
     def _provenance(self, event: ActionExecuted, origin: Provenance, rev: int) -> None:
-        row = self._db.execute("SELECT scope FROM decisions WHERE decision_id = ?",
-                               (event.decision_id,)).fetchone()
         self._db.execute("INSERT OR REPLACE INTO provenance VALUES (?, ?, ?, ?, ?, ?)",
                          (event.resource_id, event.cloud_id, origin, event.decision_id,
-                          row[0] if row is not None else "", rev))
+                          self._scope_of(event.decision_id), rev))
         if origin is Provenance.ADOPTED:  # the grant, if any, is used up
             self._db.execute("DELETE FROM adoption_grants WHERE resource_id = ?",
                              (event.resource_id,))

@@ -24,8 +24,11 @@ finding was open. The queries read those events from the log's ``events``
 table, in the same file.
 
 ``provenance`` is what the log says Ovi made its own: every executed create
-(recovered ones too) and adoption, with the decision's scope. A delete of
-anything else waits for a person. ``adoption_grants`` holds the ``ovi adopt``
+(recovered ones too) and adoption, with the decision's scope, for as long as
+that resource exists: an executed delete of it, or its disappearance (not a
+change of identity), removes the row, so a resource that later takes the same
+cloud id (a bucket name freed and reused) is not Ovi's. A delete of anything
+else waits for a person. ``adoption_grants`` holds the ``ovi adopt``
 grants not used yet (an executed adoption of that id uses it up).
 """
 
@@ -39,7 +42,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from eventstore import RecordedEvent, parse_timestamp
-from ovi.model import Decision, Outcome, Provenance
+from ovi.model import Decision, Location, Outcome, Provenance, ResourceType, Scope
 from projections._findings_fold import DecisionMadeView, FindingsFold
 from projections._projection import Projection
 
@@ -53,6 +56,7 @@ __all__ = [
     "decision_outcomes",
     "find_decision",
     "latest_config_hash",
+    "made_locations",
     "open_findings",
     "provenance",
     "provenance_scopes",
@@ -86,13 +90,13 @@ class OpenFinding(msgspec.Struct, frozen=True):
 
 class FindingsProjection(Projection):
     name: ClassVar[str] = "findings"
-    schema_version: ClassVar[int] = 4
+    schema_version: ClassVar[int] = 5
     tables: ClassVar[tuple[str, ...]] = ("findings", "decisions", "approvals", "config_versions",
                                          "provenance", "adoption_grants")
     event_types: ClassVar[frozenset[str] | None] = frozenset(
         {"DiffDetected", "DiffResolved", "DecisionMade", "ApprovalGranted", "ConfigLoaded",
          "ActionSkipped", "ActionExecuting", "ActionExecuted", "ActionFailed",
-         "AdoptionGranted"}
+         "AdoptionGranted", "ResourceDisappeared"}
     )
     event_views: ClassVar[Mapping[str, type[Any]]] = {
         "DiffDetected": bytes, "DecisionMade": DecisionMadeView}
@@ -277,6 +281,19 @@ def provenance(db: sqlite3.Connection) -> dict[tuple[str, str], Provenance]:
     adoption)."""
     return {(rid, cloud_id): Provenance(origin) for rid, cloud_id, origin
             in db.execute("SELECT resource_id, cloud_id, origin FROM provenance")}
+
+
+def made_locations(db: sqlite3.Connection) -> dict[str, tuple[Location, ...]]:
+    """Desired id → where the resources are that Ovi created or adopted as it
+    (and that still exist, as far as the log knows)."""
+    found: dict[str, list[Location]] = {}
+    for resource_id, cloud_id, scope in db.execute(
+            "SELECT resource_id, cloud_id, scope FROM provenance WHERE scope <> ''"
+            " ORDER BY resource_id, scope, cloud_id"):
+        provider, region, type_ = str(scope).split("/", 2)
+        found.setdefault(resource_id, []).append(
+            Location(Scope(provider, region, ResourceType(type_)), cloud_id))
+    return {rid: tuple(where) for rid, where in found.items()}
 
 
 def provenance_scopes(db: sqlite3.Connection) -> set[str]:

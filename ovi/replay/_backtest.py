@@ -9,8 +9,9 @@ give is compared with the one recorded as in force at the end of that cycle.
 
 The facts the engine hands the comparator and decision maker besides the
 observation are folded too: where the log last saw each id, the resources
-that could not be read, provenance (executed creates and adoptions) and the
-``ovi adopt`` grants not used yet.
+that could not be read, provenance (executed creates and adoptions, until
+the resource is deleted or disappears) and the ``ovi adopt`` grants not used
+yet.
 
 With the recorded config itself the backtest finds no difference: that is
 how it is tested. Detection times (grace periods, decision ids, hence
@@ -145,6 +146,8 @@ class _Backtest:
         self.simulated: dict[str, _Finding] = {}
         self.approvals: dict[str, int] = {}
         self.provenance: dict[tuple[str, str], Provenance] = {}
+        self.made: dict[tuple[str, str], Location] = {}  # where each provenance row's resource is
+        self.action_scopes: dict[str, Scope] = {}  # decision id → scope, for actions
         self.grants: dict[str, str] = {}
         self.natural = {d.id: n for d in self.desired if (n := natural_id(d)) is not None}
         self.cycles: dict[str, _Cycle] = {}
@@ -160,6 +163,8 @@ class _Backtest:
                 scope[event.resource.id] = (event.resource, event.fingerprint)
             case ResourceDisappeared():
                 self.estate.get(event.scope, {}).pop(event.resource_id, None)
+                if event.now_known_as is None:
+                    self._forget(Location(event.scope, event.cloud_id))
             case ObservationCompleted():
                 self._completed(position, event)
             case ObservationFailed():
@@ -174,19 +179,33 @@ class _Backtest:
                 found = self.recorded.get(event.decision.resource_id)
                 if found is not None:
                     found.verdict = Verdict.of(event.decision)
+                if event.decision.action is not Action.NOTIFY:
+                    self.action_scopes[event.decision.decision_id] = event.decision.diff.scope
             case ApprovalGranted():
                 self.approvals.setdefault(event.decision_id, position)
             case AdoptionGranted():
                 self.grants[event.resource_id] = event.identity
             case ActionExecuted():
                 origin = _ORIGINS.get(event.action)
+                acted_in = self.action_scopes.get(event.decision_id)
                 if origin is not None and event.cloud_id:
                     self.provenance[event.resource_id, event.cloud_id] = origin
+                    if acted_in is not None:
+                        self.made[event.resource_id, event.cloud_id] = Location(
+                            acted_in, event.cloud_id)
                     if origin is Provenance.ADOPTED:
                         self.grants.pop(event.resource_id, None)
+                elif event.action is Action.DELETE and event.cloud_id and acted_in is not None:
+                    self._forget(Location(acted_in, event.cloud_id))
             case CycleFinished():
                 if (cycle := self.cycles.pop(event.cycle_id, None)) is not None:
                     self._evaluate(cycle)
+
+    def _forget(self, gone: Location) -> None:
+        """As the findings projection does: what Ovi made there no longer exists."""
+        for key in [k for k, where in self.made.items() if where == gone]:
+            del self.made[key]
+            self.provenance.pop(key, None)
 
     def _completed(self, position: int, event: ObservationCompleted) -> None:
         members = self.estate.get(event.scope, {})
@@ -217,10 +236,14 @@ class _Backtest:
         observed = [r for scope in sorted(cycle.observed) for r in cycle.observed[scope]]
         last_seen = {rid: Location(scope, r.cloud_id) for scope, members in self.estate.items()
                      for rid, (r, _) in members.items()}
+        made: dict[str, list[Location]] = {}
+        for (rid, _), where in sorted(self.made.items(),
+                                      key=lambda m: (m[0][0], m[1].scope.key, m[1].cloud_id)):
+            made.setdefault(rid, []).append(where)
         diffs = self.comparator.compare(
             self.desired, observed, unknown_scopes=tuple(unknown),
             context=Context(last_seen=last_seen, unreadable=frozenset(cycle.unreadable),
-                            natural_ids=self.natural, grants=self.grants))
+                            natural_ids=self.natural, grants=self.grants, made=made))
         detected = {d.resource_id: self._detected(d, cycle.started_at) for d in diffs}
         approved = frozenset(d for d, p in self.approvals.items() if p < cycle.position)
         context = DecisionContext(now=cycle.started_at, detected_at=detected, approved=approved,

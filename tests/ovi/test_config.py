@@ -301,6 +301,9 @@ ERRORS = [
      "rules.max_creates_per_cycle", 14, "expected an integer ≥ 0"),
     ("adopt_on_ec2", BASE.replace("count: 3", "count: 3\n    adopt: true"),
      "resources[0].adopt", 8, "no adopt for ec2"),
+    ("rds_identifiers_collide", BASE + "  - type: rds\n    name: rds--1\n",
+     "resources[3].name", 14,
+     'id "rds--1-0", whose DB identifier "rds-1-0" resources[1] ("rds-1-0") has too'),
 ]
 
 

@@ -123,3 +123,31 @@ async def test_pause_and_resume_record_the_actor_and_refuse_what_makes_no_sense(
         await resume_automation(store, [PAUSE_ALL])
     with pytest.raises(OviError, match="--all"):
         await pause_automation(store, [], reason="x")
+
+
+BUCKET = "aws/us-east-1/s3/assets-0"  # the identity plan shows for the existing bucket
+
+
+@pytest.mark.parametrize("when", ["before", "mid-cycle"])
+async def test_a_paused_resource_is_not_adopted_under_the_desired_id_it_would_become(
+    tmp_path: Path, when: str
+) -> None:
+    spec = "{type: s3, name: assets, adopt: true}"
+    theirs = unmanaged("assets-0", type_=ResourceType.S3, team="data")
+    async with environment(tmp_path, theirs) as env:
+        if when == "before":
+            await pause_automation(tmp_path / "ovi.db", [BUCKET], reason="INC-1: whose is it?",
+                                   by="ann")
+        else:
+            env.provider = PausingMidCycle(env, BUCKET, [theirs])
+            env.engine.provider = env.engine.executor.provider = env.provider
+        result = await env.apply(config_text(spec))
+        executing = [e.event for e in await env.events() if isinstance(e.event, ActionExecuting)]
+    (adopt,) = result.decisions
+    assert (adopt.action, adopt.resource_id) == (Action.ADOPT, "assets-0")
+    if when == "before":
+        assert adopt.status is DecisionStatus.PAUSED and "INC-1" in adopt.reason
+    else:
+        assert [(e.outcome, e.reason) for e in result.executions] == [("skipped", "paused")]
+    assert executing == []
+    assert env.provider.resources["assets-0"].tags == {"team": "data"}
