@@ -30,7 +30,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as AWSConnectionError
 
 from ovi.model import DECISION_TAG, ID_TAG, MANAGED_TAG, OWNER_TAG, DesiredResource, Resource
-from ovi.providers.base import ProviderError
+from ovi.providers.base import ADOPT_GUARD, ProviderError, check_unchanged
 
 __all__ = [
     "AWSCalls",
@@ -276,14 +276,8 @@ def label(resource: Resource) -> str:
 
 def check_adoptable(current: Resource, tags: dict[str, str], operation: str) -> None:
     """Refuse to adopt ``current`` when its Ovi tags (now ``tags``) changed
-    since the observation the adoption was decided on: someone else may have
-    taken it meanwhile.
+    since the observation the adoption was decided on.
 
     :raises ProviderError: not retryable, code ``ChangedSinceObserved``.
     """
-    for key in (OWNER_TAG, ID_TAG):
-        if tags.get(key) != current.tags.get(key):
-            raise ProviderError(
-                f"{operation} {label(current)} in {current.region}: not adopted: its {key} tag"
-                f" changed since it was observed ({current.tags.get(key)!r} → {tags.get(key)!r})",
-                operation=operation, code="ChangedSinceObserved")
+    check_unchanged(current, tags, operation, guard=ADOPT_GUARD, doing="adopted")

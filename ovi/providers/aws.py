@@ -21,7 +21,7 @@ from ovi.providers._aws_ec2 import EC2Instances
 from ovi.providers._aws_rds import RDSInstances
 from ovi.providers._aws_s3 import LIST_PAGE_SIZE, S3Buckets
 from ovi.providers._naming import natural_id
-from ovi.providers.base import ProviderError
+from ovi.providers.base import DELETE_GUARD, ProviderError, check_unchanged
 
 if TYPE_CHECKING:
     from ovi.config import Config
@@ -203,10 +203,19 @@ class AWSProvider:
         when it is empty. Something already gone counts as deleted.
 
         :raises ProviderError: if the resource cannot be deleted (a bucket
-            that is not empty is a permanent failure).
+            that is not empty is a permanent failure), or its ``ovi:owner``,
+            ``ovi:id`` or ``ovi:blessed`` tag changed since it was observed.
         """
         self._check_provider(current.provider, f"delete {current.id}")
-        await self._kinds[current.type].delete(current)
+        kind = self._kinds[current.type]
+        # Re-read just before: a delete acts only on the resource as it was
+        # decided (and approved) on, never on one re-tagged since.
+        fresh = await kind.get(current.region, current.cloud_id, label(current))
+        if fresh is None:
+            return  # already gone: deleted
+        check_unchanged(current, fresh.tags, f"{current.provider}:delete", guard=DELETE_GUARD,
+                        doing="deleted")
+        await kind.delete(current)
 
     def _check_resize(self, current: Resource, size: str, where: str) -> None:
         if current.type is ResourceType.S3:

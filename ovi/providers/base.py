@@ -6,9 +6,26 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ovi._exceptions import OviError
-from ovi.model import DesiredResource, FieldChange, Resource, Scope, Unreadable
+from ovi.model import (
+    BLESSED_TAG,
+    ID_TAG,
+    OWNER_TAG,
+    DesiredResource,
+    FieldChange,
+    Resource,
+    Scope,
+    Unreadable,
+)
 
-__all__ = ["CreatedResourceGone", "Provider", "ProviderError", "create_token"]
+__all__ = [
+    "ADOPT_GUARD",
+    "DELETE_GUARD",
+    "CreatedResourceGone",
+    "Provider",
+    "ProviderError",
+    "check_unchanged",
+    "create_token",
+]
 
 
 def create_token(decision_id: str, attempt: int = 1) -> str:
@@ -138,3 +155,30 @@ class Provider(Protocol):
     async def delete(self, current: Resource) -> None:
         """Delete ``current``."""
         ...
+
+
+#: Tags that must not have moved since the observation an adoption was decided
+#: on: someone else may have taken the resource meanwhile.
+ADOPT_GUARD = (OWNER_TAG, ID_TAG)
+#: ... and for a delete, also whether it was blessed since: a person who marks
+#: a resource ``ovi:blessed=true`` after it was approved for deletion has
+#: spoken last.
+DELETE_GUARD = (OWNER_TAG, ID_TAG, BLESSED_TAG)
+
+
+def check_unchanged(current: Resource, tags: dict[str, str], operation: str, *,
+                    guard: Sequence[str], doing: str) -> None:
+    """Refuse to go on with ``doing`` on ``current`` (the resource as the
+    decision saw it) when one of the ``guard`` tags reads differently now
+    (``tags``, read just before the call).
+
+    :raises ProviderError: not retryable, code ``ChangedSinceObserved``; the
+        next cycle decides afresh on what is there now.
+    """
+    for key in guard:
+        if tags.get(key) != current.tags.get(key):
+            raise ProviderError(
+                f"{operation} {current.id or current.cloud_id} in {current.region}: not"
+                f" {doing}: its {key} tag changed since it was observed"
+                f" ({current.tags.get(key)!r} → {tags.get(key)!r})",
+                operation=operation, code="ChangedSinceObserved")

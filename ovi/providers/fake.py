@@ -28,7 +28,13 @@ from ovi.model import (
     Scope,
     Unreadable,
 )
-from ovi.providers.base import CreatedResourceGone, ProviderError, create_token
+from ovi.providers.base import (
+    DELETE_GUARD,
+    CreatedResourceGone,
+    ProviderError,
+    check_unchanged,
+    create_token,
+)
 
 __all__ = ["FakeProvider", "SharedFakeProvider"]
 
@@ -243,8 +249,12 @@ class FakeProvider:
         await self._call("delete", current.cloud_id)
 
         def delete(estate: Estate) -> None:
-            if estate.pop(current.cloud_id, None) is None:
+            existing = estate.get(current.cloud_id)
+            if existing is None:
                 raise ProviderError(f"{current.cloud_id} does not exist")
+            check_unchanged(current, existing.tags, "fake:delete", guard=DELETE_GUARD,
+                            doing="deleted")
+            del estate[current.cloud_id]
 
         await self._state(delete)
 

@@ -622,6 +622,30 @@ async def test_delete_s3_only_when_empty(aws: AWSProvider, boto: Boto) -> None:
         b"keep me")
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("change", [{"ovi:blessed": "true"}, {"ovi:owner": "team-b"}])
+async def test_a_delete_refuses_a_resource_retagged_since_it_was_observed(
+    aws: AWSProvider, boto: Boto, change: dict[str, str]
+) -> None:
+    instance = await aws.create(desired("web-0", ResourceType.EC2), decision_id="d-1",
+                                owner="ovi")
+    bucket = await aws.create(desired("logs-0", ResourceType.S3), decision_id="d-2",
+                              owner="ovi")
+    # Between the observation a delete was decided (and approved) on and the
+    # call, a person blesses the resource, or another owner takes it.
+    boto("ec2").create_tags(Resources=[instance.cloud_id],
+                            Tags=[{"Key": k, "Value": v} for k, v in change.items()])
+    boto("s3").put_bucket_tagging(Bucket="logs-0", Tagging={"TagSet": [
+        {"Key": k, "Value": v} for k, v in {**bucket.tags, **change}.items()]})
+    for current in (instance, bucket):
+        with pytest.raises(ProviderError) as caught:
+            await aws.delete(current)
+        assert caught.value.code == "ChangedSinceObserved" and not caught.value.retryable
+        assert next(iter(change)) in str(caught.value)
+    assert [i["InstanceId"] for i in live_instances(boto)] == [instance.cloud_id]
+    assert [b["Name"] for b in boto("s3").list_buckets()["Buckets"]] == ["logs-0"]
+
+
 # --- errors ------------------------------------------------------------------
 
 
