@@ -177,6 +177,7 @@ class AdoptionTarget(msgspec.Struct, frozen=True):
     identity: str
     cloud_id: str
     scope: str
+    owner: str | None  # its ovi:owner tag as last observed
 
 
 async def grant_adoption(
@@ -207,18 +208,18 @@ async def grant_adoption(
         who = by or getpass.getuser()
         await runtime.store.append(resource_stream(as_id), [AdoptionGranted(
             resource_id=as_id, identity=target.identity, cloud_id=target.cloud_id, by=who,
-            at=datetime.now(UTC))])
+            at=datetime.now(UTC), owner_seen=target.owner)])
     return target, who
 
 
 def _adoption_target(db: sqlite3.Connection, text: str) -> AdoptionTarget | None:
     rows = db.execute(
-        'SELECT resource_id, cloud_id, scope FROM resource_rows WHERE "exists" = 1'
+        'SELECT resource_id, cloud_id, scope, owner FROM resource_rows WHERE "exists" = 1'
         " AND (resource_id = ? OR cloud_id = ?) ORDER BY resource_id", (text, text)).fetchall()
     exact = [r for r in rows if r[0] == text]
     if exact or len(rows) == 1:
         row = (exact or rows)[0]
-        return AdoptionTarget(row[0], row[1], row[2])
+        return AdoptionTarget(row[0], row[1], row[2], row[3])
     if rows:
         names = ", ".join(r[0] for r in rows)
         raise OviError(f"cloud id {text!r} names several resources ({names}): give its identity")

@@ -12,7 +12,7 @@ resource is *missing* only when every place it may be was seen in full.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,7 +33,7 @@ from ovi.model import (
 if TYPE_CHECKING:
     from ovi.config import Config
 
-__all__ = ["Comparator", "Context", "DefaultComparator"]
+__all__ = ["Comparator", "Context", "DefaultComparator", "Grant", "grants_in_force"]
 
 
 class Context(msgspec.Struct, frozen=True):
@@ -59,6 +59,25 @@ class Context(msgspec.Struct, frozen=True):
 
 
 _NOTHING_KNOWN = Context()
+
+
+class Grant(msgspec.Struct, frozen=True):
+    """An ``ovi adopt`` grant not used yet: the identity of the resource and
+    the ``ovi:owner`` it carried when the person granted it."""
+
+    identity: str
+    owner_seen: str | None = None
+
+
+def grants_in_force(grants: Mapping[str, Grant],
+                    observed: Iterable[Resource]) -> dict[str, str]:
+    """Desired id → identity, for the grants whose resource still carries the
+    owner the person saw (or was not seen this cycle): a resource another
+    installation tagged as its own since is not taken by the older grant; the
+    person has to grant it again, seeing the new owner."""
+    owners = {r.id: r.owner for r in observed}
+    return {rid: g.identity for rid, g in grants.items()
+            if owners.get(g.identity, g.owner_seen) == g.owner_seen}
 
 
 class Comparator(Protocol):

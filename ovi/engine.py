@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from eventstore import NO_STREAM, Event, EventStore, StreamBatch
-from ovi.comparator import Comparator, Context, DefaultComparator
+from ovi.comparator import Comparator, Context, DefaultComparator, Grant, grants_in_force
 from ovi.config import Config
 from ovi.coordinator import Coordinator
 from ovi.decisions import DecisionContext, DecisionMaker
@@ -100,7 +100,7 @@ class _State(msgspec.Struct):
     config_hash: str | None
     provenance: dict[tuple[str, str], Provenance]
     provenance_scopes: set[str]
-    grants: dict[str, str]  # desired id → identity of the resource granted to it
+    grants: dict[str, Grant]  # desired id → the resource granted to it
     pauses: PauseState
     restarts: dict[str, OwedRestart] = {}
     made: dict[str, tuple[Location, ...]] = {}  # desired id → what Ovi made as it
@@ -186,6 +186,7 @@ class Engine:
         desired = config.desired_resources()
         last_seen = recorded_locations(state.known)
         unreadable = observation.unreadable
+        grants = grants_in_force(state.grants, observation.resources)
         natural: dict[str, str] = {}
         for d in desired:
             name = self.provider.natural_id(d)
@@ -194,7 +195,7 @@ class Engine:
         diffs = self._comparator(config).compare(
             desired, observation.resources, unknown_scopes=tuple(observation.failed),
             context=Context(last_seen=last_seen, unreadable=frozenset(unreadable),
-                            natural_ids=natural, grants=state.grants,
+                            natural_ids=natural, grants=grants,
                             restart_owed=frozenset(restart_owed), made=state.made),
         )
         detected_at = {
@@ -204,7 +205,7 @@ class Engine:
         context = DecisionContext(
             now=started, detected_at=detected_at, approved=state.approved,
             paused={t: p.describe() for t, p in state.pauses.active.items()},
-            provenance=state.provenance, grants=state.grants)
+            provenance=state.provenance, grants=grants)
         decisions = self._decision_maker(config).decide(diffs, context)
         # Findings about a resource that could not be read stay open: unknown
         # is not resolved.
@@ -382,7 +383,8 @@ def _load_state(db: sqlite3.Connection) -> _State:
     for scope, resource_id, cloud_id, fingerprint, rev in rows:
         known.setdefault(scope, {})[resource_id] = KnownResource(resource_id, cloud_id,
                                                                  fingerprint, rev or 0)
-    grants = {rid: grant.identity for rid, grant in adoption_grants(db).items()}
+    grants = {rid: Grant(grant.identity, grant.owner_seen)
+              for rid, grant in adoption_grants(db).items()}
     return _State(known, open_findings(db), approved_decisions(db), latest_config_hash(db),
                   provenance(db), provenance_scopes(db), grants, pause_state(db),
                   owed_restarts(db), made_locations(db))

@@ -224,13 +224,18 @@ class NotificationSent(Event, frozen=True):
 class AdoptionGranted(Event, frozen=True):
     """A person allows Ovi to take over the existing resource ``identity``
     (cloud id ``cloud_id``) as the desired ``resource_id`` (``ovi adopt``):
-    the next cycle that finds it unmanaged and ``resource_id`` missing adopts it."""
+    the next cycle that finds it unmanaged and ``resource_id`` missing adopts it.
+    ``owner_seen`` is the ``ovi:owner`` tag it carried when the person granted
+    it (None: no owner): the grant holds only while the resource still carries
+    that owner, so it never takes over a resource another installation claimed
+    since."""
 
     resource_id: str
     identity: str
     cloud_id: str
     by: str
     at: datetime
+    owner_seen: str | None = None
 
 
 class ClaimAcquired(Event, frozen=True):

@@ -127,9 +127,9 @@ class FindingsFold:
         elif type_ == "ResourceDisappeared":
             self._disappeared(event)
         elif type_ == "AdoptionGranted":
-            self._db.execute("INSERT OR REPLACE INTO adoption_grants VALUES (?, ?, ?, ?, ?, ?)",
+            self._db.execute("INSERT OR REPLACE INTO adoption_grants VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (event.resource_id, event.identity, event.cloud_id, event.by,
-                              self._text(event.at), rev))
+                              self._text(event.at), rev, event.owner_seen))
         elif type_ == "ApprovalGranted":
             self._db.execute("INSERT OR REPLACE INTO approvals VALUES (?, ?, ?, ?, ?)",
                              (event.decision_id, event.resource_id, event.by,

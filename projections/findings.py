@@ -12,7 +12,7 @@ Tables::
     config_versions(config_hash PK, first_rev, last_rev, source)
     provenance(resource_id, cloud_id, origin, decision_id, scope, rev,
                PK (resource_id, cloud_id))  -- origin: created | adopted
-    adoption_grants(resource_id PK, identity, cloud_id, by, at, rev)
+    adoption_grants(resource_id PK, identity, cloud_id, by, at, rev, owner_seen)
 
 ``findings`` holds each resource's latest finding: open, or how it was closed
 (``superseded`` by a newer one, or the resolution's reason); earlier ones are
@@ -90,7 +90,7 @@ class OpenFinding(msgspec.Struct, frozen=True):
 
 class FindingsProjection(Projection):
     name: ClassVar[str] = "findings"
-    schema_version: ClassVar[int] = 5
+    schema_version: ClassVar[int] = 6
     tables: ClassVar[tuple[str, ...]] = ("findings", "decisions", "approvals", "config_versions",
                                          "provenance", "adoption_grants")
     event_types: ClassVar[frozenset[str] | None] = frozenset(
@@ -164,7 +164,8 @@ class FindingsProjection(Projection):
                 cloud_id    TEXT NOT NULL,
                 by          TEXT NOT NULL,
                 at          TEXT NOT NULL,
-                rev         INTEGER NOT NULL
+                rev         INTEGER NOT NULL,
+                owner_seen  TEXT
             )"""
         )
         db.execute(
@@ -274,6 +275,7 @@ class AdoptionGrant(msgspec.Struct, frozen=True):
     cloud_id: str
     by: str
     at: datetime
+    owner_seen: str | None = None  # the ovi:owner tag it carried when granted
 
 
 def provenance(db: sqlite3.Connection) -> dict[tuple[str, str], Provenance]:
@@ -305,7 +307,7 @@ def provenance_scopes(db: sqlite3.Connection) -> set[str]:
 def adoption_grants(db: sqlite3.Connection) -> dict[str, AdoptionGrant]:
     """Unused ``ovi adopt`` grants by the desired id they name."""
     return {
-        row[0]: AdoptionGrant(row[0], row[1], row[2], row[3], parse_timestamp(row[4]))
+        row[0]: AdoptionGrant(row[0], row[1], row[2], row[3], parse_timestamp(row[4]), row[5])
         for row in db.execute(
-            "SELECT resource_id, identity, cloud_id, by, at FROM adoption_grants")
+            "SELECT resource_id, identity, cloud_id, by, at, owner_seen FROM adoption_grants")
     }

@@ -26,7 +26,7 @@ from datetime import datetime
 import msgspec
 
 from eventstore import EventStore
-from ovi.comparator import Context, DefaultComparator
+from ovi.comparator import Context, DefaultComparator, Grant, grants_in_force
 from ovi.config import Config
 from ovi.decisions import DecisionContext, DecisionMaker
 from ovi.events import (
@@ -148,7 +148,7 @@ class _Backtest:
         self.provenance: dict[tuple[str, str], Provenance] = {}
         self.made: dict[tuple[str, str], Location] = {}  # where each provenance row's resource is
         self.action_scopes: dict[str, Scope] = {}  # decision id → scope, for actions
-        self.grants: dict[str, str] = {}
+        self.grants: dict[str, Grant] = {}
         self.natural = {d.id: n for d in self.desired if (n := natural_id(d)) is not None}
         self.cycles: dict[str, _Cycle] = {}
         self.runs: dict[str, Difference] = {}
@@ -184,7 +184,7 @@ class _Backtest:
             case ApprovalGranted():
                 self.approvals.setdefault(event.decision_id, position)
             case AdoptionGranted():
-                self.grants[event.resource_id] = event.identity
+                self.grants[event.resource_id] = Grant(event.identity, event.owner_seen)
             case ActionExecuted():
                 origin = _ORIGINS.get(event.action)
                 acted_in = self.action_scopes.get(event.decision_id)
@@ -240,14 +240,15 @@ class _Backtest:
         for (rid, _), where in sorted(self.made.items(),
                                       key=lambda m: (m[0][0], m[1].scope.key, m[1].cloud_id)):
             made.setdefault(rid, []).append(where)
+        grants = grants_in_force(self.grants, observed)
         diffs = self.comparator.compare(
             self.desired, observed, unknown_scopes=tuple(unknown),
             context=Context(last_seen=last_seen, unreadable=frozenset(cycle.unreadable),
-                            natural_ids=self.natural, grants=self.grants, made=made))
+                            natural_ids=self.natural, grants=grants, made=made))
         detected = {d.resource_id: self._detected(d, cycle.started_at) for d in diffs}
         approved = frozenset(d for d, p in self.approvals.items() if p < cycle.position)
         context = DecisionContext(now=cycle.started_at, detected_at=detected, approved=approved,
-                                  provenance=self.provenance, grants=self.grants)
+                                  provenance=self.provenance, grants=grants)
         decisions = self.maker.decide(diffs, context)
         unknown_keys = {s.key for s in unknown}
         # Resources listed but unreadable: their findings stay open, undecided.

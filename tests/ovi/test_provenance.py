@@ -100,10 +100,6 @@ async def test_provenance_ends_when_the_resource_is_deleted_or_disappears(
     assert not [d for d in same.differences if d.last_cycle == back.cycle_id], same.differences
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design question: an AdoptionGranted names the resource's identity only, not the owner"
-    " (or state) the person saw; binding it needs a new optional event field, a column in"
-    " adoption_grants and grants carried as structs through Context/DecisionContext"))
 @pytest.mark.asyncio
 async def test_a_grant_to_adopt_an_unowned_resource_does_not_take_it_from_a_later_owner(
     tmp_path: Path
@@ -120,6 +116,14 @@ async def test_a_grant_to_adopt_an_unowned_resource_does_not_take_it_from_a_late
             ID_TAG: "assets-0", OWNER_TAG: "team-c", "ovi:managed": "true"})
         env.clock.advance(minutes=10)
         result = await env.apply(spec)
+        (decision,) = result.decisions
+        assert decision.action is Action.NOTIFY, decision.reason
+        assert env.provider.resources["assets-0"].tags[OWNER_TAG] == "team-c"
+        # Granted again by someone who sees team-c's tag, it is taken over.
+        await grant_adoption(tmp_path / "ovi.db", "aws/us-east-1/s3/assets-0",
+                             as_id="assets-0", by="ann")
+        env.clock.advance(minutes=10)
+        result = await env.apply(spec)
     (decision,) = result.decisions
-    assert decision.action is Action.NOTIFY, decision.reason
-    assert env.provider.resources["assets-0"].tags[OWNER_TAG] == "team-c"
+    assert decision.action is Action.ADOPT, decision.reason
+    assert env.provider.resources["assets-0"].tags[OWNER_TAG] != "team-c"
