@@ -41,6 +41,7 @@ from scripts.benchkit import (
 # groups run. A new group is a module and a line here.
 GROUPS = {
     "sqlite": "scripts.bench_sqlite",  # the event store against raw SQLite
+    "peers": "scripts.bench_peers",    # the event store against pyeventsourcing
     "engine": "scripts.bench_engine",  # reconcile cycles and execution, fake provider
     "aws": "scripts.bench_aws",        # the AWS provider against moto
     "replay": "scripts.bench_replay",  # python -m ovi.replay on a large log
