@@ -13,14 +13,17 @@ from pathlib import Path
 import anyio
 import pytest
 
+from eventstore import SQLiteEventStore
 from ovi.config import Config, load_config
 from ovi.engine import CycleResult, Engine
+from ovi.events import registry
 from ovi.model import CycleMode, DesiredResource, Resource
 from ovi.providers.base import Provider
 from ovi.providers.fake import FakeProvider
-from ovi.runtime import open_runtime
+from ovi.runtime import Runtime, open_runtime, ovi_projections
 from ovi.service import ProviderSource, Service, ServiceSettings
 from ovi.servicelog import LogFormat, ServiceLog
+from projections import ProjectionRunner
 
 pytestmark = pytest.mark.asyncio
 
@@ -84,9 +87,12 @@ async def test_actions_left_in_doubt_are_resolved_before_ready(tmp_path: Path) -
     config_path.write_text(CONFIG.format(owner="ovi").replace(
         "resources: []", "resources: [{type: s3, name: assets}]"))
     store = tmp_path / "ovi.db"
-    # An earlier process, an hour ago: its claim has long expired.
+    # An earlier process, an hour ago: its claim has long expired. (Claims
+    # are judged by the store's clock, so that is the clock set back.)
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    async with open_runtime(store) as runtime:
+    async with SQLiteEventStore(store, registry(), clock=lambda: an_hour_ago) as log, \
+            ProjectionRunner(log, store, ovi_projections()) as views:
+        runtime = Runtime(log, views)
         hanging = _Hanging()
         engine = Engine(runtime.store, runtime.views, hanging, clock=lambda: an_hour_ago)
         async with anyio.create_task_group() as group:
