@@ -90,9 +90,9 @@ async def test_actions_left_in_doubt_are_resolved_before_ready(tmp_path: Path) -
     # An earlier process, an hour ago: its claim has long expired. (Claims
     # are judged by the store's clock, so that is the clock set back.)
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    async with SQLiteEventStore(store, registry(), clock=lambda: an_hour_ago) as log, \
-            ProjectionRunner(log, store, ovi_projections()) as views:
-        runtime = Runtime(log, views)
+    async with SQLiteEventStore(store, registry(), clock=lambda: an_hour_ago) as earlier, \
+            ProjectionRunner(earlier, store, ovi_projections()) as views:
+        runtime = Runtime(earlier, views)
         hanging = _Hanging()
         engine = Engine(runtime.store, runtime.views, hanging, clock=lambda: an_hour_ago)
         async with anyio.create_task_group() as group:
