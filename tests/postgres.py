@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import quote
 
 import asyncpg
@@ -19,7 +20,8 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-__all__ = ["POSTGRES_DSN_VARIABLE", "PostgresSchema", "postgres_schema", "quote_ident"]
+__all__ = ["POSTGRES_DSN_VARIABLE", "PostgresSchema", "postgres_schema", "quote_ident",
+           "temporary_schema"]
 
 POSTGRES_DSN_VARIABLE = "OVI_TEST_POSTGRES_DSN"
 
@@ -60,9 +62,10 @@ async def drop_schema(server_dsn: str, name: str) -> None:
         await conn.close()
 
 
-@pytest_asyncio.fixture
-async def postgres_schema() -> AsyncIterator[PostgresSchema]:
-    """A new, empty schema on the test server; dropped after the test."""
+@asynccontextmanager
+async def temporary_schema() -> AsyncIterator[PostgresSchema]:
+    """A new, empty schema on the test server, dropped on leaving; skips the
+    test when there is no server to test against."""
     server_dsn = os.environ.get(POSTGRES_DSN_VARIABLE)
     if not server_dsn:
         pytest.skip(f"${POSTGRES_DSN_VARIABLE} is not set: no PostgreSQL server to test against")
@@ -76,3 +79,10 @@ async def postgres_schema() -> AsyncIterator[PostgresSchema]:
         yield schema
     finally:
         await drop_schema(server_dsn, schema.name)
+
+
+@pytest_asyncio.fixture
+async def postgres_schema() -> AsyncIterator[PostgresSchema]:
+    """A new, empty schema on the test server; dropped after the test."""
+    async with temporary_schema() as schema:
+        yield schema
