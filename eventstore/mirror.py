@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Collection, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
+from datetime import datetime
 
 from eventstore._copy import copy_new_rows
 from eventstore._events import RecordedEvent
 from eventstore._exceptions import EventStoreError, StoreClosedError
-from eventstore._store import EventStore, GroupResult, ReadFilter
+from eventstore._store import EventStore, GroupResult, ReadFilter, _Row
 from eventstore._store_types import EncodedBatch, EncodedRow, EventRow, RawRow, VerifyReport
 from eventstore.sqlite import SQLiteEventStore
 
@@ -84,6 +85,27 @@ class MirroredStore(EventStore):
         # server: copy first, unless it stops at a position the mirror holds.
         if filters.until is None or filters.until > self._mirrored:
             await self._pull()
+
+    async def _pages(
+        self,
+        fetch: Callable[[int, int, ReadFilter], Awaitable[list[_Row]]],
+        *,
+        after: int,
+        until: int | None,
+        types: Collection[str] | None,
+        stream: str | None,
+        since: datetime | None,
+        before: datetime | None,
+        limit: int | None,
+    ) -> AsyncGenerator[list[_Row], None]:
+        # An open-ended read copies once, at its start, and then reads up to
+        # what that copy brought (not once per page).
+        if until is None and self._open:
+            until = await self.last_position()
+        async for page in super()._pages(fetch, after=after, until=until, types=types,
+                                         stream=stream, since=since, before=before,
+                                         limit=limit):
+            yield page
 
     # -- lifecycle -------------------------------------------------------
 
