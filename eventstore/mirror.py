@@ -55,8 +55,6 @@ class MirroredStore(EventStore):
         self._pull_lock = asyncio.Lock()
         #: the newest position the mirror holds, as of the last copy
         self._mirrored = 0
-        #: the newest position this store appended: reads wait for the mirror to hold it
-        self._written = 0
 
     @property
     def location(self) -> str:
@@ -75,10 +73,6 @@ class MirroredStore(EventStore):
         if copied:
             self._notify_appended()
         return copied
-
-    async def _holding_own_writes(self) -> None:
-        if self._mirrored < self._written:
-            await self._pull()
 
     async def _holding(self, filters: ReadFilter) -> None:
         # A read sees what was committed before it, by any host, as on the
@@ -128,21 +122,18 @@ class MirroredStore(EventStore):
 
     async def _commit_group(self, group: list[tuple[EncodedBatch, ...]]) -> list[GroupResult]:
         results = await self.shared._commit_group(group)
-        self._written = max([self._written, *(r.last_position for r in results
-                                              if not isinstance(r, EventStoreError))])
         await self._copy_after_write()
         return results
 
     async def _import_rows(self, rows: list[RawRow]) -> dict[str, int]:
         versions = await self.shared._import_rows(rows)
-        self._written = max(self._written, rows[-1][0])
         await self._copy_after_write()
         return versions
 
     async def _copy_after_write(self) -> None:
         # The rows are durable in the shared log: the append succeeded even if
-        # the mirror cannot copy them now. The next read copies them (and
-        # raises what stops it), so nothing reads past a missing write.
+        # the mirror cannot copy them now. Any read past what the mirror holds
+        # copies first (and raises what stops it), so none misses this write.
         try:
             await self._pull()
         except EventStoreError as exc:
@@ -157,7 +148,7 @@ class MirroredStore(EventStore):
         return self._mirrored
 
     async def stream_version(self, stream: str) -> int:
-        await self._holding_own_writes()
+        await self._pull()  # as the shared log has it now, like any read
         return await self.mirror.stream_version(stream)
 
     async def _now(self) -> str:
