@@ -2,7 +2,9 @@
 
 Two backends implement :class:`EventStore`: :class:`SQLiteEventStore` (one
 file, embedded) and :class:`PostgresEventStore` (one database shared by
-several hosts); :func:`store_for` picks one from a path or a DSN.
+several hosts); :class:`MirroredStore` reads a shared log through a local
+SQLite copy of it; :func:`store_for` picks one from a path or a DSN, and
+:func:`copy_new_rows` copies a log's rows into another, checked.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from eventstore._chain import GENESIS_HASH, row_hash
-from eventstore._dsn import mask_dsn
+from eventstore._copy import copy_new_rows
+from eventstore._dsn import is_postgres_dsn, mask_dsn
 from eventstore._events import (
     ANY,
     NO_STREAM,
@@ -27,6 +30,7 @@ from eventstore._exceptions import (
     EventStoreError,
     ImportRejectedError,
     LogCorruptedError,
+    MirrorMismatchError,
     StoreClosedError,
     WrongExpectedVersion,
 )
@@ -39,6 +43,7 @@ from eventstore._store import (
 )
 from eventstore._store_for import store_for
 from eventstore._store_types import ChainBreak, EncodedRow, RawRow, VerifyReport
+from eventstore.mirror import MirroredStore
 from eventstore.sqlite import SQLiteEventStore
 
 if TYPE_CHECKING:
@@ -70,6 +75,8 @@ __all__ = [
     "EventStoreError",
     "ImportRejectedError",
     "LogCorruptedError",
+    "MirrorMismatchError",
+    "MirroredStore",
     "PostgresEventStore",
     "RawRow",
     "RecordedEvent",
@@ -79,8 +86,10 @@ __all__ = [
     "UnknownEvent",
     "VerifyReport",
     "WrongExpectedVersion",
+    "copy_new_rows",
     "default_instance_id",
     "format_timestamp",
+    "is_postgres_dsn",
     "mask_dsn",
     "parse_timestamp",
     "process_home",

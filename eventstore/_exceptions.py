@@ -10,6 +10,7 @@ database password (DSNs are shown through :func:`eventstore.mask_dsn`)::
      ├── EventEncodingError     an event could not be encoded (unregistered type, bad value)
      ├── LogCorruptedError      the log's hash chain or head is inconsistent; appends refused
      ├── ImportRejectedError    copied rows do not continue the log exactly; nothing imported
+     ├── MirrorMismatchError    a mirror disagrees with the log it copies (a position, a hash)
      ├── StoreClosedError       the store was used after ``aclose()``
      └── BackendError           the database failed (I/O error, lock timeout, …)
 """
@@ -22,6 +23,7 @@ __all__ = [
     "EventStoreError",
     "ImportRejectedError",
     "LogCorruptedError",
+    "MirrorMismatchError",
     "StoreClosedError",
     "WrongExpectedVersion",
 ]
@@ -67,6 +69,18 @@ class ImportRejectedError(EventStoreError):
         self.position = position
         self.reason = reason
         super().__init__(f"cannot import the row at position {position}: {reason}")
+
+
+class MirrorMismatchError(EventStoreError):
+    """A copy of a log (a host's mirror, the target of a copy) holds a row that
+    the log it copies does not: same position, another hash, or a position the
+    source does not have. Nothing was copied; the copy is never refolded
+    silently over the difference."""
+
+    def __init__(self, position: int, reason: str) -> None:
+        self.position = position
+        self.reason = reason
+        super().__init__(f"position {position}: {reason}")
 
 
 class StoreClosedError(EventStoreError):

@@ -20,11 +20,16 @@ def store_for(
     *,
     instance_id: str | None = None,
     clock: Callable[[], datetime] | None = None,
+    mirror: str | os.PathLike[str] | None = None,
 ) -> EventStore:
     """An unopened store for ``spec``: a ``postgresql://`` or ``postgres://``
     URL gives a :class:`~eventstore.PostgresEventStore` (its schema from the
     URL's ``options=-csearch_path=…``, else the server's default), anything
     else is the path of a :class:`~eventstore.SQLiteEventStore` file.
+
+    With a URL, ``mirror`` names the local SQLite file that mirrors the shared
+    log (:class:`~eventstore.MirroredStore`: appends go to the server, reads
+    come from the mirror); with a path it is ignored (the file is the log).
 
     :raises ValueError: if ``spec`` is empty.
     """
@@ -34,5 +39,12 @@ def store_for(
     if is_postgres_dsn(text):
         from eventstore.postgres import PostgresEventStore
 
-        return PostgresEventStore(text, registry, instance_id=instance_id, clock=clock)
+        shared = PostgresEventStore(text, registry, instance_id=instance_id, clock=clock)
+        if mirror is None:
+            return shared
+        from eventstore.mirror import MirroredStore
+
+        local = SQLiteEventStore(mirror, registry, instance_id=shared.instance_id,
+                                 synchronous="NORMAL")
+        return MirroredStore(shared, local)
     return SQLiteEventStore(text, registry, instance_id=instance_id, clock=clock)

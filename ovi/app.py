@@ -18,6 +18,7 @@ import msgspec
 from eventstore import StreamBatch
 from ovi._exceptions import OviError
 from ovi.actor import current_actor
+from ovi.compat import UnknownEventTypes
 from ovi.config import load_config
 from ovi.engine import CycleResult, Engine
 from ovi.events import (
@@ -31,7 +32,7 @@ from ovi.events import (
     resource_stream,
 )
 from ovi.model import CycleMode, Decision
-from ovi.runtime import Runtime, open_runtime
+from ovi.runtime import Location, Runtime, is_shared, open_runtime, shown
 from projections.findings import find_decision, open_findings
 from projections.operations import Pause, pause_state
 
@@ -48,9 +49,10 @@ def _quiet(message: str) -> None:
 
 async def run_once(
     config_path: Path,
-    store_path: Path,
+    store_path: Location,
     *,
     mode: CycleMode,
+    mirror: Path | None = None,
     dry_run: bool = False,
     max_concurrency: int | None = None,
     progress: Callable[[str], None] = _quiet,
@@ -60,19 +62,37 @@ async def run_once(
     from ovi.providers.aws import AWSProvider  # the only path that needs the AWS SDK
 
     config = load_config(config_path)
-    progress(f"{mode}: {len(config.desired_resources())} desired resources, log {store_path}")
-    async with open_runtime(store_path) as runtime, AWSProvider.from_config(config) as provider:
+    progress(f"{mode}: {len(config.desired_resources())} desired resources,"
+             f" log {shown(store_path)}")
+    async with open_runtime(store_path, mirror=mirror) as runtime, \
+            AWSProvider.from_config(config) as provider:
         events = await runtime.store.last_position()
         if runtime.views.reset_on_open and events:
             progress(f"rebuilding projections ({', '.join(runtime.views.reset_on_open)})"
                      f" from {events:,} events first: their tables changed (once)")
+        if mode is CycleMode.APPLY and not dry_run:
+            await _refuse_unknown_types(runtime, store_path)
         engine = Engine(runtime.store, runtime.views, provider)
         return await engine.run_cycle(config, source=str(config_path), mode=mode,
                                       dry_run=dry_run, max_concurrency=max_concurrency)
 
 
+async def _refuse_unknown_types(runtime: Runtime, store_path: Location) -> None:
+    """A log holding event types this version does not know was partly
+    written by a newer Ovi: acting on it could ignore, say, its pause or
+    revocation. ``plan`` still plans; executing waits for an upgrade."""
+    unknown = await UnknownEventTypes(runtime.store.registry.names).check(runtime.views)
+    if unknown:
+        raise OviError(
+            f"{shown(store_path)} holds event types this Ovi does not know"
+            f" ({', '.join(sorted(unknown))}): a newer Ovi wrote them, and acting on a log"
+            " only partly understood could ignore its pauses or revocations; refusing to"
+            " execute (`ovi plan` still works): upgrade this Ovi")
+
+
 async def approve_decision(
-    store_path: Path, decision_id: str, *, by: str | None = None
+    store_path: Location, decision_id: str, *, by: str | None = None,
+    mirror: Path | None = None,
 ) -> tuple[Decision, str]:
     """Record a person's approval of a decision that is still in force; returns
     the decision and who approved it.
@@ -82,7 +102,7 @@ async def approve_decision(
     """
     await _require_log(store_path)
     actor = current_actor(by)
-    async with open_runtime(store_path) as runtime:
+    async with open_runtime(store_path, mirror=mirror) as runtime:
         decision = await _decision_in_force(runtime, store_path, decision_id)
         await runtime.store.append(resource_stream(decision.resource_id), [ApprovalGranted(
             decision_id=decision.decision_id, resource_id=decision.resource_id, by=actor.by,
@@ -91,7 +111,8 @@ async def approve_decision(
 
 
 async def pause_automation(
-    store_path: Path, targets: Sequence[str], *, reason: str, by: str | None = None
+    store_path: Location, targets: Sequence[str], *, reason: str, by: str | None = None,
+    mirror: Path | None = None,
 ) -> tuple[list[str], Actor]:
     """Pause automation on resource ids (``["*"]``: the whole estate); returns
     the targets newly paused (one already paused is left as it is) and the
@@ -99,35 +120,39 @@ async def pause_automation(
 
     :raises OviError: if there is no log or no target.
     """
-    return await _set_paused(store_path, targets, reason=reason, by=by, paused=True)
+    return await _set_paused(store_path, targets, reason=reason, by=by, paused=True,
+                             mirror=mirror)
 
 
 async def resume_automation(
-    store_path: Path, targets: Sequence[str], *, reason: str = "", by: str | None = None
+    store_path: Location, targets: Sequence[str], *, reason: str = "", by: str | None = None,
+    mirror: Path | None = None,
 ) -> tuple[list[str], Actor]:
     """Resume automation paused by :func:`pause_automation`; returns the
     targets that were paused and are now resumed.
 
     :raises OviError: if there is no log, no target, or a target is not paused.
     """
-    return await _set_paused(store_path, targets, reason=reason, by=by, paused=False)
+    return await _set_paused(store_path, targets, reason=reason, by=by, paused=False,
+                             mirror=mirror)
 
 
-async def paused_now(store_path: Path) -> dict[str, Pause]:
+async def paused_now(store_path: Location, *, mirror: Path | None = None) -> dict[str, Pause]:
     """The pauses in force, by target."""
     await _require_log(store_path)
-    async with open_runtime(store_path) as runtime:
+    async with open_runtime(store_path, mirror=mirror) as runtime:
         await runtime.views.catch_up("operations")
         return (await runtime.views.query(pause_state)).active
 
 
-async def _set_paused(store_path: Path, targets: Sequence[str], *, reason: str,
-                      by: str | None, paused: bool) -> tuple[list[str], Actor]:
+async def _set_paused(store_path: Location, targets: Sequence[str], *, reason: str,
+                      by: str | None, paused: bool,
+                      mirror: Path | None) -> tuple[list[str], Actor]:
     if not targets:
         raise OviError("name the resource ids to act on, or --all for the whole estate")
     await _require_log(store_path)
     actor = current_actor(by)
-    async with open_runtime(store_path) as runtime:
+    async with open_runtime(store_path, mirror=mirror) as runtime:
         await runtime.views.catch_up("operations")
         state = await runtime.views.query(pause_state)
         now = datetime.now(UTC)
@@ -151,16 +176,19 @@ async def _set_paused(store_path: Path, targets: Sequence[str], *, reason: str,
     return changed, actor
 
 
-async def _require_log(store_path: Path) -> None:
-    if not await anyio.Path(store_path).exists():
+async def _require_log(store_path: Location) -> None:
+    # A shared log is created on first use like a file, but is not looked for
+    # here: the server is asked once, by open_runtime.
+    if not is_shared(store_path) and not await anyio.Path(store_path).exists():
         raise OviError(f"{store_path}: no event log here (run `ovi plan` first)")
 
 
-async def _decision_in_force(runtime: Runtime, store_path: Path, decision_id: str) -> Decision:
+async def _decision_in_force(runtime: Runtime, store_path: Location,
+                             decision_id: str) -> Decision:
     await runtime.views.catch_up()
     decision = await runtime.views.query(lambda db: find_decision(db, decision_id))
     if decision is None:
-        raise OviError(f"unknown decision id {decision_id!r} in {store_path}"
+        raise OviError(f"unknown decision id {decision_id!r} in {shown(store_path)}"
                        " (`ovi plan` lists the decisions in force)")
     findings = await runtime.views.query(open_findings)
     current = findings.get(decision.resource_id)
@@ -181,7 +209,8 @@ class AdoptionTarget(msgspec.Struct, frozen=True):
 
 
 async def grant_adoption(
-    store_path: Path, resource: str, *, as_id: str, by: str | None = None
+    store_path: Location, resource: str, *, as_id: str, by: str | None = None,
+    mirror: Path | None = None,
 ) -> tuple[AdoptionTarget, str]:
     """Record a person's grant that lets the next cycle adopt the unmanaged
     ``resource`` (its identity, ``aws/us-east-1/ec2/i-0abc``, or its cloud id)
@@ -193,13 +222,12 @@ async def grant_adoption(
     if not _DESIRED_ID.fullmatch(as_id):
         raise OviError(f"--as {as_id!r}: expected a desired id like web-0 (lowercase letters,"
                        " digits and '-', as the config makes them)")
-    if not await anyio.Path(store_path).exists():
-        raise OviError(f"{store_path}: no event log here (run `ovi plan` first)")
-    async with open_runtime(store_path) as runtime:
+    await _require_log(store_path)
+    async with open_runtime(store_path, mirror=mirror) as runtime:
         await runtime.views.catch_up()
         target = await runtime.views.query(lambda db: _adoption_target(db, resource))
         if target is None:
-            raise OviError(f"no resource {resource!r} in {store_path}: give its identity as"
+            raise OviError(f"no resource {resource!r} in {shown(store_path)}: give its identity as"
                            " `ovi plan` shows it (aws/REGION/TYPE/CLOUD_ID) or its cloud id;"
                            " a cycle must have observed it")
         if "/" not in target.identity:

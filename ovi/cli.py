@@ -30,7 +30,7 @@ from ovi.config import parse_duration
 from ovi.engine import CycleResult
 from ovi.events import PAUSE_ALL
 from ovi.model import CycleMode
-from ovi.runtime import default_store_path
+from ovi.runtime import default_store, is_shared
 from projections import ProjectionError
 
 __all__ = ["main"]
@@ -85,8 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def store_flag(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--store", type=Path, default=None,
-                         help="SQLite event log (default: $OVI_STORE, else ./ovi.db)")
+        sub.add_argument("--store", default=None,
+                         help="the event log: a SQLite file, or a postgresql:// URL shared by"
+                              " several hosts (default: $OVI_STORE, else ./ovi.db)")
+        sub.add_argument("--mirror", type=Path, default=None,
+                         help="with a postgresql:// --store, this host's SQLite mirror of the"
+                              " log (default: $OVI_MIRROR, else ./ovi-mirror.db)")
 
     plan = commands.add_parser("plan", help="one cycle without execution")
     apply = commands.add_parser("apply", help="one cycle with execution")
@@ -169,7 +173,8 @@ def _print_result(result: CycleResult, *, as_json: bool, executions: bool) -> No
 
 
 async def _plan(args: argparse.Namespace) -> int:
-    result = await run_once(args.config, args.store, mode=CycleMode.PLAN, progress=_progress)
+    result = await run_once(args.config, args.store, mode=CycleMode.PLAN, progress=_progress,
+                            mirror=args.mirror)
     _print_result(result, as_json=args.json, executions=False)
     if result.failed_scopes:
         return 1
@@ -179,13 +184,14 @@ async def _plan(args: argparse.Namespace) -> int:
 async def _apply(args: argparse.Namespace) -> int:
     result = await run_once(args.config, args.store, mode=CycleMode.APPLY,
                             dry_run=args.dry_run, max_concurrency=args.max_concurrency,
-                            progress=_progress)
+                            progress=_progress, mirror=args.mirror)
     _print_result(result, as_json=args.json, executions=True)
     return 1 if result.execution_errors or result.failed_scopes else 0
 
 
 async def _approve(args: argparse.Namespace) -> int:
-    decision, by = await approve_decision(args.store, args.decision_id, by=args.by)
+    decision, by = await approve_decision(args.store, args.decision_id, by=args.by,
+                                           mirror=args.mirror)
     sys.stdout.write(f"approved {decision.decision_id}: {decision.action.value} "
                      f"{decision.resource_id} (by {by}); the next apply may execute it\n")
     return 0
@@ -197,7 +203,8 @@ async def _run(args: argparse.Namespace) -> int:
 
     host, port = args.metrics_addr if args.metrics_addr is not None else (None, 0)
     settings = ServiceSettings(
-        config_path=args.config, store_path=args.store, interval=args.interval,
+        config_path=args.config, store_path=args.store, mirror_path=args.mirror,
+        interval=args.interval,
         metrics_host=host, metrics_port=port, log_format=LogFormat(args.log_format),
         plan_only=args.plan_only, drain_timeout=args.drain_timeout,
         cycle_timeout=args.cycle_timeout)
@@ -219,7 +226,7 @@ async def _pause(args: argparse.Namespace) -> int:
     if not args.reason.strip():
         raise OviError("--reason: expected a few words saying why, got nothing")
     changed, actor = await pause_automation(args.store, targets, reason=args.reason,
-                                            by=args.by)
+                                            by=args.by, mirror=args.mirror)
     who = f"{actor.by} (user {actor.user}, uid {actor.uid} on {actor.host})"
     for target in targets:
         state = "paused" if target in changed else "already paused"
@@ -233,7 +240,7 @@ async def _pause(args: argparse.Namespace) -> int:
 async def _resume(args: argparse.Namespace) -> int:
     targets = _targets(args)
     changed, actor = await resume_automation(args.store, targets, reason=args.reason,
-                                             by=args.by)
+                                             by=args.by, mirror=args.mirror)
     for target in changed:
         sys.stdout.write(f"resumed: {_named(target)}, by {actor.by} (user {actor.user},"
                          f" uid {actor.uid} on {actor.host})\n")
@@ -241,7 +248,8 @@ async def _resume(args: argparse.Namespace) -> int:
 
 
 async def _adopt(args: argparse.Namespace) -> int:
-    target, by = await grant_adoption(args.store, args.resource, as_id=args.as_id, by=args.by)
+    target, by = await grant_adoption(args.store, args.resource, as_id=args.as_id, by=args.by,
+                                     mirror=args.mirror)
     sys.stdout.write(f"granted (by {by}): the next apply adopts {target.identity} as"
                      f" {args.as_id} if {args.as_id} is desired and not there\n")
     return 0
@@ -271,7 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ovi`` console script."""
     args = _parser().parse_args(argv)
     if getattr(args, "store", "absent") is None:
-        args.store = default_store_path()
+        args.store = default_store()
+    if getattr(args, "mirror", None) is not None and not is_shared(args.store):
+        sys.stderr.write("ovi: error: --mirror: only for a shared log (a postgresql:// --store);"
+                         f" {args.store} is a SQLite file, the log itself\n")
+        return 1
     command = _COMMANDS[args.command]
 
     async def run() -> int:

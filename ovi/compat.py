@@ -30,7 +30,7 @@ class UnknownEventTypes:
     since the last :meth:`check` (a big log is scanned once, at start-up).
 
     The log is read through the projections connection: the projections live
-    in the log's own file.
+    in the log's own file (or in the mirror of a shared log, next to its copy).
     """
 
     def __init__(self, known: Collection[str]) -> None:
@@ -40,6 +40,9 @@ class UnknownEventTypes:
 
     async def check(self, views: ProjectionRunner) -> frozenset[str]:
         """The unknown type names found in the log so far (empty: all known)."""
+        # A shared log's mirror copies what other hosts appended first: asking
+        # the store for its head does that (and is one cheap query on a file).
+        await views.store.last_position()
         head, types = await views.query(lambda db: _types_after(db, self.position))
         self.position = head
         if not types <= self.known:

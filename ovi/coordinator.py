@@ -17,13 +17,16 @@ that could not be renewed, or was taken over, is no longer *usable*: no new
 work starts under it. One whose renewal merely could not be written is still
 renewed at the next heartbeat, for the work already running under it.
 
-"What time is it" for claims is answered in one place, :meth:`Coordinator.now`.
+"What time is it" for claims is answered in one place, :meth:`Coordinator.now`:
+the store's clock, the same for every host sharing the log. The shortcut for
+a holder that is gone (:func:`holder_is_gone`) is taken only on the holder's
+own host and PID namespace, where its absence can be seen.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta
 
@@ -131,21 +134,22 @@ class Coordinator:
         store: EventStore,
         views: ProjectionRunner,
         *,
-        clock: Callable[[], datetime],
         ttl: timedelta = timedelta(minutes=10),
     ) -> None:
         self.store = store
         self.views = views
         self.instance_id = store.instance_id
-        self._clock = clock
         self.ttl = ttl
         self.heartbeat = ttl / 3
         self.margin = min(timedelta(minutes=1), ttl / 4)
 
     async def now(self) -> datetime:
         """The time that claims are judged by: every expiry, renewal and
-        takeover asks here (and only here)."""
-        return self._clock()
+        takeover asks here (and only here). It is the store's clock — with a
+        shared log the database server's, recorded with each claim — never
+        this host's: hosts whose clocks disagree judge one claim alike, so a
+        host whose clock runs fast cannot take a live claim over early."""
+        return await self.store.now()
 
     async def claim(self, resource_ids: Iterable[str]) -> ClaimResult:
         """Claim every given resource that is free, in as few atomic appends as

@@ -137,7 +137,7 @@ class Engine:
         self._clock = clock
         self._comparator = comparator
         self._decision_maker = decision_maker
-        self.coordinator = Coordinator(store, views, clock=clock, ttl=claim_ttl)
+        self.coordinator = Coordinator(store, views, ttl=claim_ttl)
         # ``stopping`` (the service draining): no new action starts once it is true.
         self.executor = Executor(store, views, provider, self.coordinator, retry=retry,
                                  stopping=stopping)

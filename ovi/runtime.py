@@ -1,4 +1,11 @@
-"""Opening what every command needs: the log and its projections."""
+"""Opening what every command needs: the log and its projections.
+
+``--store`` (or ``$OVI_STORE``) is a SQLite file — the log, with the
+projections in the same file — or a ``postgresql://`` URL: the shared log of
+several hosts, read through a local SQLite *mirror* (``--mirror``, else
+``$OVI_MIRROR``, else ``./ovi-mirror.db``) that holds the same rows and the
+projections (see docs/postgres.md, "Running several hosts").
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from eventstore import SQLiteEventStore
+from eventstore import EventStore, MirroredStore, is_postgres_dsn, mask_dsn, store_for
 from ovi.events import registry
 from projections import Projection, ProjectionRunner
 from projections.claims import ClaimsProjection
@@ -18,12 +25,37 @@ from projections.operations import OperationsProjection
 from projections.resources import ResourcesProjection
 from projections.restarts import RestartsProjection
 
-__all__ = ["Runtime", "default_store_path", "open_runtime", "ovi_projections"]
+__all__ = ["Location", "Runtime", "default_mirror_path", "default_store", "is_shared", "local_file",
+           "open_runtime", "ovi_projections", "shown"]
+
+#: where a log is, as an operator wrote it: a SQLite path, or a postgresql:// URL
+Location = str | os.PathLike[str]
 
 
-def default_store_path() -> Path:
-    """``$OVI_STORE``, else ``./ovi.db``."""
-    return Path(os.environ.get("OVI_STORE") or "ovi.db")
+def default_store() -> str:
+    """``$OVI_STORE``, else ``ovi.db``: a path, or a ``postgresql://`` URL."""
+    return os.environ.get("OVI_STORE") or "ovi.db"
+
+
+def default_mirror_path() -> Path:
+    """``$OVI_MIRROR``, else ``./ovi-mirror.db``: where a host mirrors a shared log."""
+    return Path(os.environ.get("OVI_MIRROR") or "ovi-mirror.db")
+
+
+def is_shared(store: Location) -> bool:
+    """Whether ``store`` names a shared (PostgreSQL) log rather than a file."""
+    return is_postgres_dsn(os.fspath(store))
+
+
+def shown(store: Location) -> str:
+    """``store`` as messages show it: a URL without its password."""
+    text = os.fspath(store)
+    return mask_dsn(text) if is_postgres_dsn(text) else text
+
+
+def local_file(store: Location, mirror: Path | None = None) -> Path:
+    """The SQLite file this host reads: the log itself, or a shared log's mirror."""
+    return (mirror or default_mirror_path()) if is_shared(store) else Path(store)
 
 
 def ovi_projections() -> list[Projection]:
@@ -33,13 +65,23 @@ def ovi_projections() -> list[Projection]:
 
 
 class Runtime(msgspec.Struct):
-    store: SQLiteEventStore
+    store: EventStore
     views: ProjectionRunner
 
 
 @asynccontextmanager
-async def open_runtime(path: Path, *, instance_id: str | None = None) -> AsyncIterator[Runtime]:
-    """Open (creating if needed) the log at ``path`` with its projections."""
-    async with SQLiteEventStore(path, registry(), instance_id=instance_id) as store, \
-            ProjectionRunner(store, path, ovi_projections()) as views:
-        yield Runtime(store, views)
+async def open_runtime(store: Location, *, mirror: Path | None = None,
+                       instance_id: str | None = None) -> AsyncIterator[Runtime]:
+    """Open (creating if needed) the log at ``store`` with its projections:
+    in the log's own file, or for a shared log in its mirror ``mirror``
+    (default :func:`default_mirror_path`), brought up to date first.
+
+    :raises EventStoreError: if the log cannot be opened, or the mirror
+        disagrees with the shared log (:class:`~eventstore.MirrorMismatchError`).
+    """
+    file = local_file(store, mirror)
+    log = store_for(store, registry(), instance_id=instance_id,
+                    mirror=file if is_shared(store) else None)
+    assert not is_shared(store) or isinstance(log, MirroredStore)
+    async with log, ProjectionRunner(log, file, ovi_projections()) as views:
+        yield Runtime(log, views)

@@ -47,7 +47,7 @@ from ovi.model import Action, CycleMode, DecisionStatus, Outcome
 from ovi.notify import Notifier, WebhookSink, read_webhook_url
 from ovi.providers.base import Provider
 from ovi.recovery import recover_in_doubt
-from ovi.runtime import Runtime, open_runtime
+from ovi.runtime import Runtime, open_runtime, shown
 from ovi.sdnotify import SdNotifier, watchdog_interval
 from ovi.servicelog import LogFormat, ServiceLog
 from projections import ProjectionError
@@ -62,7 +62,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     """What ``ovi run`` was started with (durations in seconds)."""
 
     config_path: Path
-    store_path: Path
+    #: a SQLite file, or a postgresql:// URL (then the log is read through ``mirror_path``)
+    store_path: Path | str
+    mirror_path: Path | None = None
     interval: float = 30.0
     metrics_host: str | None = "127.0.0.1"  # None: no metrics server
     metrics_port: int = 9464
@@ -164,12 +166,13 @@ class Service:
         self._config = load_config(settings.config_path)
         self._webhook_url = self._read_webhook(self._config)
         self.log.info("start", f"ovi run: {len(self._config.desired_resources())} desired"
-                      f" resources, log {settings.store_path}",
+                      f" resources, log {shown(settings.store_path)}",
                       config=str(settings.config_path), interval=settings.interval,
                       plan_only=settings.plan_only, config_hash=self._config.config_hash[:12])
         try:
             async with AsyncExitStack() as stack:
-                runtime = await stack.enter_async_context(open_runtime(settings.store_path))
+                runtime = await stack.enter_async_context(open_runtime(
+                    settings.store_path, mirror=settings.mirror_path))
                 await self._serve(runtime, stack)
         finally:
             self.sd.notify(STOPPING="1", STATUS="stopped")

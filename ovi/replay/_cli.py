@@ -17,11 +17,13 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from eventstore import EventStoreError, SQLiteEventStore
+from eventstore import EventStoreError, MirroredStore, SQLiteEventStore, store_for
 from ovi._exceptions import OviError
 from ovi.config import load_config
+from ovi.events import registry
 from ovi.replay._args import expand_types, parse_at, parse_when
 from ovi.replay._backtest import backtest
+from ovi.replay._copy import copy_log
 from ovi.replay._listing import Filters, follow_events, list_events
 from ovi.replay._rebuild import rebuild_and_compare, rebuild_in_place
 from ovi.replay._render import Output, is_tty, note
@@ -32,7 +34,7 @@ from ovi.replay._store import open_log, resolve_resource
 from ovi.replay._verify import verify_log
 from ovi.replay._why import explain
 from ovi.replay._why_text import render_chain
-from ovi.runtime import default_store_path
+from ovi.runtime import default_mirror_path, default_store, is_shared
 from projections import ProjectionError
 
 __all__ = ["main", "parser"]
@@ -50,8 +52,12 @@ def _limit(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     """The command line (also documented in docs/replay.md)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", type=Path, default=argparse.SUPPRESS,
-                        help="the event log (default: $OVI_STORE, else ./ovi.db)")
+    common.add_argument("--store", default=argparse.SUPPRESS,
+                        help="the event log: a SQLite file, or a postgresql:// URL read"
+                             " through this host's mirror (default: $OVI_STORE, else ./ovi.db)")
+    common.add_argument("--mirror", type=Path, default=argparse.SUPPRESS,
+                        help="with a postgresql:// --store, the SQLite mirror brought up to"
+                             " date and read (default: $OVI_MIRROR, else ./ovi-mirror.db)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="JSON lines for listings, one JSON object otherwise")
     main = argparse.ArgumentParser(prog=PROG, parents=[common],
@@ -94,6 +100,12 @@ def parser() -> argparse.ArgumentParser:
     back = sub("backtest", "what another config would have decided on the recorded cycles")
     back.add_argument("--config", type=Path, required=True, metavar="NEW.yaml")
     back.add_argument("--since", type=parse_when, metavar="T", help="cycles started from T on")
+    copy = sub("copy", "copy a log into an empty one, same positions and hashes"
+                       " (SQLite ↔ PostgreSQL)")
+    copy.add_argument("--from", dest="source", required=True, metavar="STORE",
+                      help="the log to copy: a SQLite file or a postgresql:// URL")
+    copy.add_argument("--to", dest="target", required=True, metavar="STORE",
+                      help="an empty log (a missing file or schema is created)")
     return main
 
 
@@ -195,9 +207,59 @@ _COMMANDS: dict[str, Command] = {
 }
 
 
-async def _run(command: Command, args: argparse.Namespace, path: Path, out: Output) -> int:
-    async with open_log(path) as store:
-        return await command(args, store, out)
+async def _copy(args: argparse.Namespace, out: Output) -> int:
+    report = await copy_log(args.source, args.target)
+    if out.as_json:
+        out.json(report)
+    else:
+        out.write(f"copied {report.events:,} events from {report.source} to {report.target};"
+                  f" head {report.head_position:,} {report.head_hash} (as in the source)")
+    return 0
+
+
+async def _run(command: Command, args: argparse.Namespace, store: str, out: Output) -> int:
+    if not is_shared(store):
+        async with open_log(Path(store)) as log:
+            return await command(args, log, out)
+    # A shared log: bring this host's mirror up to date (checked against the
+    # log as it is copied), then work on the mirror like on any SQLite log.
+    mirror = getattr(args, "mirror", None) or default_mirror_path()
+    async with store_for(store, registry(), instance_id=f"replay:{os.getpid()}",
+                         mirror=mirror) as shared:
+        assert isinstance(shared, MirroredStore)
+        async with open_log(mirror) as log:
+            if args.command == "follow":
+                return await _following(command, args, log, shared, out)
+            code = await command(args, log, out)
+            if args.command == "verify":
+                code = max(code, await _verify_shared(shared))
+            return code
+
+
+async def _following(command: Command, args: argparse.Namespace, log: SQLiteEventStore,
+                     shared: MirroredStore, out: Output) -> int:
+    """``follow`` on a mirror that keeps copying the shared log meanwhile."""
+    async with anyio.create_task_group() as group:
+
+        async def keep_copying() -> None:
+            async for _ in shared.follow(after=await shared.last_position()):
+                pass  # each wake-up copies; the mirror's followers see the rows
+
+        group.start_soon(keep_copying)
+        code = await command(args, log, out)
+        group.cancel_scope.cancel()
+    return code
+
+
+async def _verify_shared(shared: MirroredStore) -> int:
+    """The mirror's rows were checked as copied; the shared log's own chain
+    and head are checked here too (a row changed there after it was copied)."""
+    report = await shared.shared.verify()
+    if report.problem is None:
+        return 0
+    sys.stderr.write(f"{PROG}: the shared log {shared.shared.location} is broken at position"
+                     f" {report.problem.position}: {report.problem.reason}\n")
+    return 1
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -210,11 +272,17 @@ def _leaf(exc: BaseException) -> BaseException:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; return its exit code."""
     args = parser().parse_args(argv)
-    path: Path = getattr(args, "store", None) or default_store_path()
+    store: str = getattr(args, "store", None) or default_store()
     out = Output(as_json=getattr(args, "json", False))
+    if getattr(args, "mirror", None) is not None and not is_shared(store) \
+            and args.command != "copy":
+        sys.stderr.write(f"{PROG}: error: --mirror: only for a shared log (a postgresql://"
+                         f" --store); {store} is a SQLite file, the log itself\n")
+        return 2
+    work = (partial(_copy, args, out) if args.command == "copy"
+            else partial(_run, _COMMANDS[args.command], args, store, out))
     try:
-        return anyio.run(partial(_run, _COMMANDS[args.command], args, path, out),
-                         backend_options={"use_uvloop": True})
+        return anyio.run(work, backend_options={"use_uvloop": True})
     except BaseException as raised:
         exc = _leaf(raised)
         if isinstance(exc, OviError | EventStoreError | ProjectionError):

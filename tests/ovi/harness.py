@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from eventstore import RecordedEvent, SQLiteEventStore
+from eventstore import EventStore, RecordedEvent, SQLiteEventStore
 from ovi.config import Config, parse_config
 from ovi.engine import CycleResult, Engine
 from ovi.events import ActionExecuted, registry, resource_stream
@@ -24,6 +24,7 @@ from ovi.model import (
 from ovi.providers.fake import FakeProvider
 from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
+from tests.postgres import LOG_BACKENDS, mirrored_log
 
 
 class Clock:
@@ -42,7 +43,7 @@ class Clock:
 class Env:
     """Everything a cycle needs, wired together."""
 
-    def __init__(self, store: SQLiteEventStore, views: ProjectionRunner,
+    def __init__(self, store: EventStore, views: ProjectionRunner,
                  provider: FakeProvider, clock: Callable[[], datetime], *,
                  claim_ttl: timedelta = timedelta(minutes=10)) -> None:
         self.store = store
@@ -89,15 +90,31 @@ class Env:
 
 
 @asynccontextmanager
+async def _log(path: Path, backend: str, instance_id: str,
+               clock: Callable[[], datetime]) -> AsyncIterator[EventStore]:
+    if backend == "sqlite":
+        async with SQLiteEventStore(path, registry(), instance_id=instance_id,
+                                    clock=clock) as store:
+            yield store
+        return
+    if backend != "postgres-mirror":
+        raise ValueError(f"backend: expected one of {LOG_BACKENDS}, got {backend!r}")
+    async with mirrored_log(path, registry(), instance_id=instance_id, clock=clock) as store:
+        yield store
+
+
+@asynccontextmanager
 async def environment(tmp_path: Path, *resources: Resource, log_name: str = "ovi.db",
                       instance_id: str = "test", real_time: bool = False,
-                      claim_ttl: timedelta = timedelta(minutes=10)) -> AsyncIterator[Env]:
+                      claim_ttl: timedelta = timedelta(minutes=10),
+                      backend: str = "sqlite") -> AsyncIterator[Env]:
     """An environment on ``tmp_path/log_name``; ``real_time`` runs it on the
-    wall clock (claims that expire while a test waits)."""
+    wall clock (claims that expire while a test waits). ``backend`` is one
+    of :data:`LOG_BACKENDS` (the ``log_backend`` fixture's value); with
+    ``postgres-mirror``, ``log_name`` is the mirror."""
     clock: Callable[[], datetime] = (lambda: datetime.now(UTC)) if real_time else Clock()
     path = tmp_path / log_name
-    async with SQLiteEventStore(path, registry(), instance_id=instance_id,
-                                clock=clock) as store, \
+    async with _log(path, backend, instance_id, clock) as store, \
             ProjectionRunner(store, path, ovi_projections()) as views:
         yield Env(store, views, FakeProvider(resources), clock, claim_ttl=claim_ttl)
 

@@ -24,8 +24,11 @@ pytestmark = pytest.mark.asyncio
 WEB2 = "{type: ec2, name: web, count: 2, size: t3.micro, tags: {team: a}}"
 
 
-async def test_first_cycle_records_observations_and_findings(tmp_path: Path) -> None:
-    async with environment(tmp_path, managed("web-0", "i-1", team="a")) as env:
+async def test_first_cycle_records_observations_and_findings(
+    tmp_path: Path, log_backend: str
+) -> None:
+    async with environment(tmp_path, managed("web-0", "i-1", team="a"),
+                           backend=log_backend) as env:
         result = await env.cycle(config_text(WEB2))
         counts = Counter(await env.types())
     assert counts["CycleStarted"] == 1
@@ -129,8 +132,11 @@ async def test_grace_period_runs_from_first_recorded_detection(tmp_path: Path) -
     assert len(detections) == 1  # the clock of the grace period is that one event
 
 
-async def test_state_at_old_revision_equals_what_was_observed(tmp_path: Path) -> None:
-    async with environment(tmp_path, managed("web-0", "i-1", team="a")) as env:
+async def test_state_at_old_revision_equals_what_was_observed(
+    tmp_path: Path, log_backend: str
+) -> None:
+    async with environment(tmp_path, managed("web-0", "i-1", team="a"),
+                           backend=log_backend) as env:
         await env.cycle(config_text(WEB2))
         revision = await env.store.last_position()
         env.provider.resources["i-1"] = managed("web-0", "i-1", team="b")

@@ -43,8 +43,8 @@ async def foreign_claim(env: Env, resource_id: str, *, minutes: float) -> None:
         expires_at=now + timedelta(minutes=minutes), token=1)], expected_version=0)
 
 
-async def test_apply_creates_missing_resources(tmp_path: Path) -> None:
-    async with environment(tmp_path) as env:
+async def test_apply_creates_missing_resources(tmp_path: Path, log_backend: str) -> None:
+    async with environment(tmp_path, backend=log_backend) as env:
         result = await env.apply(config_text(WEB % 3))
         again = await env.apply(config_text(WEB % 3))
         executed = await of_type(env, ActionExecuted)
@@ -55,8 +55,8 @@ async def test_apply_creates_missing_resources(tmp_path: Path) -> None:
     assert again.in_sync and again.executions == ()
 
 
-async def test_foreign_unexpired_claim_blocks(tmp_path: Path) -> None:
-    async with environment(tmp_path) as env:
+async def test_foreign_unexpired_claim_blocks(tmp_path: Path, log_backend: str) -> None:
+    async with environment(tmp_path, backend=log_backend) as env:
         await foreign_claim(env, "web-0", minutes=5)
         result = await env.apply(config_text(WEB % 1))
         await env.apply(config_text(WEB % 1))
@@ -67,8 +67,8 @@ async def test_foreign_unexpired_claim_blocks(tmp_path: Path) -> None:
     assert isinstance(skipped[0], ActionSkipped) and "elsewhere:1" in skipped[0].detail
 
 
-async def test_expired_claim_is_taken_over(tmp_path: Path) -> None:
-    async with environment(tmp_path) as env:
+async def test_expired_claim_is_taken_over(tmp_path: Path, log_backend: str) -> None:
+    async with environment(tmp_path, backend=log_backend) as env:
         await foreign_claim(env, "web-0", minutes=5)
         env.clock.advance(minutes=6)
         result = await env.apply(config_text(WEB % 1))

@@ -46,7 +46,7 @@ class _LateClaimer(Coordinator):
     doubt and claiming it (a busy host): it claims once ``go`` is set."""
 
     def __init__(self, env: Env) -> None:
-        super().__init__(env.store, env.views, clock=env.clock)
+        super().__init__(env.store, env.views)
         self.waiting = anyio.Event()
         self.go = anyio.Event()
 

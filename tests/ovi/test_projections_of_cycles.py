@@ -69,8 +69,9 @@ async def test_state_by_owner(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_state_at_time_matches_state_at_revision(tmp_path: Path) -> None:
-    async with environment(tmp_path, managed("web-0", "i-1", team="a")) as env:
+async def test_state_at_time_matches_state_at_revision(tmp_path: Path, log_backend: str) -> None:
+    async with environment(tmp_path, managed("web-0", "i-1", team="a"),
+                           backend=log_backend) as env:
         await env.cycle(config_text("{type: ec2, name: web}"))
         moment = env.clock.now
         revision = await env.store.last_position()

@@ -1,0 +1,116 @@
+"""Copying a log's rows into another log, verbatim and checked: the one step
+behind a host's mirror of a shared log and behind ``replay copy``.
+
+The target must already be a prefix of the source: its newest row is looked
+up in the source (same position, same hash) before anything is copied, and
+every copied row is checked again by :meth:`EventStore.import_rows` (each
+``prev_hash`` the previous row's hash, each hash recomputed). So a mirror
+that disagrees with its shared log stops the copy with the position, and is
+never refolded over the difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from eventstore._exceptions import MirrorMismatchError
+from eventstore._store import EventStore
+from eventstore._store_types import RawRow
+
+__all__ = ["copy_new_rows"]
+
+#: rows imported per target transaction: the source's pages (1,000 rows) are
+#: gathered, since a SQLite commit costs more than reading another page
+COPY_BATCH = 10_000
+
+
+async def _newest_row(store: EventStore) -> RawRow | None:
+    head = await store.last_position()
+    if head == 0:
+        return None
+    async for page in store.read_raw(after=head - 1, limit=1):
+        return page[0]
+    return None
+
+
+async def copy_new_rows(
+    source: EventStore,
+    target: EventStore,
+    *,
+    progress: Callable[[int], None] | None = None,
+    batch: int = COPY_BATCH,
+) -> int:
+    """Copy every row of ``source`` past ``target``'s newest one into
+    ``target``, verbatim (positions, hashes, times, writers); returns the
+    number of rows copied. ``progress`` hears the position reached after
+    each committed batch.
+
+    Rows committed to ``source`` while this runs may or may not be copied:
+    the next call copies them.
+
+    :raises MirrorMismatchError: if ``target``'s newest row is not in
+        ``source`` (another hash at that position, or ``source`` ends before
+        it); nothing was copied.
+    :raises ImportRejectedError: if a row of ``source`` does not continue the
+        chain (its hash does not verify): rows before it are copied.
+    :raises EventStoreError: if either store fails.
+    """
+    newest = await _newest_row(target)
+    after = 0 if newest is None else newest[0] - 1
+    pending: list[RawRow] = []
+    checked = newest is None
+    # One batch is imported (on the target's thread) while the next is read
+    # from the source: a mirror catching up does both at once (~1.4 times as fast).
+    importing: asyncio.Future[int] | None = None
+    copied = 0
+    try:
+        async for page in source.read_raw(after=after):
+            if not checked:
+                checked = True
+                _check_same(newest, page[0], source, target)
+                page = page[1:]
+            pending.extend(page)
+            if len(pending) >= batch:
+                if importing is not None:
+                    copied += await importing
+                importing = asyncio.ensure_future(_import(target, pending, progress))
+                pending = []
+        if importing is not None:
+            copied += await importing
+            importing = None
+    finally:
+        if importing is not None:  # the read failed: let the batch in flight end
+            await asyncio.gather(importing, return_exceptions=True)
+    if not checked:
+        assert newest is not None
+        raise MirrorMismatchError(
+            newest[0], f"{target.location} has this position, but {source.location} ends"
+            f" at {await source.last_position()} (a log restored from an older backup, or"
+            " another log)")
+    if pending:
+        copied += await _import(target, pending, progress)
+    return copied
+
+
+def _check_same(
+    mine: RawRow | None, theirs: RawRow, source: EventStore, target: EventStore
+) -> None:
+    assert mine is not None
+    if theirs[0] != mine[0]:
+        raise MirrorMismatchError(
+            mine[0], f"{target.location} has this position, but {source.location} ends"
+            f" before it (a log restored from an older backup, or another log)")
+    if theirs[8] != mine[8]:
+        raise MirrorMismatchError(
+            mine[0], f"hash {mine[8][:12]}… in {target.location} but {theirs[8][:12]}… in"
+            f" {source.location}: they are not the same log")
+
+
+async def _import(
+    target: EventStore, rows: list[RawRow], progress: Callable[[int], None] | None
+) -> int:
+    await target.import_rows(rows)
+    if progress is not None:
+        progress(rows[-1][0])
+    return len(rows)

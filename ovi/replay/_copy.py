@@ -1,0 +1,66 @@
+"""``replay copy``: move a log between backends (SQLite ↔ PostgreSQL),
+row for row: same positions, same hashes, so ``verify`` passes on the copy
+and anchors kept for the old log still name the new one's history."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from eventstore import EventStore, copy_new_rows, store_for
+from ovi.events import registry
+from ovi.replay._errors import ReplayError
+from ovi.replay._render import Progress
+from ovi.replay._store import check_log_file
+from ovi.runtime import is_shared, shown
+
+__all__ = ["CopyReport", "copy_log"]
+
+
+class CopyReport(msgspec.Struct, frozen=True):
+    """What a copy wrote: events, and the head both logs now share."""
+
+    source: str
+    target: str
+    events: int
+    head_position: int
+    head_hash: str
+
+
+def _opened(store: str) -> EventStore:
+    return store_for(store, registry(), instance_id=f"replay:{os.getpid()}")
+
+
+def _check_files(source: str, target: str) -> None:
+    if is_shared(source):
+        return
+    check_log_file(Path(source))
+    if not is_shared(target) and Path(target).exists() and Path(target).samefile(source):
+        raise ReplayError(f"--to {shown(target)}: is the --from log itself")
+
+
+async def copy_log(source: str, target: str) -> CopyReport:
+    """Copy every row of ``source`` into ``target``, which must be empty (a
+    missing SQLite file is created). Progress shows on a terminal's stderr.
+
+    :raises ReplayError: if ``source`` is no log, ``target`` is it, or
+        ``target`` already holds events.
+    :raises EventStoreError: if a row of ``source`` does not verify (rows
+        before it are copied), or either store fails.
+    """
+    _check_files(source, target)
+    async with _opened(source) as src, _opened(target) as dst:
+        held = await dst.last_position()
+        if held:
+            raise ReplayError(f"--to {dst.location}: already holds {held:,} events; copy"
+                              " writes only into an empty log")
+        total = await src.last_position()
+        progress = Progress(f"copying to {dst.location}", total=total)
+        try:
+            copied = await copy_new_rows(src, dst, progress=progress.update)
+        finally:
+            progress.done()
+        position, hash_ = await dst._read_head()
+        return CopyReport(src.location, dst.location, copied, position, hash_)
