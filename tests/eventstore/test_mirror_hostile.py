@@ -39,10 +39,10 @@ async def test_two_processes_sharing_a_mirror_file_both_catch_up(
             host(postgres_schema, tmp_path / "mirror.db", "host-a:2") as operator:
         for round_ in range(3):
             # Another host appends; both processes of host A look at once.
-            await other.append_streams(StreamBatch(f"s-{round_}-{i}", [Ping(n=i)])
+            await other.append_streams(StreamBatch(f"s-{round_}-{i}", (Ping(n=i),))
                                        for i in range(2_000))
             heads = await asyncio.gather(service.last_position(), operator.last_position(),
                                          return_exceptions=True)
             errors = [h for h in heads if isinstance(h, EventStoreError)]
             assert not errors, f"round {round_}: {errors[0]!r}"
-            assert heads == [2_000 * (round_ + 1)] * 2
+            assert list(heads) == [2_000 * (round_ + 1)] * 2
