@@ -44,6 +44,7 @@ GROUPS = {
     "engine": "scripts.bench_engine",  # reconcile cycles and execution, fake provider
     "aws": "scripts.bench_aws",        # the AWS provider against moto
     "replay": "scripts.bench_replay",  # python -m ovi.replay on a large log
+    "postgres": "scripts.bench_postgres",  # the PostgreSQL log and a host's mirror of it
 }
 
 

@@ -20,8 +20,8 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-__all__ = ["POSTGRES_DSN_VARIABLE", "PostgresSchema", "postgres_schema", "quote_ident",
-           "temporary_schema"]
+__all__ = ["POSTGRES_DSN_VARIABLE", "PostgresSchema", "create_schema", "drop_schema",
+           "postgres_schema", "quote_ident", "temporary_schema"]
 
 POSTGRES_DSN_VARIABLE = "OVI_TEST_POSTGRES_DSN"
 
@@ -62,10 +62,9 @@ async def drop_schema(server_dsn: str, name: str) -> None:
         await conn.close()
 
 
-@asynccontextmanager
-async def temporary_schema() -> AsyncIterator[PostgresSchema]:
-    """A new, empty schema on the test server, dropped on leaving; skips the
-    test when there is no server to test against."""
+async def create_schema() -> PostgresSchema:
+    """A new, empty schema on the test server (drop it with :func:`drop_schema`);
+    skips the test when there is no server to test against."""
     server_dsn = os.environ.get(POSTGRES_DSN_VARIABLE)
     if not server_dsn:
         pytest.skip(f"${POSTGRES_DSN_VARIABLE} is not set: no PostgreSQL server to test against")
@@ -75,10 +74,18 @@ async def temporary_schema() -> AsyncIterator[PostgresSchema]:
         await conn.execute(f"CREATE SCHEMA {quote_ident(schema.name)}")
     finally:
         await conn.close()
+    return schema
+
+
+@asynccontextmanager
+async def temporary_schema() -> AsyncIterator[PostgresSchema]:
+    """A new, empty schema on the test server, dropped on leaving; skips the
+    test when there is no server to test against."""
+    schema = await create_schema()
     try:
         yield schema
     finally:
-        await drop_schema(server_dsn, schema.name)
+        await drop_schema(schema.server_dsn, schema.name)
 
 
 @pytest_asyncio.fixture
