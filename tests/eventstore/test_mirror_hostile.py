@@ -46,3 +46,21 @@ async def test_two_processes_sharing_a_mirror_file_both_catch_up(
             errors = [h for h in heads if isinstance(h, EventStoreError)]
             assert not errors, f"round {round_}: {errors[0]!r}"
             assert list(heads) == [2_000 * (round_ + 1)] * 2
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "nothing marks a mirror file as a mirror: opened as a SQLite log of its own (`ovi"
+    " apply --store ovi-mirror.db`, by analogy with `replay --store mirror.db`) it takes"
+    " appends — a cycle there claims and acts where no other host sees it — and the"
+    " host's mirror then disagrees with the shared log for good (MirrorMismatchError)"))
+async def test_a_mirror_file_opened_as_a_log_of_its_own_refuses_appends(
+    postgres_schema: PostgresSchema, tmp_path: Path
+) -> None:
+    async with host(postgres_schema, tmp_path / "mirror.db", "host-a:1") as a:
+        await a.append("claim/web-0", [Ping(n=1)])
+    async with SQLiteEventStore(tmp_path / "mirror.db", sample_registry()) as local:
+        assert await local.last_position() == 1  # reading it offline is what it is for
+        with pytest.raises(EventStoreError, match="mirror"):
+            await local.append("claim/web-0", [Ping(n=2)], expected_version=1)
+    async with host(postgres_schema, tmp_path / "mirror.db", "host-a:1") as a:
+        assert await a.last_position() == 1
