@@ -115,6 +115,27 @@ def tamper(mirror: Path, position: int) -> None:
         db.commit()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "the maintenance window is judged by the acting host's wall clock (DecisionContext.now"
+    " is the Engine's clock), not the store's: a host 5 minutes fast deletes at 01:56 by"
+    " the server's clock under a window that opens at 02:00"))
+async def test_a_host_whose_clock_runs_5_minutes_fast_deletes_only_inside_the_window(
+    postgres_schema: PostgresSchema, tmp_path: Path
+) -> None:
+    rules = ("grace_period: 1m\nrequire_approval: false\nmaintenance_window:"
+             " {days: [mon, tue, wed, thu, fri, sat, sun], start: \"02:00\", end: \"05:00\"}")
+    before = datetime(2026, 11, 26, 1, 56, tzinfo=UTC)
+    server, b_clock = Clock(before), Clock(before + timedelta(minutes=5))
+    estate = FakeProvider([managed("gone-0", "i-9")])
+    async with host(postgres_schema, tmp_path / "b.db", "host-b:1", server=server,
+                    clock=b_clock, provider=estate) as b:
+        await b.record_created(managed("gone-0", "i-9"))
+        await b.cycle(config_text(rules=rules))
+        advance(server, b_clock, minutes=2)  # the grace period is over; 01:58 by the server
+        result = await b.apply(config_text(rules=rules))
+    assert [d.status for d in result.decisions] == [DecisionStatus.MAINTENANCE_WINDOW]
+    assert "i-9" in estate.resources
+
 def twin_instance_id() -> str:
     """The instance id a process writes on a machine cloned from this one's
     image: the same hostname and, on a VM, the same PID namespace inode (the
