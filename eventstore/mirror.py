@@ -11,7 +11,8 @@ contract:
   append returns, so a writer reads its own writes;
 - :meth:`~MirroredStore.last_position` first copies whatever other hosts
   appended (so a projection runner's ``catch_up`` folds the newest events),
-  and every read is served by the mirror;
+  and so does a read that does not stop at a position the mirror already
+  holds; every read is served by the mirror;
 - the store's clock (:meth:`EventStore.now`) is the shared log's: the time
   claims are judged by is the same on every host.
 
@@ -29,7 +30,7 @@ from eventstore._copy import copy_new_rows
 from eventstore._events import RecordedEvent
 from eventstore._exceptions import EventStoreError, StoreClosedError
 from eventstore._store import EventStore, GroupResult, ReadFilter
-from eventstore._store_types import EncodedBatch, EncodedRow, EventRow, RawRow
+from eventstore._store_types import EncodedBatch, EncodedRow, EventRow, RawRow, VerifyReport
 from eventstore.sqlite import SQLiteEventStore
 
 __all__ = ["MirroredStore"]
@@ -76,6 +77,12 @@ class MirroredStore(EventStore):
 
     async def _holding_own_writes(self) -> None:
         if self._mirrored < self._written:
+            await self._pull()
+
+    async def _holding(self, filters: ReadFilter) -> None:
+        # A read sees what was committed before it, by any host, as on the
+        # server: copy first, unless it stops at a position the mirror holds.
+        if filters.until is None or filters.until > self._mirrored:
             await self._pull()
 
     # -- lifecycle -------------------------------------------------------
@@ -139,23 +146,34 @@ class MirroredStore(EventStore):
         return await self.mirror._event_types(after)
 
     async def _read_page(self, after: int, limit: int, filters: ReadFilter) -> list[RawRow]:
-        await self._holding_own_writes()
+        await self._holding(filters)
         return await self.mirror._read_page(after, limit, filters)
 
     async def _read_event_page(
         self, after: int, limit: int, filters: ReadFilter
     ) -> list[EventRow]:
-        await self._holding_own_writes()
+        await self._holding(filters)
         return await self.mirror._read_event_page(after, limit, filters)
 
     async def _read_encoded_page(
         self, after: int, limit: int, filters: ReadFilter
     ) -> list[EncodedRow]:
-        await self._holding_own_writes()
+        await self._holding(filters)
         return await self.mirror._read_encoded_page(after, limit, filters)
 
     async def _read_head(self) -> tuple[int, str]:
         return await self.mirror._read_head()
+
+    async def verify(self) -> VerifyReport:
+        """The shared log's chain, walked on the server: the log every host
+        trusts. (The mirror's rows were checked against it as they were
+        copied, and its newest row is checked again at every copy.)"""
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+        report = await self.shared.verify()
+        if report.ok:
+            await self._pull()  # and the mirror is a copy of it
+        return report
 
     async def follow(
         self,

@@ -25,9 +25,10 @@ from projections.operations import OperationsProjection
 from projections.resources import ResourcesProjection
 from projections.restarts import RestartsProjection
 
-__all__ = ["Runtime", "default_mirror_path", "default_store", "is_shared", "local_file",
+__all__ = ["Location", "Runtime", "default_mirror_path", "default_store", "is_shared", "local_file",
            "open_runtime", "ovi_projections", "shown"]
 
+#: where a log is, as an operator wrote it: a SQLite path, or a postgresql:// URL
 Location = str | os.PathLike[str]
 
 

@@ -11,10 +11,13 @@ Subcommands (``docs/replay.md`` has the details and the JSON shapes)::
     rebuild [--in-place]
     follow [filters of log]
     backtest --config NEW.yaml [--since T]
+    copy --from STORE --to STORE
 
 Every subcommand takes ``--store`` (default ``$OVI_STORE``, else ``./ovi.db``;
-never created) and ``--json``. Exit codes: 0 ok, 1 error or verification
-failure, 2 usage, 3 backtest differences.
+never created; a ``postgresql://`` URL is read through this host's mirror,
+``--mirror``, else ``$OVI_MIRROR``, else ``./ovi-mirror.db``) and ``--json``.
+Exit codes: 0 ok, 1 error or verification failure, 2 usage, 3 backtest
+differences.
 """
 
 from __future__ import annotations

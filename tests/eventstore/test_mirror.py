@@ -17,7 +17,11 @@ from eventstore import (
     store_for,
 )
 from eventstore.postgres import PostgresEventStore
-from tests.eventstore.contract import following, next_events, read_all
+from tests.eventstore.contract import (
+    following,
+    next_events,
+    read_all,
+)
 from tests.eventstore.sample_events import Note, Ping, sample_registry
 from tests.postgres import PostgresSchema
 
@@ -115,3 +119,4 @@ async def test_store_for_gives_a_mirrored_store_for_a_url_and_a_mirror(
         assert str(tmp_path / "m.db") in store.location
         # The store's clock is the server's, as the shared log records it.
         assert (await store.now()) >= (await read_all(store))[0].recorded_at
+

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from eventstore import SQLiteEventStore
+from eventstore import MirroredStore, SQLiteEventStore
 from ovi.config import Config, load_config
 from ovi.engine import CycleResult, Engine
 from ovi.events import registry
@@ -24,6 +24,7 @@ from ovi.runtime import Runtime, open_runtime, ovi_projections
 from ovi.service import ProviderSource, Service, ServiceSettings
 from ovi.servicelog import LogFormat, ServiceLog
 from projections import ProjectionRunner
+from tests.postgres import PostgresSchema
 
 pytestmark = pytest.mark.asyncio
 
@@ -125,3 +126,31 @@ async def test_actions_left_in_doubt_are_resolved_before_ready(tmp_path: Path) -
     failed = next(e for e in recorded if e.type == "ActionFailed")
     first_service_cycle = [e for e in recorded if e.type == "CycleStarted"][1]
     assert failed.event.interrupted and failed.position < first_service_cycle.position
+
+
+async def test_the_service_runs_on_a_shared_log_through_its_mirror(
+    tmp_path: Path, postgres_schema: PostgresSchema
+) -> None:
+    config_path = tmp_path / "ovi.yaml"
+    config_path.write_text(CONFIG.format(owner="ovi").replace(
+        "resources: []", "resources: [{type: s3, name: assets}]"))
+    mirror = tmp_path / "mirror.db"
+
+    @asynccontextmanager
+    async def fake(config: Config) -> AsyncIterator[Provider]:
+        yield FakeProvider()
+
+    log = io.StringIO()
+    service = Service(ServiceSettings(config_path=config_path, store_path=postgres_schema.dsn,
+                                      mirror_path=mirror, interval=0.05, metrics_host=None,
+                                      max_cycles=2),
+                      provider=ProviderSource(fake, lambda c: 0),
+                      log=ServiceLog(LogFormat.JSON, stream=log, journald=False))
+    assert await service.run() == 0
+    assert postgres_schema.server_dsn.split("@")[-1].split("/")[0] in log.getvalue()
+    async with open_runtime(postgres_schema.dsn, mirror=mirror) as runtime:
+        types = [e.type async for e in runtime.store.read()]
+        assert isinstance(runtime.store, MirroredStore)
+        shared = [e.type async for e in runtime.store.shared.read()]
+    assert types == shared and types.count("CycleStarted") == 2
+    assert "ActionExecuted" in types  # the bucket was created, once
