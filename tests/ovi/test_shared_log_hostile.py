@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,7 @@ from eventstore import EventStoreError, MirroredStore, SQLiteEventStore, StreamB
 from eventstore.postgres import PostgresEventStore
 from ovi.coordinator import Coordinator
 from ovi.events import PAUSE_ALL, Actor, AutomationPaused, pause_stream, registry
-from ovi.model import Action, DecisionStatus, Outcome
+from ovi.model import Action, DecisionStatus, Outcome, Resource, Scope, Unreadable
 from ovi.providers.fake import FakeProvider
 from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
@@ -164,3 +164,38 @@ async def test_a_live_claim_of_another_machine_with_the_same_hostname_is_not_tak
         server.advance(minutes=1)  # the twin's claim has 9 minutes to run
         mine = await Coordinator(a.store, a.views).claim(["web-0"])
     assert mine.held == {} and mine.blocked == {"web-0": twin_instance_id()}
+
+
+class PausedDuringObservation(FakeProvider):
+    """The estate, observed while an operator on another host pauses it all."""
+
+    def __init__(self, other: Env) -> None:
+        super().__init__()
+        self.other = other
+        self.paused = False
+
+    async def observe(self, scope: Scope) -> Sequence[Resource | Unreadable]:
+        if not self.paused:
+            self.paused = True
+            actor = Actor(by="oncall", user="oncall", uid=1000, host="host-b")
+            await self.other.store.append_streams([StreamBatch(pause_stream(PAUSE_ALL), (
+                AutomationPaused(target=PAUSE_ALL, reason="incident", actor=actor, at=T0),))])
+        return await super().observe(scope)
+
+
+async def test_a_pause_another_host_appends_while_a_cycle_observes_stops_its_create(
+    postgres_schema: PostgresSchema, tmp_path: Path
+) -> None:
+    """Held: the write-ahead's pause fence is checked by the shared log, not the mirror."""
+    server = Clock(T0)
+    config = config_text("{type: ec2, name: web, count: 1, size: t3.micro}")
+    async with host(postgres_schema, tmp_path / "b.db", "host-b:1", server=server,
+                    clock=Clock(T0), provider=FakeProvider()) as b:
+        estate = PausedDuringObservation(b)
+        async with host(postgres_schema, tmp_path / "a.db", "host-a:1", server=server,
+                        clock=Clock(T0), provider=estate) as a:
+            result = await a.apply(config)
+    assert estate.paused
+    assert [d.status for d in result.decisions] == [DecisionStatus.READY]  # decided before
+    assert [call for call in estate.calls if call[0] == "create"] == []
+    assert not [e for e in result.executions if e.outcome is Outcome.EXECUTED]
