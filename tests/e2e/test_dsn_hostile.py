@@ -58,7 +58,8 @@ def test_a_password_with_a_question_mark_is_not_shown(tmp_path: Path) -> None:
 @pytest.mark.xfail(strict=True, reason=(
     "a libpq key=value conninfo ('host=… password=… dbname=…', what psql takes) is not a"
     " postgresql:// URL, so it is taken for a SQLite path: the cycle runs on a new local"
-    " file whose name holds the password (left on disk, mode 0600) instead of refusing"))
+    " file whose name holds the password (left on disk, mode 0600) instead of refusing,"
+    " and `ovi run` logs it in full ('… log host=127.0.0.1 user=u password=… dbname=test')"))
 def test_a_key_value_conninfo_is_refused_not_made_a_file_named_with_its_password(
     tmp_path: Path
 ) -> None:
