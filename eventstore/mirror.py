@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Collection, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
+from datetime import datetime
 
 from eventstore._copy import copy_new_rows
 from eventstore._events import RecordedEvent
 from eventstore._exceptions import EventStoreError, StoreClosedError
-from eventstore._store import EventStore, GroupResult, ReadFilter
+from eventstore._store import EventStore, GroupResult, ReadFilter, _Row
 from eventstore._store_types import EncodedBatch, EncodedRow, EventRow, RawRow, VerifyReport
 from eventstore.sqlite import SQLiteEventStore
 
@@ -54,8 +55,6 @@ class MirroredStore(EventStore):
         self._pull_lock = asyncio.Lock()
         #: the newest position the mirror holds, as of the last copy
         self._mirrored = 0
-        #: the newest position this store appended: reads wait for the mirror to hold it
-        self._written = 0
 
     @property
     def location(self) -> str:
@@ -75,15 +74,32 @@ class MirroredStore(EventStore):
             self._notify_appended()
         return copied
 
-    async def _holding_own_writes(self) -> None:
-        if self._mirrored < self._written:
-            await self._pull()
-
     async def _holding(self, filters: ReadFilter) -> None:
         # A read sees what was committed before it, by any host, as on the
         # server: copy first, unless it stops at a position the mirror holds.
         if filters.until is None or filters.until > self._mirrored:
             await self._pull()
+
+    async def _pages(
+        self,
+        fetch: Callable[[int, int, ReadFilter], Awaitable[list[_Row]]],
+        *,
+        after: int,
+        until: int | None,
+        types: Collection[str] | None,
+        stream: str | None,
+        since: datetime | None,
+        before: datetime | None,
+        limit: int | None,
+    ) -> AsyncGenerator[list[_Row], None]:
+        # An open-ended read copies once, at its start, and then reads up to
+        # what that copy brought (not once per page).
+        if until is None and self._open:
+            until = await self.last_position()
+        async for page in super()._pages(fetch, after=after, until=until, types=types,
+                                         stream=stream, since=since, before=before,
+                                         limit=limit):
+            yield page
 
     # -- lifecycle -------------------------------------------------------
 
@@ -106,21 +122,18 @@ class MirroredStore(EventStore):
 
     async def _commit_group(self, group: list[tuple[EncodedBatch, ...]]) -> list[GroupResult]:
         results = await self.shared._commit_group(group)
-        self._written = max([self._written, *(r.last_position for r in results
-                                              if not isinstance(r, EventStoreError))])
         await self._copy_after_write()
         return results
 
     async def _import_rows(self, rows: list[RawRow]) -> dict[str, int]:
         versions = await self.shared._import_rows(rows)
-        self._written = max(self._written, rows[-1][0])
         await self._copy_after_write()
         return versions
 
     async def _copy_after_write(self) -> None:
         # The rows are durable in the shared log: the append succeeded even if
-        # the mirror cannot copy them now. The next read copies them (and
-        # raises what stops it), so nothing reads past a missing write.
+        # the mirror cannot copy them now. Any read past what the mirror holds
+        # copies first (and raises what stops it), so none misses this write.
         try:
             await self._pull()
         except EventStoreError as exc:
@@ -135,7 +148,7 @@ class MirroredStore(EventStore):
         return self._mirrored
 
     async def stream_version(self, stream: str) -> int:
-        await self._holding_own_writes()
+        await self._pull()  # as the shared log has it now, like any read
         return await self.mirror.stream_version(stream)
 
     async def _now(self) -> str:

@@ -17,6 +17,7 @@ import uvloop
 
 from tests.fault_proxy import fault_proxy as fault_proxy
 from tests.moto_server import moto_endpoint as moto_endpoint
+from tests.postgres import log_backend as log_backend
 from tests.postgres import postgres_schema as postgres_schema
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
@@ -20,8 +22,12 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-__all__ = ["POSTGRES_DSN_VARIABLE", "PostgresSchema", "create_schema", "drop_schema",
-           "postgres_schema", "quote_ident", "temporary_schema"]
+from eventstore import EventRegistry, MirroredStore, SQLiteEventStore
+from eventstore.postgres import PostgresEventStore
+
+__all__ = ["LOG_BACKENDS", "POSTGRES_DSN_VARIABLE", "PostgresSchema", "create_schema",
+           "drop_schema", "log_backend", "mirrored_log", "postgres_schema", "quote_ident",
+           "temporary_schema"]
 
 POSTGRES_DSN_VARIABLE = "OVI_TEST_POSTGRES_DSN"
 
@@ -86,6 +92,34 @@ async def temporary_schema() -> AsyncIterator[PostgresSchema]:
         yield schema
     finally:
         await drop_schema(schema.server_dsn, schema.name)
+
+
+#: the logs the store-touching suites (engine, projections) run on: a SQLite
+#: file, or a PostgreSQL log read through a SQLite mirror (``log_backend``)
+LOG_BACKENDS = ("sqlite", "postgres-mirror")
+
+
+@asynccontextmanager
+async def mirrored_log(
+    mirror: Path, registry: EventRegistry, *, instance_id: str | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> AsyncIterator[MirroredStore]:
+    """An open :class:`MirroredStore`: a PostgreSQL log in a schema of its own
+    (dropped afterwards) read through the SQLite file ``mirror``."""
+    async with temporary_schema() as schema:
+        shared = PostgresEventStore(schema.server_dsn, registry, schema=schema.name,
+                                    instance_id=instance_id, clock=clock)
+        local = SQLiteEventStore(mirror, registry, instance_id=shared.instance_id,
+                                 synchronous="NORMAL")
+        async with MirroredStore(shared, local) as store:
+            yield store
+
+
+@pytest.fixture(params=LOG_BACKENDS)
+def log_backend(request: pytest.FixtureRequest) -> str:
+    """The log a store-touching test runs on: ``sqlite`` or ``postgres-mirror``
+    (skipped, saying why, without ``$OVI_TEST_POSTGRES_DSN``)."""
+    return str(request.param)
 
 
 @pytest_asyncio.fixture

@@ -131,3 +131,33 @@ def test_a_password_in_the_store_url_never_reaches_the_output(
     assert done.returncode == 1 and "s3cr3t-pw" not in text(done)
     assert "ovi:***@127.0.0.1:9" in done.stderr.decode()
     assert done.stderr.decode().count("\n") == 1
+
+
+def test_a_pause_on_one_host_is_seen_and_resumed_on_another(
+    aws: str, shared_log: PostgresSchema, tmp_path: Path
+) -> None:
+    dsn = shared_log.dsn
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    paused = run("ovi", "pause", "--all", "--reason", "db migration", "--store", dsn,
+                 endpoint=aws, cwd=one)
+    assert paused.returncode == 0, text(paused)
+    again = run("ovi", "pause", "--all", "--reason", "db migration", "--store", dsn,
+                endpoint=aws, cwd=two)
+    assert again.returncode == 0 and "already paused" in again.stdout.decode(), text(again)
+    resumed = run("ovi", "resume", "--all", "--store", dsn, endpoint=aws, cwd=two)
+    assert resumed.returncode == 0, text(resumed)
+    assert "resumed: the whole estate" in resumed.stdout.decode()
+    # Each host keeps its own mirror: host one's, not used since its pause,
+    # is the start of host two's.
+    first, second = mirrored(one / "ovi-mirror.db"), mirrored(two / "ovi-mirror.db")
+    assert len(first) == 1 and len(second) == 2 and second[:1] == first
+
+
+def test_mirror_with_a_sqlite_store_is_refused(aws: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "ovi.yaml", BUCKET)
+    done = run("ovi", "plan", "--config", str(config), "--store", "ovi.db", "--mirror", "m.db",
+               endpoint=aws, cwd=tmp_path)
+    assert done.returncode == 1 and "--mirror: only for a shared log" in done.stderr.decode()
+    assert not (tmp_path / "ovi.db").exists()

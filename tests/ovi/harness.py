@@ -8,8 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from eventstore import EventStore, MirroredStore, RecordedEvent, SQLiteEventStore
-from eventstore.postgres import PostgresEventStore
+from eventstore import EventStore, RecordedEvent, SQLiteEventStore
 from ovi.config import Config, parse_config
 from ovi.engine import CycleResult, Engine
 from ovi.events import ActionExecuted, registry, resource_stream
@@ -25,7 +24,7 @@ from ovi.model import (
 from ovi.providers.fake import FakeProvider
 from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
-from tests.postgres import temporary_schema
+from tests.postgres import LOG_BACKENDS, mirrored_log
 
 
 class Clock:
@@ -90,11 +89,6 @@ class Env:
         return [e.type for e in await self.events(after)]
 
 
-#: the logs the engine suite runs on: a SQLite file, or a PostgreSQL log
-#: read through a SQLite mirror (the projections then live in the mirror)
-LOG_BACKENDS = ("sqlite", "postgres-mirror")
-
-
 @asynccontextmanager
 async def _log(path: Path, backend: str, instance_id: str,
                clock: Callable[[], datetime]) -> AsyncIterator[EventStore]:
@@ -105,13 +99,8 @@ async def _log(path: Path, backend: str, instance_id: str,
         return
     if backend != "postgres-mirror":
         raise ValueError(f"backend: expected one of {LOG_BACKENDS}, got {backend!r}")
-    async with temporary_schema() as schema:
-        shared = PostgresEventStore(schema.server_dsn, registry(), schema=schema.name,
-                                    instance_id=instance_id, clock=clock)
-        mirror = SQLiteEventStore(path, registry(), instance_id=instance_id,
-                                  synchronous="NORMAL")
-        async with MirroredStore(shared, mirror) as store:
-            yield store
+    async with mirrored_log(path, registry(), instance_id=instance_id, clock=clock) as store:
+        yield store
 
 
 @asynccontextmanager

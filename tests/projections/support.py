@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from eventstore import Event, EventRegistry, RecordedEvent, SQLiteEventStore
+from eventstore import Event, EventRegistry, EventStore, RecordedEvent, SQLiteEventStore
 from projections import Projection, ProjectionRunner, StreamsProjection
+from tests.postgres import mirrored_log
 
 
 class Opened(Event, frozen=True):
@@ -45,6 +47,18 @@ class Clock:
 def open_store(path: Path) -> SQLiteEventStore:
     return SQLiteEventStore(path, registry(), instance_id="test", synchronous="NORMAL",
                             clock=Clock())
+
+
+@asynccontextmanager
+async def opened_log(path: Path, backend: str) -> AsyncIterator[EventStore]:
+    """The test log at ``path`` on ``backend`` (the ``log_backend`` fixture's
+    value): the SQLite file itself, or the mirror of a PostgreSQL log."""
+    if backend == "sqlite":
+        async with open_store(path) as store:
+            yield store
+    else:
+        async with mirrored_log(path, registry(), instance_id="test", clock=Clock()) as store:
+            yield store
 
 
 class BalancesProjection(Projection):

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from eventstore import EventRegistry, RecordedEvent, SQLiteEventStore, StreamBatch
+from eventstore import EventRegistry, EventStore, RecordedEvent, SQLiteEventStore, StreamBatch
 from projections import (
     CHECKPOINTS_TABLE,
     CheckpointError,
@@ -34,11 +34,12 @@ from tests.projections.support import (
     all_projections,
     checkpoints,
     open_store,
+    opened_log,
     snapshot,
 )
 
 
-async def fill(store: SQLiteEventStore, accounts: int = 3, rounds: int = 4) -> int:
+async def fill(store: EventStore, accounts: int = 3, rounds: int = 4) -> int:
     for n in range(accounts):
         await store.append(f"account-{n}", [Opened(owner=f"owner-{n}")])
     for r in range(rounds):
@@ -51,10 +52,12 @@ async def fill(store: SQLiteEventStore, accounts: int = 3, rounds: int = 4) -> i
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("layout", ["same-file", "separate-file"])
-async def test_catch_up_applies_each_event_exactly_once(tmp_path: Path, layout: str) -> None:
+async def test_catch_up_applies_each_event_exactly_once(
+    tmp_path: Path, layout: str, log_backend: str
+) -> None:
     log = tmp_path / "log.db"
     db = log if layout == "same-file" else tmp_path / "projections.db"
-    async with open_store(log) as store:
+    async with opened_log(log, log_backend) as store:
         head = await fill(store)
         async with ProjectionRunner(store, db, all_projections(), batch_size=5) as runner:
             assert await runner.catch_up() == head + 2 * 3 * 4 + head  # streams, balances, ledger
@@ -72,8 +75,10 @@ async def test_catch_up_applies_each_event_exactly_once(tmp_path: Path, layout: 
 
 
 @pytest.mark.asyncio
-async def test_catch_up_folds_only_what_was_appended_since(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "log.db") as store:
+async def test_catch_up_folds_only_what_was_appended_since(
+    tmp_path: Path, log_backend: str
+) -> None:
+    async with opened_log(tmp_path / "log.db", log_backend) as store:
         runner = ProjectionRunner(store, tmp_path / "p.db", [LedgerProjection(), NeverProjection()])
         async with runner:
             assert await runner.catch_up() == 0
@@ -135,8 +140,10 @@ async def test_failure_in_apply_rolls_back_the_whole_batch(tmp_path: Path) -> No
 
 
 @pytest.mark.asyncio
-async def test_rebuild_gives_the_rows_of_incremental_application(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "log.db") as store:
+async def test_rebuild_gives_the_rows_of_incremental_application(
+    tmp_path: Path, log_backend: str
+) -> None:
+    async with opened_log(tmp_path / "log.db", log_backend) as store:
         async with ProjectionRunner(store, tmp_path / "log.db", all_projections(),
                                     batch_size=4) as runner:
             for r in range(5):
