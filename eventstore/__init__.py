@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from eventstore._chain import GENESIS_HASH, row_hash
+from eventstore._anchors import Anchor, append_anchor, parse_anchor, read_anchors
+from eventstore._chain import GENESIS_HASH, UNKEYED, Chain, LogHeader, row_hash
 from eventstore._dsn import mask_dsn
 from eventstore._events import (
     ANY,
@@ -22,7 +23,9 @@ from eventstore._events import (
     UnknownEvent,
 )
 from eventstore._exceptions import (
+    AnchorError,
     BackendError,
+    ChainKeyError,
     EventEncodingError,
     EventStoreError,
     ImportRejectedError,
@@ -38,7 +41,7 @@ from eventstore._store import (
     process_home,
 )
 from eventstore._store_for import store_for
-from eventstore._store_types import ChainBreak, EncodedRow, RawRow, VerifyReport
+from eventstore._store_types import ChainBreak, EncodedRow, Head, RawRow, VerifyReport
 from eventstore.sqlite import SQLiteEventStore
 
 if TYPE_CHECKING:
@@ -59,17 +62,24 @@ __all__ = [
     "ANY",
     "GENESIS_HASH",
     "NO_STREAM",
+    "UNKEYED",
+    "Anchor",
+    "AnchorError",
     "Appended",
     "BackendError",
+    "Chain",
     "ChainBreak",
+    "ChainKeyError",
     "EncodedRow",
     "Event",
     "EventEncodingError",
     "EventRegistry",
     "EventStore",
     "EventStoreError",
+    "Head",
     "ImportRejectedError",
     "LogCorruptedError",
+    "LogHeader",
     "PostgresEventStore",
     "RawRow",
     "RecordedEvent",
@@ -79,11 +89,14 @@ __all__ = [
     "UnknownEvent",
     "VerifyReport",
     "WrongExpectedVersion",
+    "append_anchor",
     "default_instance_id",
     "format_timestamp",
     "mask_dsn",
+    "parse_anchor",
     "parse_timestamp",
     "process_home",
+    "read_anchors",
     "row_hash",
     "store_for",
 ]
