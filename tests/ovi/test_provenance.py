@@ -13,7 +13,7 @@ import pytest
 
 from ovi.app import grant_adoption
 from ovi.config import parse_config
-from ovi.events import AdoptionGranted
+from ovi.events import AdoptionGranted, registry
 from ovi.model import ID_TAG, OWNER_TAG, Action, DiffType, ResourceType
 from ovi.replay import backtest
 from ovi.replay._describe import describe
@@ -146,3 +146,11 @@ async def test_an_adoption_grant_records_the_os_user_and_host_besides_by(
     assert describe(granted).endswith(
         f"granted by ann (user {actor.user}, uid {actor.uid} on {actor.host})"
         f" at {fmt_time(granted.at)}")
+
+
+def test_an_adoption_grant_from_an_older_log_without_the_actor_still_decodes() -> None:
+    old = msgspec.json.encode({"resource_id": "assets-0", "identity": "aws/us-east-1/s3/x",
+                               "cloud_id": "x", "by": "ann", "at": "2026-11-26T12:00:00Z"})
+    granted = registry().decode("AdoptionGranted", old.decode())
+    assert isinstance(granted, AdoptionGranted) and granted.actor is None
+    assert "granted by ann (OS user not recorded)" in describe(granted)
