@@ -49,3 +49,45 @@ def test_state_shows_what_the_verified_log_says_not_a_forged_projection(
     assert verified.returncode == 0, verified.stdout + verified.stderr  # the log is intact
     forged = json_object(replay("state", "--all", "--json", store=path))
     assert forged == honest
+
+
+def _hide_from_stream_reads(path: Path, position: int) -> None:
+    """Rewrite no row, only the (stream, stream_version) index: swap its pages
+    with those of a partial index that lacks ``position``, then drop that one
+    (its pages, the honest index's, go to the free list): ``PRAGMA
+    quick_check`` still says ok; only ``integrity_check`` compares indexes
+    with rows."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("CREATE UNIQUE INDEX hide ON events (stream, stream_version)"
+                   f" WHERE position <> {int(position)}")
+        pages = dict(db.execute("SELECT name, rootpage FROM sqlite_master WHERE name IN"
+                                " ('hide', 'sqlite_autoindex_events_1')").fetchall())
+        db.execute("PRAGMA writable_schema = ON")
+        for name, other in (("sqlite_autoindex_events_1", "hide"),
+                            ("hide", "sqlite_autoindex_events_1")):
+            db.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = ?",
+                       (pages[other], name))
+        db.execute("PRAGMA writable_schema = OFF")
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("DROP INDEX hide")
+        assert db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "verify walks the rows by position (the table itself) while why, timeline and the"
+    " causal checks of a stream read through the (stream, stream_version) index; no row"
+    " and no hash is touched, so neither anchors nor a key help, and verify never runs"
+    " PRAGMA integrity_check, the one check that compares an index with its rows: run it"
+    " as part of verify (and refuse an audit of a file that fails it)"))
+def test_verify_fails_a_log_whose_stream_index_hides_the_delete_that_was_done(
+    story: Story, tmp_path: Path
+) -> None:
+    path = copy_log(story, tmp_path)
+    with closing(sqlite3.connect(path)) as db:
+        (executed,) = db.execute("SELECT position FROM events WHERE stream = ? AND type = ?",
+                                 ("resource/old-0", "ActionExecuted")).fetchone()
+    _hide_from_stream_reads(path, executed)
+    why = replay("why", "old-0", store=path)
+    assert "in doubt: execution started, no outcome recorded" in why.stdout  # the lie
+    verified = replay("verify", store=path)
+    assert verified.returncode != 0, verified.stdout
