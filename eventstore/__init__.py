@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from eventstore._anchors import Anchor, append_anchor, parse_anchor, read_anchors
-from eventstore._chain import GENESIS_HASH, UNKEYED, Chain, LogHeader, row_hash
+from eventstore._chain import GENESIS_HASH, MIN_KEY_BYTES, UNKEYED, Chain, LogHeader, row_hash
 from eventstore._dsn import mask_dsn
 from eventstore._events import (
     ANY,
@@ -61,6 +61,7 @@ else:
 __all__ = [
     "ANY",
     "GENESIS_HASH",
+    "MIN_KEY_BYTES",
     "NO_STREAM",
     "UNKEYED",
     "Anchor",

@@ -5,7 +5,6 @@ only narrates.
 
 from __future__ import annotations
 
-import getpass
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from ovi.events import (
     pause_stream,
     resource_stream,
 )
+from ovi.evidence import write_anchor
 from ovi.model import CycleMode, Decision
 from ovi.runtime import Runtime, open_runtime
 from projections.findings import find_decision, open_findings
@@ -54,25 +54,33 @@ async def run_once(
     dry_run: bool = False,
     max_concurrency: int | None = None,
     progress: Callable[[str], None] = _quiet,
+    chain_key: bytes | None = None,
+    anchor_file: Path | None = None,
 ) -> CycleResult:
     """Load the config (nothing happens if it is invalid), then run one cycle
-    against AWS. ``progress`` hears what is worth telling a person waiting."""
+    against AWS. ``progress`` hears what is worth telling a person waiting.
+    With ``anchor_file``, the log's head afterwards is appended to it."""
     from ovi.providers.aws import AWSProvider  # the only path that needs the AWS SDK
 
     config = load_config(config_path)
     progress(f"{mode}: {len(config.desired_resources())} desired resources, log {store_path}")
-    async with open_runtime(store_path) as runtime, AWSProvider.from_config(config) as provider:
+    async with open_runtime(store_path, chain_key=chain_key) as runtime, \
+            AWSProvider.from_config(config) as provider:
         events = await runtime.store.last_position()
         if runtime.views.reset_on_open and events:
             progress(f"rebuilding projections ({', '.join(runtime.views.reset_on_open)})"
                      f" from {events:,} events first: their tables changed (once)")
         engine = Engine(runtime.store, runtime.views, provider)
-        return await engine.run_cycle(config, source=str(config_path), mode=mode,
-                                      dry_run=dry_run, max_concurrency=max_concurrency)
+        result = await engine.run_cycle(config, source=str(config_path), mode=mode,
+                                        dry_run=dry_run, max_concurrency=max_concurrency)
+    if anchor_file is not None and result.head is not None:
+        write_anchor(anchor_file, result.head, str(store_path))
+    return result
 
 
 async def approve_decision(
-    store_path: Path, decision_id: str, *, by: str | None = None
+    store_path: Path, decision_id: str, *, by: str | None = None,
+    chain_key: bytes | None = None,
 ) -> tuple[Decision, str]:
     """Record a person's approval of a decision that is still in force; returns
     the decision and who approved it.
@@ -82,7 +90,7 @@ async def approve_decision(
     """
     await _require_log(store_path)
     actor = current_actor(by)
-    async with open_runtime(store_path) as runtime:
+    async with open_runtime(store_path, chain_key=chain_key) as runtime:
         decision = await _decision_in_force(runtime, store_path, decision_id)
         await runtime.store.append(resource_stream(decision.resource_id), [ApprovalGranted(
             decision_id=decision.decision_id, resource_id=decision.resource_id, by=actor.by,
@@ -91,7 +99,8 @@ async def approve_decision(
 
 
 async def pause_automation(
-    store_path: Path, targets: Sequence[str], *, reason: str, by: str | None = None
+    store_path: Path, targets: Sequence[str], *, reason: str, by: str | None = None,
+    chain_key: bytes | None = None,
 ) -> tuple[list[str], Actor]:
     """Pause automation on resource ids (``["*"]``: the whole estate); returns
     the targets newly paused (one already paused is left as it is) and the
@@ -99,18 +108,21 @@ async def pause_automation(
 
     :raises OviError: if there is no log or no target.
     """
-    return await _set_paused(store_path, targets, reason=reason, by=by, paused=True)
+    return await _set_paused(store_path, targets, reason=reason, by=by, paused=True,
+                             chain_key=chain_key)
 
 
 async def resume_automation(
-    store_path: Path, targets: Sequence[str], *, reason: str = "", by: str | None = None
+    store_path: Path, targets: Sequence[str], *, reason: str = "", by: str | None = None,
+    chain_key: bytes | None = None,
 ) -> tuple[list[str], Actor]:
     """Resume automation paused by :func:`pause_automation`; returns the
     targets that were paused and are now resumed.
 
     :raises OviError: if there is no log, no target, or a target is not paused.
     """
-    return await _set_paused(store_path, targets, reason=reason, by=by, paused=False)
+    return await _set_paused(store_path, targets, reason=reason, by=by, paused=False,
+                             chain_key=chain_key)
 
 
 async def paused_now(store_path: Path) -> dict[str, Pause]:
@@ -122,12 +134,13 @@ async def paused_now(store_path: Path) -> dict[str, Pause]:
 
 
 async def _set_paused(store_path: Path, targets: Sequence[str], *, reason: str,
-                      by: str | None, paused: bool) -> tuple[list[str], Actor]:
+                      by: str | None, paused: bool,
+                      chain_key: bytes | None) -> tuple[list[str], Actor]:
     if not targets:
         raise OviError("name the resource ids to act on, or --all for the whole estate")
     await _require_log(store_path)
     actor = current_actor(by)
-    async with open_runtime(store_path) as runtime:
+    async with open_runtime(store_path, chain_key=chain_key) as runtime:
         await runtime.views.catch_up("operations")
         state = await runtime.views.query(pause_state)
         now = datetime.now(UTC)
@@ -180,11 +193,13 @@ class AdoptionTarget(msgspec.Struct, frozen=True):
 
 
 async def grant_adoption(
-    store_path: Path, resource: str, *, as_id: str, by: str | None = None
-) -> tuple[AdoptionTarget, str]:
+    store_path: Path, resource: str, *, as_id: str, by: str | None = None,
+    chain_key: bytes | None = None,
+) -> tuple[AdoptionTarget, Actor]:
     """Record a person's grant that lets the next cycle adopt the unmanaged
     ``resource`` (its identity, ``aws/us-east-1/ec2/i-0abc``, or its cloud id)
-    as the desired ``as_id``; returns the resource and who granted it.
+    as the desired ``as_id``; returns the resource and who granted it (the
+    ``--by`` text, the OS user and the host).
 
     :raises OviError: if there is no log, ``as_id`` is no desired id, or the
         log knows no such unmanaged resource (one cycle must have seen it).
@@ -194,7 +209,7 @@ async def grant_adoption(
                        " digits and '-', as the config makes them)")
     if not await anyio.Path(store_path).exists():
         raise OviError(f"{store_path}: no event log here (run `ovi plan` first)")
-    async with open_runtime(store_path) as runtime:
+    async with open_runtime(store_path, chain_key=chain_key) as runtime:
         await runtime.views.catch_up()
         target = await runtime.views.query(lambda db: _adoption_target(db, resource))
         if target is None:
@@ -204,11 +219,11 @@ async def grant_adoption(
         if "/" not in target.identity:
             raise OviError(f"{resource} is known as {target.identity!r}, not as a resource Ovi"
                            " does not manage (run `ovi plan` to see it as it is now)")
-        who = by or getpass.getuser()
+        actor = current_actor(by)
         await runtime.store.append(resource_stream(as_id), [AdoptionGranted(
-            resource_id=as_id, identity=target.identity, cloud_id=target.cloud_id, by=who,
-            at=datetime.now(UTC))])
-    return target, who
+            resource_id=as_id, identity=target.identity, cloud_id=target.cloud_id, by=actor.by,
+            at=datetime.now(UTC), actor=actor)])
+    return target, actor
 
 
 def _adoption_target(db: sqlite3.Connection, text: str) -> AdoptionTarget | None:

@@ -231,6 +231,7 @@ class AdoptionGranted(Event, frozen=True):
     cloud_id: str
     by: str
     at: datetime
+    actor: Actor | None = None  # absent in logs written before it was recorded
 
 
 class ClaimAcquired(Event, frozen=True):

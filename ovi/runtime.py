@@ -38,8 +38,11 @@ class Runtime(msgspec.Struct):
 
 
 @asynccontextmanager
-async def open_runtime(path: Path, *, instance_id: str | None = None) -> AsyncIterator[Runtime]:
-    """Open (creating if needed) the log at ``path`` with its projections."""
-    async with SQLiteEventStore(path, registry(), instance_id=instance_id) as store, \
+async def open_runtime(path: Path, *, instance_id: str | None = None,
+                       chain_key: bytes | None = None) -> AsyncIterator[Runtime]:
+    """Open (creating if needed) the log at ``path`` with its projections;
+    ``chain_key`` for a keyed log (a new log is created keyed with it)."""
+    async with SQLiteEventStore(path, registry(), instance_id=instance_id,
+                                chain_key=chain_key) as store, \
             ProjectionRunner(store, path, ovi_projections()) as views:
         yield Runtime(store, views)

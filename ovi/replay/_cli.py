@@ -17,15 +17,23 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from eventstore import EventStoreError, SQLiteEventStore
+from eventstore import (
+    Anchor,
+    AnchorError,
+    EventStoreError,
+    SQLiteEventStore,
+    parse_anchor,
+    read_anchors,
+)
 from ovi._exceptions import OviError
 from ovi.config import load_config
+from ovi.evidence import load_chain_key
 from ovi.replay._args import expand_types, parse_at, parse_when
 from ovi.replay._backtest import backtest
 from ovi.replay._listing import Filters, follow_events, list_events
 from ovi.replay._rebuild import rebuild_and_compare, rebuild_in_place
 from ovi.replay._render import Output, is_tty, note
-from ovi.replay._reports import show_backtest, show_rebuild, show_verification
+from ovi.replay._reports import show_backtest, show_head, show_rebuild, show_verification
 from ovi.replay._state import show_state
 from ovi.replay._stats import collect_stats, render_stats
 from ovi.replay._store import open_log, resolve_resource
@@ -47,6 +55,13 @@ def _limit(text: str) -> int:
     return int(text)
 
 
+def _anchor(text: str) -> Anchor:
+    try:
+        return parse_anchor(text)
+    except AnchorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line (also documented in docs/replay.md)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -54,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
                         help="the event log (default: $OVI_STORE, else ./ovi.db)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="JSON lines for listings, one JSON object otherwise")
+    common.add_argument("--chain-key-file", type=Path, default=argparse.SUPPRESS,
+                        metavar="PATH", help="the key of a keyed log, to check its HMACs"
+                        " (default: the systemd credential ovi-chain-key, if any)")
     main = argparse.ArgumentParser(prog=PROG, parents=[common],
                                    description="Audit and debug an Ovi event log.")
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -85,7 +103,16 @@ def parser() -> argparse.ArgumentParser:
     state.add_argument("--all", action="store_true", help="also resources gone by then")
     stats = sub("stats", "counts, rates and cycle durations")
     stats.add_argument("--since", type=parse_when, metavar="T", help="only events from T on")
-    sub("verify", "check the hash chain and the causal consistency of executions")
+    verify = sub("verify", "check the hash chain (and anchors) and the causal consistency"
+                 " of executions")
+    verify.add_argument("--anchor", type=_anchor, action="append", default=[],
+                        metavar="POS:HASH", dest="anchors",
+                        help="a head kept elsewhere: the log must still hold that hash at"
+                             " that position (repeatable)")
+    verify.add_argument("--anchors", type=Path, action="append", default=[], metavar="FILE",
+                        dest="anchor_files",
+                        help="an anchor file (ovi apply/run --anchor-file): every line checked")
+    sub("head", "the position and hash of the log's newest row: an anchor to keep elsewhere")
     rebuild = sub("rebuild", "rebuild every projection from the log and compare")
     rebuild.add_argument("--in-place", action="store_true",
                          help="then also rebuild the log file's own projection tables")
@@ -145,10 +172,18 @@ async def _stats(args: argparse.Namespace, store: SQLiteEventStore, out: Output)
 
 
 async def _verify(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    anchors = list(args.anchors)
+    for path in args.anchor_files:
+        anchors.extend(read_anchors(path))
     note(f"verifying {await store.last_position():,} events…")
-    verification = await verify_log(store)
+    verification = await verify_log(store, anchors=anchors)
     show_verification(out, verification)
     return 0 if verification.ok else 1
+
+
+async def _head(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    show_head(out, await store.head(), store)
+    return 0
 
 
 async def _rebuild(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
@@ -192,11 +227,15 @@ async def _backtest(args: argparse.Namespace, store: SQLiteEventStore, out: Outp
 _COMMANDS: dict[str, Command] = {
     "log": _log, "timeline": _timeline, "why": _why, "state": _state, "stats": _stats,
     "verify": _verify, "rebuild": _rebuild, "follow": _follow, "backtest": _backtest,
+    "head": _head,
 }
+#: every command but these opens the log read-only (an audit changes nothing)
+_WRITING = frozenset({"rebuild"})
 
 
 async def _run(command: Command, args: argparse.Namespace, path: Path, out: Output) -> int:
-    async with open_log(path) as store:
+    key = load_chain_key(getattr(args, "chain_key_file", None))
+    async with open_log(path, read_only=args.command not in _WRITING, chain_key=key) as store:
         return await command(args, store, out)
 
 

@@ -9,8 +9,8 @@ from eventstore import SQLiteEventStore
 from ovi.replay._args import Revision
 from ovi.replay._errors import ReplayError
 from ovi.replay._render import Output, fmt_time
-from ovi.replay._store import open_views, revision_at_time
-from projections.resources import ResourceState, state_at
+from ovi.replay._store import read_views, revision_at_time
+from projections.resources import ResourcesProjection, ResourceState, state_at
 
 __all__ = ["show_state", "state_of"]
 
@@ -19,13 +19,11 @@ async def state_of(store: SQLiteEventStore, at: Revision | datetime | None, *,
                    include_gone: bool = False) -> tuple[int, list[ResourceState]]:
     """The revision meant by ``at`` (default: the head) and the resources then.
 
-    The projection tables in the log's file are brought up to date first.
+    The projection is brought up to date first (see :func:`read_views`).
 
     :raises ReplayError: if ``at`` is a revision beyond the log's head.
     """
-    async with open_views(store) as views:
-        await views.catch_up()
-        head = (await views.checkpoint("resources")).position
+    async with read_views(store, [ResourcesProjection()]) as (views, head):
         if at is None:
             revision = head
         elif isinstance(at, Revision):

@@ -22,13 +22,13 @@ the log: actions first, then only the decisions they named.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from eventstore import EventStore
+from eventstore import Anchor, EventStore
 from ovi.events import (
     ActionExecuted,
     ActionExecuting,
@@ -67,14 +67,23 @@ class InDoubt(msgspec.Struct, frozen=True):
 class Verification(msgspec.Struct, kw_only=True):
     events_checked: int
     head_position: int
+    head_hash: str = ""
     chain_problem: Violation | None = None
+    #: anchors given, and how many were found where they were anchored
+    anchors: int = 0
+    anchors_checked: int = 0
+    anchor_problem: Violation | None = None
+    #: a keyed log; ``hashes_checked`` False when walked without its key
+    keyed: bool = False
+    hashes_checked: bool = True
     actions: int = 0
     violations: list[Violation] = []
     in_doubt: list[InDoubt] = []
 
     @property
     def first_problem(self) -> Violation | None:
-        found = [*self.violations, *([self.chain_problem] if self.chain_problem else [])]
+        found = [*self.violations, *([self.chain_problem] if self.chain_problem else []),
+                 *([self.anchor_problem] if self.anchor_problem else [])]
         return min(found, key=lambda v: v.position) if found else None
 
     @property
@@ -88,11 +97,20 @@ class _Ref(msgspec.Struct, frozen=True):
     resource_id: str
 
 
-async def verify_log(store: EventStore, *, max_violations: int = 50) -> Verification:
-    """Check the chain, then causality over the part of the log the chain vouches for."""
-    report = await store.verify()
+async def verify_log(store: EventStore, *, max_violations: int = 50,
+                     anchors: Iterable[Anchor] = ()) -> Verification:
+    """Check the chain (against ``anchors``, heads kept elsewhere), then
+    causality over the part of the log the chain vouches for."""
+    anchors = list(anchors)
+    report = await store.verify(anchors=anchors)
     result = Verification(events_checked=report.events_checked,
-                          head_position=report.head_position)
+                          head_position=report.head_position, head_hash=report.head_hash,
+                          anchors=len({a.position for a in anchors}),
+                          anchors_checked=report.anchors_checked,
+                          keyed=report.keyed, hashes_checked=report.hashes_checked)
+    if report.anchor_problem is not None:
+        result.anchor_problem = Violation(report.anchor_problem.position, "anchor",
+                                          report.anchor_problem.reason)
     until: int | None = None
     if report.problem is not None:
         result.chain_problem = Violation(report.problem.position, "hash chain",
