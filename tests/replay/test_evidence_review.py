@@ -5,7 +5,12 @@ Each strict xfail is a finding of the review; its reason says what is wrong."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -18,7 +23,7 @@ from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
 from tests.eventstore.sample_events import Ping, sample_registry
 from tests.ovi.harness import Clock, Env, config_text, managed
-from tests.replay.support import Story, copy_log, json_object, replay
+from tests.replay.support import ROOT, Story, copy_log, json_object, replay
 
 
 async def _fold_in_place(path: Path) -> None:
@@ -170,3 +175,53 @@ def test_rebuild_works_on_a_keyed_log_given_its_key(tmp_path: Path) -> None:
     path, key_file = keyed_log(tmp_path)
     done = replay("rebuild", "--chain-key-file", str(key_file), store=path)
     assert done.returncode == 0, done.stderr
+
+
+def _wait_until_open(pid: int, path: Path, timeout: float = 10) -> None:
+    """Until process ``pid`` holds ``path`` open."""
+    deadline = time.monotonic() + timeout
+    fds = Path(f"/proc/{pid}/fd")
+    while time.monotonic() < deadline:
+        try:
+            if any(os.readlink(fd) == str(path) for fd in fds.iterdir()):
+                return
+        except OSError:
+            pass  # a descriptor closed while we looked
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} never opened {path}")
+
+
+def _read_only_mount_command(directory: Path, *command: str) -> list[str]:
+    """``command`` in a mount namespace of its own where ``directory`` is a
+    read-only bind of itself (the writer outside still writes it)."""
+    where = str(directory)
+    script = ('mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"')
+    return ["unshare", "-m", "sh", "-c", script, "sh", where, *command]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="a read-only bind mount needs root and unshare")
+@pytest.mark.xfail(strict=True, reason=(
+    "a reader that cannot create the -shm file (read-only mount, or a user who may not"
+    " write the directory) falls back to immutable=1, which tells SQLite the file never"
+    " changes: follow then never shows an event appended after it started, and says"
+    " nothing about it. Refuse follow in that mode (or reopen the file for each poll)"))
+def test_follow_on_a_read_only_mount_shows_events_appended_after_it_started(
+    story: Story, tmp_path: Path
+) -> None:
+    path = copy_log(story, tmp_path / "log")
+    follower = subprocess.Popen(
+        _read_only_mount_command(path.parent, sys.executable, "-m", "ovi.replay", "follow",
+                                 "--json", "--limit", "1", "--since", "2026-12-01T00:00:00Z",
+                                 "--store", str(path)),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NO_COLOR": "1"})
+    try:
+        _wait_until_open(follower.pid, path)
+        time.sleep(1)  # its first read done, it is polling
+        asyncio.run(_append_as_the_service(path))  # recorded now, after --since
+        out, err = follower.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        follower.kill()
+        out, err = follower.communicate()
+    assert '"type":"Ping"' in out, (out, err)
