@@ -74,7 +74,7 @@ async def run_once(
         result = await engine.run_cycle(config, source=str(config_path), mode=mode,
                                         dry_run=dry_run, max_concurrency=max_concurrency)
     if anchor_file is not None and result.head is not None:
-        write_anchor(anchor_file, result.head, str(store_path))
+        await anyio.to_thread.run_sync(write_anchor, anchor_file, result.head, store_path)
     return result
 
 

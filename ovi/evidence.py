@@ -52,13 +52,14 @@ def load_chain_key(path: Path | None) -> bytes | None:
     return key
 
 
-def write_anchor(anchor_file: Path, head: Head, log: str) -> Anchor:
-    """Append ``head`` to ``anchor_file`` (fsynced) and return the anchor written.
+def write_anchor(anchor_file: Path, head: Head, log: Path) -> Anchor:
+    """Append ``head`` of the log at ``log`` to ``anchor_file`` (fsynced) and
+    return the anchor written. Blocking: call it from a worker thread.
 
     :raises OviError: if the file cannot be written.
     """
     anchor = Anchor(position=head.position, hash=head.hash, recorded_at=head.recorded_at,
-                    anchored_at=format_timestamp(datetime.now(UTC)), log=log)
+                    anchored_at=format_timestamp(datetime.now(UTC)), log=os.path.abspath(log))
     try:
         append_anchor(anchor_file, [anchor])
     except AnchorError as exc:

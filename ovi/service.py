@@ -337,7 +337,9 @@ class Service:
         self._log_cycle(result, mode, position)
         if self.settings.anchor_file is not None and result.head is not None:
             try:
-                write_anchor(self.settings.anchor_file, result.head, str(self.settings.store_path))
+                # an fsync or two: not on the event loop
+                await anyio.to_thread.run_sync(write_anchor, self.settings.anchor_file,
+                                               result.head, self.settings.store_path)
             except OviError as exc:
                 # The cycle is recorded either way; a missing anchor weakens
                 # what a later audit can prove, so it is loud, not fatal.
