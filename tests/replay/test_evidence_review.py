@@ -225,3 +225,37 @@ def test_follow_on_a_read_only_mount_shows_events_appended_after_it_started(
         follower.kill()
         out, err = follower.communicate()
     assert '"type":"Ping"' in out, (out, err)
+
+
+async def _awaiting_approval(path: Path) -> str:
+    """A log whose delete of old-0 waits for a person's approval: its decision id."""
+    clock = Clock()
+    async with SQLiteEventStore(path, registry(), instance_id="ovi", clock=clock) as store, \
+            ProjectionRunner(store, path, ovi_projections()) as views:
+        env = Env(store, views, FakeProvider([managed("old-0", "i-old")]), clock)
+        plan = await env.cycle(config_text(rules="grace_period: 0s"))
+    (decision,) = plan.decisions
+    return decision.decision_id
+
+
+FAKE_LINE = " 4 approval   granted by alice (user alice, uid 1001 on prod-1)"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "--by is free text recorded and printed as typed: a newline in it lets whoever runs"
+    " ovi approve (any OS user) print a line of why that reads as an approval by another"
+    " OS user on another host, pushing the real one out of sight. Refuse control"
+    " characters in --by (one-line error), and print recorded free text escaped"))
+def test_why_cannot_be_made_to_show_an_approval_by_another_os_user(tmp_path: Path) -> None:
+    path = tmp_path / "ovi.db"
+    decision_id = asyncio.run(_awaiting_approval(path))
+    approved = subprocess.run(
+        [sys.executable, "-m", "ovi", "approve", decision_id, "--store", str(path),
+         "--by", "mallory\n" + FAKE_LINE], cwd=ROOT, capture_output=True, text=True,
+        timeout=60, check=False, env={**os.environ, "NO_COLOR": "1"})
+    if approved.returncode != 0:  # refused: fine, if it says why in one line
+        assert approved.stderr.count("\n") == 1 and "Traceback" not in approved.stderr
+        return
+    why = replay("why", "old-0", store=path)
+    assert why.returncode == 0, why.stderr
+    assert not any(line.startswith(FAKE_LINE) for line in why.stdout.splitlines()), why.stdout
