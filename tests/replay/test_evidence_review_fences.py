@@ -59,13 +59,10 @@ def _names(report: Verification, position: int) -> bool:
                for v in report.violations)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_claim() lets a ClaimAcquired replace the claim in force whoever holds it: b claims"
-    " web-0 while a's claim is neither released nor expired (store time), and verify"
-    " says ok; a claim taken while another is in force is two holders of one claim"))
 async def test_a_claim_taken_while_another_instance_holds_it_fails_verify(
     tmp_path: Path
 ) -> None:
+    # Held since d053d23 (the strict xfail of this review passed).
     async with environment(tmp_path, instance_id="a") as env:
         decision_id = await _decision(env)
         await _claim(env, "a", 1)
@@ -76,11 +73,8 @@ async def test_a_claim_taken_while_another_instance_holds_it_fails_verify(
     assert not report.ok and _names(report, second), report.violations
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verify never asks whether an ActionExecuting's token is the claim in force at its"
-    " position: a writes ahead and executes with token 1 after it released that claim"
-    " (no claim is held at all), and verify says ok"))
 async def test_an_execution_after_its_claim_was_released_fails_verify(tmp_path: Path) -> None:
+    # Held since d053d23.
     async with environment(tmp_path, instance_id="a") as env:
         decision_id = await _decision(env)
         await _claim(env, "a", 1)
@@ -91,11 +85,8 @@ async def test_an_execution_after_its_claim_was_released_fails_verify(tmp_path: 
     assert not report.ok and _names(report, executing), report.violations
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a's claim expired and b took it over (token 2, takeover_of a); a then writes ahead"
-    " with its old token 1 and records a plain outcome (not flagged stale_token): the"
-    " token is not the one current on the claim stream, yet verify says ok"))
 async def test_an_execution_with_a_token_taken_over_fails_verify(tmp_path: Path) -> None:
+    # Held since d053d23.
     async with environment(tmp_path, instance_id="a") as env:
         decision_id = await _decision(env)
         await _claim(env, "a", 1)
@@ -118,3 +109,47 @@ async def test_an_outcome_without_its_write_ahead_fails_verify(tmp_path: Path) -
                             resource_id="web-0", cloud_id=None, token=1)])
         report = await verify_log(env.store)
     assert not report.ok and _names(report, done.first_position), report.violations
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "verify lets a ClaimAcquired that names the holder in takeover_of replace a claim"
+    " that has not expired, because the coordinator takes over early when the holder's"
+    " process is gone; but holder_is_gone can only say so for a process of its own host"
+    " (home): an instance on another host that writes takeover_of while the holder's"
+    " claim runs is two holders of one claim, and verify says ok. An early takeover is"
+    " honest only from the holder's own home"))
+async def test_an_early_takeover_from_another_host_fails_verify(tmp_path: Path) -> None:
+    holder, taker = "host-a:100:aaaaaa", "host-b:200:bbbbbb"
+    async with environment(tmp_path, instance_id=holder) as env:
+        decision_id = await _decision(env)
+        await _claim(env, holder, 1)
+        env.clock.advance(minutes=1)  # the holder's claim runs 9 more minutes
+        second = await _claim(env, taker, 2, takeover_of=holder)
+        await _execute(tmp_path / "ovi.db", taker, decision_id, 2)
+        report = await verify_log(env.store)
+    assert not report.ok and _names(report, second), report.violations
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the fence is checked on the write-ahead only: a wrote ahead under its claim, b took"
+    " the expired claim over and executed too, then a recorded its outcome as a plain"
+    " ActionExecuted (not flagged stale_token) under a token that is no longer current;"
+    " verify says ok although both acted at once. An outcome under a token that is not"
+    " the claim in force must be flagged stale_token, else it is a violation"))
+async def test_an_unflagged_outcome_under_a_token_taken_over_fails_verify(
+    tmp_path: Path
+) -> None:
+    async with environment(tmp_path, instance_id="a") as env:
+        decision_id = await _decision(env)
+        await _claim(env, "a", 1)
+        await env.store.append(resource_stream("web-0"), [ActionExecuting(
+            cycle_id="a", decision_id=decision_id, action=Action.CREATE, resource_id="web-0",
+            cloud_id=None, token=1)])
+        env.clock.advance(minutes=11)
+        await _claim(env, "b", 2, takeover_of="a")
+        await _execute(tmp_path / "ovi.db", "b", decision_id, 2)
+        late = await env.store.append(resource_stream("web-0"), [ActionExecuted(
+            cycle_id="a", decision_id=decision_id, action=Action.CREATE, resource_id="web-0",
+            cloud_id="i-2", token=1)])
+        report = await verify_log(env.store)
+    assert not report.ok and _names(report, late.first_position), report.violations
