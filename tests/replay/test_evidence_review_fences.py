@@ -153,3 +153,23 @@ async def test_an_unflagged_outcome_under_a_token_taken_over_fails_verify(
             cloud_id="i-2", token=1)])
         report = await verify_log(env.store)
     assert not report.ok and _names(report, late.first_position), report.violations
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_fenced compares the write-ahead's instance and token with the claim in force but"
+    " not the time: a writes ahead 11 minutes into a 10-minute claim it never renewed,"
+    " b takes the expired claim over and executes as well, and verify says ok; a"
+    " write-ahead recorded at or after its claim's expires_at (store time, renewals"
+    " counted) was made without a claim"))
+async def test_a_write_ahead_after_its_claim_expired_fails_verify(tmp_path: Path) -> None:
+    async with environment(tmp_path, instance_id="a") as env:
+        decision_id = await _decision(env)
+        await _claim(env, "a", 1)
+        env.clock.advance(minutes=11)
+        late = await env.store.append(resource_stream("web-0"), [ActionExecuting(
+            cycle_id="a", decision_id=decision_id, action=Action.CREATE, resource_id="web-0",
+            cloud_id=None, token=1)])
+        await _claim(env, "b", 2, takeover_of="a")
+        await _execute(tmp_path / "ovi.db", "b", decision_id, 2)
+        report = await verify_log(env.store)
+    assert not report.ok and _names(report, late.first_position), report.violations
