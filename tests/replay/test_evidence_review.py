@@ -271,3 +271,32 @@ def test_a_chain_key_readable_by_every_user_is_not_taken_silently(tmp_path: Path
     key_file.chmod(0o644)
     done = replay("verify", "--chain-key-file", str(key_file), store=path)
     assert str(key_file) in done.stderr, (done.returncode, done.stdout, done.stderr)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a keyed log verified without its key checks no row hash (ChainVerifier.feed takes"
+    " the stored hash as it is), and whether a log is keyed is read from its header,"
+    " which the forger writes too: declaring an UNKEYED log keyed (any key_id) and"
+    " editing a row's data while leaving every hash as it was passes verify --anchors"
+    " with exit 0 ('keyed, but no key given'), defeating anchors on the logs that have"
+    " nothing else. Anchors must bind a hash anyone can recompute (keep a plain SHA-256"
+    " chain in keyed logs too), or verify must fail when it checked anchors but no hash"))
+def test_declaring_an_unkeyed_log_keyed_does_not_get_an_edited_row_past_its_anchors(
+    story: Story, tmp_path: Path
+) -> None:
+    path = copy_log(story, tmp_path)
+    anchors = tmp_path / "anchors.jsonl"
+    append_anchor(anchors, [asyncio.run(_head(path))])
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("DROP TRIGGER events_append_only_update")
+        (position, data) = db.execute(
+            "SELECT position, data FROM events WHERE type = 'ActionExecuted'"
+            " AND stream = 'resource/old-0'").fetchone()
+        db.execute("UPDATE events SET data = ? WHERE position = ?",
+                   (data.replace('"i-old"', '"i-0forged"'), position))  # hashes untouched
+        db.execute("INSERT OR REPLACE INTO log_header (id, header) VALUES (1, ?)",
+                   ('{"chain":"hmac-sha256","key_id":"0000000000000000"}',))
+    why = json_object(replay("why", "old-0", "--json", store=path))
+    assert why["actions"][-1]["event"]["cloud_id"] == "i-0forged"  # what the audit shows
+    done = replay("verify", "--anchors", str(anchors), store=path)
+    assert done.returncode == 1, done.stdout
