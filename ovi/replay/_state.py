@@ -41,7 +41,8 @@ def state_record(state: ResourceState) -> dict[str, Any]:
     r = state.resource
     return {"id": r.id, "cloud_id": r.cloud_id, "type": r.type.value, "provider": r.provider,
             "region": r.region, "size": r.size, "status": r.status, "owner": r.owner,
-            "tags": r.tags, "exists": state.exists, "rev": state.rev, "version": state.version}
+            "tags": r.tags, "exists": state.exists, "rev": state.rev, "version": state.version,
+            "known_from": "action" if state.from_action else "observation"}
 
 
 async def show_state(store: SQLiteEventStore, out: Output, at: Revision | datetime | None, *,
@@ -58,7 +59,9 @@ async def show_state(store: SQLiteEventStore, out: Output, at: Revision | dateti
         [((s.resource.id, "bold"), (s.resource.cloud_id, None), (s.resource.type.value, None),
           (s.resource.region, None), (s.resource.size or "-", None),
           (s.resource.owner or "-", None),
-          ("yes" if s.exists else "gone", None if s.exists else "dim"), (str(s.rev), "dim"))
+          (("yes" if s.exists else "gone") + (" (from action, not yet observed)"
+                                               if s.from_action else ""),
+           None if s.exists else "dim"), (str(s.rev), "dim"))
          for s in resources],
         header=("ID", "CLOUD ID", "TYPE", "REGION", "SIZE", "OWNER", "EXISTS", "REV"),
     )
