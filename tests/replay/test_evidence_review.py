@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from eventstore import Anchor, SQLiteEventStore, append_anchor
-from ovi.events import registry
+from ovi.events import (
+    ActionExecuted,
+    ActionExecuting,
+    DecisionMade,
+    registry,
+    resource_stream,
+)
+from ovi.model import Action
 from ovi.providers.fake import FakeProvider
 from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
@@ -300,3 +307,48 @@ def test_declaring_an_unkeyed_log_keyed_does_not_get_an_edited_row_past_its_anch
     assert why["actions"][-1]["event"]["cloud_id"] == "i-0forged"  # what the audit shows
     done = replay("verify", "--anchors", str(anchors), store=path)
     assert done.returncode == 1, done.stdout
+
+
+async def _unfenced_execution(path: Path) -> int:
+    """An instance that holds no claim on web-1 records executing its last
+    decision (a buggy or hostile instance, with the log's key if it has one)."""
+    async with SQLiteEventStore(path, registry(), instance_id="mallory") as store:
+        decision_id = ""
+        async for recorded in store.read(stream=resource_stream("web-1"),
+                                         types=("DecisionMade",)):
+            assert isinstance(recorded.event, DecisionMade)
+            decision_id = recorded.event.decision.decision_id
+        done = await store.append(resource_stream("web-1"), [
+            ActionExecuting(cycle_id="m", decision_id=decision_id, action=Action.CREATE,
+                            resource_id="web-1", cloud_id=None, token=7),
+            ActionExecuted(cycle_id="m", decision_id=decision_id, action=Action.CREATE,
+                           resource_id="web-1", cloud_id="i-0evil", token=7)])
+    return done.first_position
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "verify's causal and fence checks read the log filtered by type; an index on"
+    " events(type, position) that leaves rows out (a partial index whose SQL in"
+    " sqlite_master was made to read as a full one) makes SQLite answer those reads"
+    " without the rows it lacks, while the chain walk (by position) still sees every row"
+    " intact; no row, hash or anchor changes, quick_check says ok, and a fence violation"
+    " disappears from verify. Run PRAGMA integrity_check in verify, and refuse indexes"
+    " on the events table that the store did not create"))
+def test_an_index_added_behind_the_store_cannot_hide_an_unfenced_execution_from_verify(
+    story: Story, tmp_path: Path
+) -> None:
+    path = copy_log(story, tmp_path)
+    position = asyncio.run(_unfenced_execution(path))
+    caught = replay("verify", store=path)
+    assert caught.returncode == 1 and f"position {position}" in caught.stdout
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("CREATE INDEX events_type ON events (type, position)"
+                   f" WHERE position < {int(position)}")
+        db.execute("PRAGMA writable_schema = ON")
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'events_type'",
+                   ("CREATE INDEX events_type ON events (type, position)",))
+        db.execute("PRAGMA writable_schema = OFF")
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    hidden = replay("verify", store=path)
+    assert hidden.returncode == 1, hidden.stdout
