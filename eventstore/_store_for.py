@@ -20,11 +20,14 @@ def store_for(
     *,
     instance_id: str | None = None,
     clock: Callable[[], datetime] | None = None,
+    chain_key: bytes | None = None,
+    read_only: bool = False,
 ) -> EventStore:
     """An unopened store for ``spec``: a ``postgresql://`` or ``postgres://``
     URL gives a :class:`~eventstore.PostgresEventStore` (its schema from the
     URL's ``options=-csearch_path=…``, else the server's default), anything
     else is the path of a :class:`~eventstore.SQLiteEventStore` file.
+    ``chain_key`` and ``read_only`` are the stores' (see :class:`~eventstore.EventStore`).
 
     :raises ValueError: if ``spec`` is empty.
     """
@@ -34,5 +37,7 @@ def store_for(
     if is_postgres_dsn(text):
         from eventstore.postgres import PostgresEventStore
 
-        return PostgresEventStore(text, registry, instance_id=instance_id, clock=clock)
-    return SQLiteEventStore(text, registry, instance_id=instance_id, clock=clock)
+        return PostgresEventStore(text, registry, instance_id=instance_id, clock=clock,
+                                  chain_key=chain_key, read_only=read_only)
+    return SQLiteEventStore(text, registry, instance_id=instance_id, clock=clock,
+                            chain_key=chain_key, read_only=read_only)
