@@ -15,6 +15,7 @@ from eventstore import SQLiteEventStore, row_hash
 from ovi.events import ApprovalGranted, registry, resource_stream
 from ovi.model import Action
 from ovi.providers.fake import FakeProvider
+from ovi.replay import verify_log
 from ovi.runtime import ovi_projections
 from projections import ProjectionRunner
 from tests.ovi.harness import Clock, Env, config_text, managed
@@ -77,3 +78,34 @@ async def test_a_keyed_service_does_not_act_on_a_row_forged_without_the_key(
         report = await store.verify()
         assert report.problem is not None and report.problem.position == position
         assert "i-old" in env.provider.resources, "deleted on an approval nobody gave"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the safety gates read projection tables kept in the log's file, which neither the"
+    " chain nor the key covers: a row inserted into the approvals table (no event"
+    " touched) makes the next apply execute a delete nobody approved, and verify, even"
+    " with the key, says ok about a log in which a delete that waited for a person's"
+    " approval was executed with no ApprovalGranted at all. verify should check that"
+    " every executed action whose decision awaited approval has its approval before"
+    " the write-ahead; and a keyed service should not trust projection rows it cannot"
+    " check (rebuild them from verified events, or keep them in a file of its own)"))
+async def test_a_delete_executed_on_a_forged_projection_row_fails_verify(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "ovi.db"
+    clock = Clock()
+    async with SQLiteEventStore(path, registry(), instance_id="ovi", clock=clock,
+                                chain_key=KEY) as store, \
+            ProjectionRunner(store, path, ovi_projections()) as views:
+        env = Env(store, views, FakeProvider([managed("old-0", "i-old")]), clock)
+        (decision,) = (await env.cycle(CONFIG)).decisions
+        assert decision.status == "awaiting_approval"
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute("INSERT INTO approvals VALUES (?, 'old-0', 'alice', ?, 1)",
+                       (decision.decision_id, datetime.now(UTC).isoformat()))
+        clock.advance(minutes=1)
+        await env.apply(CONFIG)
+        executed = "i-old" not in env.provider.resources
+        report = await verify_log(store)
+    assert executed  # what the forged row made Ovi do
+    assert not report.ok, "a delete that awaited approval ran without one, and verify is ok"
