@@ -8,8 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import closing
@@ -21,7 +24,7 @@ import pytest
 from eventstore import GENESIS_HASH, row_hash
 from tests.e2e.cli import live_instances, ovi, ovi_json, write_config
 from tests.moto_server import reset_moto
-from tests.replay.support import json_object, replay
+from tests.replay.support import ROOT, Story, copy_log, json_object, replay
 
 WEB = "{type: ec2, name: web, count: 2, size: t3.micro}"
 NOBODY = 65534
@@ -191,3 +194,28 @@ def test_every_read_subcommand_runs_as_a_user_who_can_only_read_the_log(
         assert GENESIS_HASH  # an unkeyed log: its first row chains on the genesis
     finally:
         shutil.rmtree(audit)
+
+
+def test_read_subcommands_work_on_a_log_on_a_read_only_mount(story: Story,
+                                                             tmp_path: Path) -> None:
+    log = copy_log(story, tmp_path / "mounted")
+    before = hashlib.sha256(log.read_bytes()).hexdigest()
+    # A mount namespace of its own, the log's directory bound read-only in it.
+    where = shlex.quote(str(log.parent))
+    script = "; ".join([
+        f"mount --bind {where} {where}", f"mount -o remount,ro,bind {where}",
+        *(shlex.join([sys.executable, "-m", "ovi.replay", *args, "--store", str(log)])
+          + f" > {shlex.quote(str(tmp_path / name))} 2>&1; echo $? >> "
+          + shlex.quote(str(tmp_path / "codes"))
+          for name, args in (("verify", ("verify",)), ("state", ("state", "--json")),
+                             ("head", ("head", "--json")), ("stats", ("stats",)))),
+    ])
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "codes").read_text().split() == ["0"] * 4, [
+        (tmp_path / n).read_text() for n in ("verify", "state", "head", "stats")]
+    assert "hash chain   ok" in (tmp_path / "verify").read_text()
+    assert "temporary copy" in (tmp_path / "state").read_text()
+    assert hashlib.sha256(log.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in log.parent.iterdir()) == ["ovi.db"]
