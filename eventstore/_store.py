@@ -35,6 +35,7 @@ from eventstore._chain import (
 from eventstore._events import ANY, Appended, Event, EventRegistry, RecordedEvent, StreamBatch
 from eventstore._exceptions import (
     BackendError,
+    ImportRejectedError,
     StoreClosedError,
     WrongExpectedVersion,
 )
@@ -195,17 +196,19 @@ class EventStore(ABC):
 
     async def _load_chain(self) -> Chain:
         text = await self._read_header()
+        stored = decode_header(text, self.location)
         key = self._chain_key
-        if not self.read_only and (text is None or key is not None) \
-                and await self.last_position() == 0:
-            # A log without events: its kind is fixed now, before its first
-            # event (an empty unkeyed log may still become keyed, never back).
-            header = keyed_header(key) if key is not None else UNKEYED
-            if decode_header(text, self.location) != header or text is None:
-                text = await self._write_header(
-                    header.encode(), Chain(header, key, self.location).genesis or "",
-                    replace=key is not None and not decode_header(text, self.location).keyed)
-        chain = Chain(decode_header(text, self.location), key, self.location)
+        if not self.read_only and await self.last_position() == 0:
+            # No event yet: the log's kind is fixed now. A new log takes the
+            # key's; an empty unkeyed one may still become keyed — never the
+            # other way, and a keyed one is never given another key.
+            wanted = keyed_header(key) if key is not None else UNKEYED
+            if text is None or (wanted.keyed and not stored.keyed):
+                genesis = Chain(wanted, key, self.location).genesis or ""
+                text = await self._write_header(wanted.encode(), genesis,
+                                                replace=text is not None)
+                stored = decode_header(text, self.location)
+        chain = Chain(stored, key, self.location)
         if not self.read_only:
             chain.require_key()
         return chain
@@ -235,8 +238,6 @@ class EventStore(ABC):
             raise StoreClosedError("the event store is not open")
         if header == self._chain.header:
             return
-        from eventstore._exceptions import ImportRejectedError
-
         chain = Chain(header, self._chain_key, self.location)
         chain.require_key()
         if await self.last_position():

@@ -163,8 +163,15 @@ async def read_views(store: SQLiteEventStore,
     sys.stderr.flush()
     with tempfile.TemporaryDirectory(prefix="ovi-replay-") as folder:
         copy = Path(folder) / "views.db"
-        await anyio.to_thread.run_sync(_copy_projections, store.path, mode, copy, usable,
-                                       stored)
+        try:
+            await anyio.to_thread.run_sync(_copy_projections, store.path, mode, copy, usable,
+                                           stored)
+        except sqlite3.Error as exc:
+            # The file's tables are not what their checkpoint says: fold from
+            # the start instead (slower, same answer).
+            sys.stderr.write(f"note: cannot copy the projections of {store.path} ({exc});"
+                             " folding the whole log instead\n")
+            copy.unlink(missing_ok=True)
         async with ProjectionRunner(store, copy, projections, synchronous="OFF") as runner:
             await runner.catch_up()
         # Some queries join the log's events (the resources projection indexes
@@ -194,6 +201,12 @@ def _copy_projections(path: Path, mode: str, copy: Path, projections: Sequence[P
                 db.execute(sql)
             for table in tables:
                 db.execute(f'INSERT INTO main."{table}" SELECT * FROM source."{table}"')
+            # and the views over them (the resources view), which the runner
+            # only creates with the tables
+            for (sql,) in db.execute(
+                    "SELECT sql FROM source.sqlite_master WHERE type = 'view'").fetchall():
+                if any(table in sql for table in tables):
+                    db.execute(sql)
             position, version = stored[projection.name]
             db.execute(f"INSERT INTO {CHECKPOINTS_TABLE} VALUES (?, ?, ?)",
                        (projection.name, position, version))
