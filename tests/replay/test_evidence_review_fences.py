@@ -173,3 +173,26 @@ async def test_a_write_ahead_after_its_claim_expired_fails_verify(tmp_path: Path
         await _execute(tmp_path / "ovi.db", "b", decision_id, 2)
         report = await verify_log(env.store)
     assert not report.ok and _names(report, late.first_position), report.violations
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_claim() clears the claim in force on any ClaimReleased, whoever writes it and"
+    " whatever token it names: b releases a's claim (a's token, b's instance) while a"
+    " holds it, acquires the claim itself without takeover_of and executes, and no"
+    " violation is found, although a held the claim until b's acquisition. The"
+    " coordinator only ever releases its own claims: a release by another instance, or"
+    " of a token that is not the claim in force, is a violation"))
+async def test_a_release_of_another_instances_claim_fails_verify(tmp_path: Path) -> None:
+    async with environment(tmp_path, instance_id="a") as env:
+        decision_id = await _decision(env)
+        await _claim(env, "a", 1)
+        env.clock.advance(minutes=1)
+        released = await env.store.append(claim_stream("web-0"), [ClaimReleased(
+            resource_id="web-0", instance_id="b", token=1)], expected_version=1)
+        now = env.clock()
+        await env.store.append(claim_stream("web-0"), [ClaimAcquired(
+            resource_id="web-0", instance_id="b", claimed_at=now, expires_at=now + TTL,
+            token=3)], expected_version=2)
+        await _execute(tmp_path / "ovi.db", "b", decision_id, 3)
+        report = await verify_log(env.store)
+    assert not report.ok and _names(report, released.first_position), report.violations
