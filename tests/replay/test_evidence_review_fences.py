@@ -196,3 +196,25 @@ async def test_a_release_of_another_instances_claim_fails_verify(tmp_path: Path)
         await _execute(tmp_path / "ovi.db", "b", decision_id, 3)
         report = await verify_log(env.store)
     assert not report.ok and _names(report, released.first_position), report.violations
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an outcome is paired with its write-ahead by (decision, token, create attempt) only,"
+    " never by who wrote it: b, which holds no claim, records a plain ActionExecuted"
+    " (neither recovered nor interrupted, the only outcomes another instance may write)"
+    " for the execution a wrote ahead and still holds, and verify says ok"))
+async def test_a_plain_outcome_by_another_instance_than_the_write_ahead_fails_verify(
+    tmp_path: Path
+) -> None:
+    async with environment(tmp_path, instance_id="a") as env:
+        decision_id = await _decision(env)
+        await _claim(env, "a", 1)
+        await env.store.append(resource_stream("web-0"), [ActionExecuting(
+            cycle_id="a", decision_id=decision_id, action=Action.CREATE, resource_id="web-0",
+            cloud_id=None, token=1)])
+        async with SQLiteEventStore(tmp_path / "ovi.db", registry(), instance_id="b") as b:
+            done = await b.append(resource_stream("web-0"), [ActionExecuted(
+                cycle_id="b", decision_id=decision_id, action=Action.CREATE,
+                resource_id="web-0", cloud_id="i-0other", token=1)])
+        report = await verify_log(env.store)
+    assert not report.ok and _names(report, done.first_position), report.violations
