@@ -219,3 +219,34 @@ def test_read_subcommands_work_on_a_log_on_a_read_only_mount(story: Story,
     assert "temporary copy" in (tmp_path / "state").read_text()
     assert hashlib.sha256(log.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in log.parent.iterdir()) == ["ovi.db"]
+
+
+def test_a_log_with_rows_only_in_an_unreadable_wal_is_refused_saying_why(
+    story: Story, tmp_path: Path
+) -> None:
+    audit = Path(tempfile.mkdtemp(prefix="ovi-audit-"))
+    try:
+        os.chmod(audit, 0o755)
+        log = copy_log(story, audit)
+        os.chmod(log, 0o644)
+        # A writer (root) that keeps its newest rows in the -wal, not checkpointed.
+        writer = subprocess.Popen([sys.executable, "-c", (
+            "import sqlite3, sys, time\n"
+            f"db = sqlite3.connect({str(log)!r}, isolation_level=None)\n"
+            "db.execute('PRAGMA wal_autocheckpoint = 0')\n"
+            "db.execute('CREATE TABLE scratch (x)')\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+            for side in ("-wal", "-shm"):  # the writer's own, as its umask makes them
+                os.chmod(log.with_name(log.name + side), 0o600)
+            done = replay("log", "--limit", "1", store=log, as_uid=NOBODY)
+        finally:
+            writer.communicate(timeout=30)  # its stdin closed: it ends
+        assert done.returncode == 1, done.stdout
+        assert "holds rows not yet in the main file" in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+        assert done.stderr.startswith("python -m ovi.replay: error: ")
+    finally:
+        shutil.rmtree(audit)
