@@ -49,14 +49,6 @@ def _forge_approval(path: Path, decision_id: str) -> int:
     return int(at)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the writer checks only that the recorded head is the newest row's hash"
-    " (check_head), never that rows it did not write verify under the key: a row"
-    " appended without the key (an ApprovalGranted with a plain SHA-256 hash) is folded"
-    " and acted on, the delete it approves is executed, and the service chains its own"
-    " HMACs after it. A keyed writer should check the HMAC of every row it has not"
-    " written before folding it (incrementally, from the last row it checked), and"
-    " refuse the log (LogCorruptedError) at the first that fails"))
 async def test_a_keyed_service_does_not_act_on_a_row_forged_without_the_key(
     tmp_path: Path
 ) -> None:
