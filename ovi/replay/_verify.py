@@ -12,6 +12,12 @@ Causal rules (a violation fails verification, naming its position):
   interrupted outcomes too: they answer one);
 - every action event and approval names a decision recorded earlier by a
   ``DecisionMade`` about the same resource;
+- approvals: an ``ActionExecuting`` of a decision recorded awaiting approval
+  has an ``ApprovalGranted`` of that decision before it, unless the config
+  changed since it was held (its last ``DecisionMade`` before the write-ahead
+  has another ``config_hash`` than its last one awaiting approval). The
+  safety gates read the approvals from a projection table, which no hash
+  covers: this is how a delete let through by a forged row is found;
 - a claim's token is its claim stream's version after ``ClaimAcquired``, and
   a ``ClaimRenewed`` renews the claim in force (same token and instance, not
   released): renewals move the stream's version, never the fencing token;
@@ -46,6 +52,7 @@ from ovi.events import (
     ClaimRenewed,
     DecisionMade,
 )
+from ovi.model import DecisionStatus
 
 __all__ = ["InDoubt", "Verification", "Violation", "verify_log"]
 
@@ -103,6 +110,14 @@ class _Ref(msgspec.Struct, frozen=True):
     resource_id: str
 
 
+class _Gates(msgspec.Struct):
+    """What the approval check needs from the actions pass: each write-ahead
+    (position, decision id) and each decision's first approval."""
+
+    executing: list[tuple[int, str]] = []
+    approved: dict[str, int] = {}
+
+
 async def verify_log(store: EventStore, *, max_violations: int = 50,
                      anchors: Iterable[Anchor] = ()) -> Verification:
     """Check the chain (against ``anchors``, heads kept elsewhere), then
@@ -122,16 +137,17 @@ async def verify_log(store: EventStore, *, max_violations: int = 50,
         result.chain_problem = Violation(report.problem.position, "hash chain",
                                          report.problem.reason)
         until = report.problem.position - 1  # nothing after a break is trusted
-    needed = await _actions(store, result, until, max_violations)
+    gates = _Gates()
+    needed = await _actions(store, result, until, max_violations, gates)
     if needed:
-        await _decisions(store, result, needed, max_violations)
+        await _decisions(store, result, needed, max_violations, gates)
     result.violations.sort(key=lambda v: v.position)
     del result.violations[max_violations:]
     return result
 
 
 async def _actions(store: EventStore, result: Verification, until: int | None,
-                   cap: int) -> dict[str, _Ref]:
+                   cap: int, gates: _Gates) -> dict[str, _Ref]:
     """Pair executions with outcomes, check claim histories; return the
     decisions the actions depend on."""
     open_: dict[tuple[str, int, int], tuple[int, Any, str, datetime]] = {}
@@ -156,8 +172,11 @@ async def _actions(store: EventStore, result: Verification, until: int | None,
         if first.resource_id != event.resource_id:
             bad(position, type_, f"decision {event.decision_id} concerns {event.resource_id}"
                 f" here but {first.resource_id} at position {first.position}")
+        if isinstance(event, ApprovalGranted):
+            gates.approved.setdefault(event.decision_id, position)
         if isinstance(event, ActionExecuting):
             result.actions += 1
+            gates.executing.append((position, event.decision_id))
             _fenced(event, recorded.instance_id, claims.get(event.resource_id), position,
                     type_, bad)
             key = (event.decision_id, event.token, event.create_attempt)
@@ -262,16 +281,23 @@ def _claim(event: object, version: int, claims: dict[str, _Held | None],
 
 
 async def _decisions(store: EventStore, result: Verification, needed: dict[str, _Ref],
-                     cap: int) -> None:
-    """Every decision an action or approval names was recorded before it."""
+                     cap: int, gates: _Gates) -> None:
+    """Every decision an action or approval names was recorded before it, and
+    one held for approval was approved before it was executed."""
     last = max(ref.position for ref in needed.values())
+    last = max([last, *(position for position, _ in gates.executing)])
     found: dict[str, tuple[int, str]] = {}
+    # Per decision executed: (position, status, config hash) of its records.
+    history: dict[str, list[tuple[int, str, str]]] = {d: [] for _, d in gates.executing}
     async for recorded in store.read(until=last, types=("DecisionMade",)):
         event = recorded.event
         if isinstance(event, DecisionMade):
             decision = event.decision
             if decision.decision_id in needed and decision.decision_id not in found:
                 found[decision.decision_id] = (recorded.position, decision.resource_id)
+            records = history.get(decision.decision_id)
+            if records is not None:
+                records.append((recorded.position, decision.status, event.config_hash))
     for decision_id, ref in needed.items():
         made = found.get(decision_id)
         if made is None or made[0] > ref.position:
@@ -283,3 +309,24 @@ async def _decisions(store: EventStore, result: Verification, needed: dict[str, 
             continue
         if len(result.violations) < cap * 2:
             result.violations.append(Violation(ref.position, ref.type, reason))
+    for position, decision_id in gates.executing:
+        unapproved = _unapproved(position, decision_id, history[decision_id], gates.approved)
+        if unapproved is not None and len(result.violations) < cap * 2:
+            result.violations.append(Violation(position, "ActionExecuting", unapproved))
+
+
+def _unapproved(position: int, decision_id: str, records: list[tuple[int, str, str]],
+                approved: dict[str, int]) -> str | None:
+    """Why the write-ahead at ``position`` lacks the approval its decision
+    awaited, or None when it does not."""
+    before = [r for r in records if r[0] < position]
+    held = [r for r in before if r[1] == DecisionStatus.AWAITING_APPROVAL]
+    if not held or before[-1][2] != held[-1][2]:
+        return None  # never held for approval, or released by a change of config
+    granted = approved.get(decision_id)
+    if granted is not None and granted < position:
+        return None
+    later = f" (the first ApprovalGranted is at position {granted})" if granted else ""
+    return (f"decision {decision_id} is executed, but it awaited approval (DecisionMade at"
+            f" position {held[-1][0]}) and no ApprovalGranted of it comes before the"
+            f" write-ahead{later}: a hold lifted without an approval in the log")

@@ -72,15 +72,6 @@ async def test_a_keyed_service_does_not_act_on_a_row_forged_without_the_key(
         assert "i-old" in env.provider.resources, "deleted on an approval nobody gave"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the safety gates read projection tables kept in the log's file, which neither the"
-    " chain nor the key covers: a row inserted into the approvals table (no event"
-    " touched) makes the next apply execute a delete nobody approved, and verify, even"
-    " with the key, says ok about a log in which a delete that waited for a person's"
-    " approval was executed with no ApprovalGranted at all. verify should check that"
-    " every executed action whose decision awaited approval has its approval before"
-    " the write-ahead; and a keyed service should not trust projection rows it cannot"
-    " check (rebuild them from verified events, or keep them in a file of its own)"))
 async def test_a_delete_executed_on_a_forged_projection_row_fails_verify(
     tmp_path: Path
 ) -> None:
