@@ -248,11 +248,6 @@ async def _awaiting_approval(path: Path) -> str:
 FAKE_LINE = " 4 approval   granted by alice (user alice, uid 1001 on prod-1)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "--by is free text recorded and printed as typed: a newline in it lets whoever runs"
-    " ovi approve (any OS user) print a line of why that reads as an approval by another"
-    " OS user on another host, pushing the real one out of sight. Refuse control"
-    " characters in --by (one-line error), and print recorded free text escaped"))
 def test_why_cannot_be_made_to_show_an_approval_by_another_os_user(tmp_path: Path) -> None:
     path = tmp_path / "ovi.db"
     decision_id = asyncio.run(_awaiting_approval(path))
