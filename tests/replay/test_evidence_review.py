@@ -41,13 +41,6 @@ async def _fold_in_place(path: Path) -> None:
         await views.catch_up()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "state reads the MVCC projection tables kept in the log's own file whenever they are"
-    " up to date, but those tables are not covered by the chain: whoever can write the"
-    " file edits resource_versions and state --at shows a deleted database as still"
-    " existing while verify says ok. An audit should fold the verified log into a"
-    " temporary copy (or check the file's projections against such a fold) instead of"
-    " trusting projection rows written by whoever had the file"))
 def test_state_shows_what_the_verified_log_says_not_a_forged_projection(
     story: Story, tmp_path: Path
 ) -> None:
