@@ -58,10 +58,6 @@ async def paused_streams(schema: PostgresSchema) -> list[str]:
         return sorted([e.stream async for e in shared.read(types=("AutomationPaused",))])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "processes sharing a mirror copy the same rows into it: one of four `ovi pause` run at"
-    " once in one directory fails with `ovi: error: cannot import the row at position N:"
-    " expected the row at position N, got position …`, and its target is not paused"))
 def test_operators_pausing_at_once_in_one_directory_all_succeed(
     shared_log: PostgresSchema, tmp_path: Path
 ) -> None:

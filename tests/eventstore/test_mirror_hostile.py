@@ -26,11 +26,6 @@ def host(schema: PostgresSchema, mirror: Path, name: str) -> MirroredStore:
     return MirroredStore(shared, SQLiteEventStore(mirror, sample_registry(), instance_id=name))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "two processes of one host on one mirror file (`ovi run` and an operator's `ovi pause`"
-    " in the same directory, both defaulting to ./ovi-mirror.db) copy the same new rows:"
-    " the slower one's import fails with ImportRejectedError ('expected the row at position"
-    " N+1, got position …') and its command fails"))
 async def test_two_processes_sharing_a_mirror_file_both_catch_up(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
