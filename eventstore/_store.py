@@ -429,6 +429,20 @@ class EventStore(ABC):
                 )
         return verifier.finish(head_position, head_hash)
 
+    async def check_served_rows(self) -> None:
+        """Raise unless the rows reads are served from are this log's own.
+
+        A backend that serves its own rows has nothing to check. A store that
+        serves reads from a copy (:class:`~eventstore.MirroredStore`) walks
+        the copy's chain. A fold of the whole log (a projection rebuilt from
+        position 0) calls this first: an edited copy is refused, not refolded.
+
+        :raises MirrorMismatchError: naming the first position that is not
+            the log's.
+        """
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+
     async def now(self) -> datetime:
         """The store's clock: the ``recorded_at`` an append would get now.
 

@@ -78,12 +78,6 @@ async def test_a_host_whose_clock_runs_5_minutes_fast_does_not_cut_a_grace_perio
     assert not [call for call in estate.calls if call[0] == "delete"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a row of the mirror edited in place (the whole-estate AutomationPaused turned into"
-    " AutomationResumed, its hash left as it was) is refolded: the mirror is checked"
-    " against the shared log only at its newest row, so a rebuild of the projections"
-    " (an upgrade that changes one) folds the edit, and the next apply creates while the"
-    " shared log says the estate is paused"))
 async def test_a_mirror_row_edited_in_place_is_refused_not_refolded(tmp_path: Path) -> None:
     config = config_text("{type: ec2, name: web, count: 1, size: t3.micro}")
     async with environment(tmp_path, backend="postgres-mirror") as env:
