@@ -139,11 +139,6 @@ def twin_instance_id() -> str:
     return f"{socket.gethostname()}/{namespace}:{2**22 + 7}:0a0b0c"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "process_home() is the hostname and the PID namespace inode, nothing that names the"
-    " machine: a live holder on another host with the same hostname (a standby cloned"
-    " from the primary's image) is taken for a gone process of this host, and its claim"
-    " is taken over at once instead of after its expiry"))
 async def test_a_live_claim_of_another_machine_with_the_same_hostname_is_not_taken_over(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
