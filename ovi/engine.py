@@ -1,7 +1,10 @@
 """One reconcile cycle: observe, record, compare, decide, record.
 
-The engine takes its store, projections, provider and clock as arguments, so
-tests drive it with a fake provider and a controllable clock.
+The engine takes its store, projections and provider as arguments, so tests
+drive it with a fake provider (and a controllable clock given to the store).
+Its time is the store's clock (:meth:`eventstore.EventStore.now`): with a
+shared log the database server's, so hosts whose clocks disagree judge grace
+periods and maintenance windows alike.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 
@@ -111,10 +114,6 @@ def new_cycle_id(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Engine:
     """Runs reconcile cycles against one store and one provider."""
 
@@ -124,7 +123,6 @@ class Engine:
         views: ProjectionRunner,
         provider: Provider,
         *,
-        clock: Callable[[], datetime] = _utc_now,
         comparator: Callable[[Config], Comparator] = DefaultComparator.from_config,
         decision_maker: Callable[[Config], DecisionMaker] = DecisionMaker.from_config,
         retry: RetryPolicy | None = None,
@@ -134,7 +132,6 @@ class Engine:
         self.store = store
         self.views = views
         self.provider = provider
-        self._clock = clock
         self._comparator = comparator
         self._decision_maker = decision_maker
         self.coordinator = Coordinator(store, views, ttl=claim_ttl)
@@ -156,7 +153,10 @@ class Engine:
         ``dry_run``, record what would have run)."""
         execute = mode is not CycleMode.PLAN
         concurrency = max_concurrency or config.rules.max_concurrency
-        started = self._clock()
+        # The store's clock, not this host's: when a finding was first seen
+        # (the grace period) and the time a maintenance window is judged by
+        # must read alike on every host sharing the log.
+        started = await self.store.now()
         clock_start = time.perf_counter()
         cycle_id = new_cycle_id(started)
         stream = cycle_stream(cycle_id)

@@ -53,11 +53,6 @@ def advance(*clocks: Clock, minutes: float) -> None:
         clock.advance(minutes=minutes)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the grace period is measured between two hosts' wall clocks: DiffDetected records"
-    " detected_at from the detecting host's clock (Engine's clock, not the store's), and"
-    " another host judges it by its own; a host 5 minutes fast deletes 6 minutes after"
-    " detection under a 10-minute grace period"))
 async def test_a_host_whose_clock_runs_5_minutes_fast_does_not_cut_a_grace_period_short(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
@@ -109,10 +104,6 @@ def tamper(mirror: Path, position: int) -> None:
         db.commit()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the maintenance window is judged by the acting host's wall clock (DecisionContext.now"
-    " is the Engine's clock), not the store's: a host 5 minutes fast deletes at 01:56 by"
-    " the server's clock under a window that opens at 02:00"))
 async def test_a_host_whose_clock_runs_5_minutes_fast_deletes_only_inside_the_window(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
