@@ -19,6 +19,7 @@ import msgspec
 
 from eventstore import NO_STREAM, Event, EventStore, StreamBatch
 from ovi.comparator import Comparator, Context, DefaultComparator, Grant, grants_in_force
+from ovi.compat import UnknownEventTypes
 from ovi.config import Config
 from ovi.coordinator import Coordinator
 from ovi.decisions import DecisionContext, DecisionMaker
@@ -128,12 +129,17 @@ class Engine:
         retry: RetryPolicy | None = None,
         claim_ttl: timedelta = timedelta(minutes=10),
         stopping: Callable[[], bool] | None = None,
+        event_types: UnknownEventTypes | None = None,
     ) -> None:
         self.store = store
         self.views = views
         self.provider = provider
         self._comparator = comparator
         self._decision_maker = decision_maker
+        # Looked at again just before executing: a newer Ovi on another host
+        # may append a type this one does not know (a pause of its own) while
+        # the cycle observes. The caller's tracker, if it has one, is reused.
+        self.event_types = event_types or UnknownEventTypes(store.registry.names)
         self.coordinator = Coordinator(store, views, ttl=claim_ttl)
         # ``stopping`` (the service draining): no new action starts once it is true.
         self.executor = Executor(store, views, provider, self.coordinator, retry=retry,
@@ -219,10 +225,14 @@ class Engine:
             # The projections were caught up at the start of the cycle: what
             # the executor reads of them (earlier outcomes) cannot have moved
             # since, except by other instances, which claims guard against.
+            newer = await self.event_types.check(self.views)
+            refused = None if not newer else (
+                f"the log holds event types this Ovi does not know ({', '.join(sorted(newer))}):"
+                " a newer Ovi wrote them; upgrade this Ovi")
             executions = await self.executor.execute(
                 decisions, observation, cycle_id=cycle_id, owner=config.owner,
                 max_concurrency=concurrency, dry_run=dry_run,
-                fences=_pause_fences(state.pauses),
+                fences=_pause_fences(state.pauses), refused=refused,
             )
         execution_duration = time.perf_counter() - execution_start
         failed = tuple(sorted(s.key for s in observation.failed))
