@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from eventstore._chain import GENESIS_HASH, row_hash
+from eventstore._anchors import Anchor, append_anchor, parse_anchor, read_anchors
+from eventstore._chain import GENESIS_HASH, MIN_KEY_BYTES, UNKEYED, Chain, LogHeader, row_hash
 from eventstore._copy import copy_new_rows
 from eventstore._dsn import is_postgres_dsn, mask_dsn
 from eventstore._events import (
@@ -25,7 +26,9 @@ from eventstore._events import (
     UnknownEvent,
 )
 from eventstore._exceptions import (
+    AnchorError,
     BackendError,
+    ChainKeyError,
     EventEncodingError,
     EventStoreError,
     ImportRejectedError,
@@ -42,7 +45,7 @@ from eventstore._store import (
     process_home,
 )
 from eventstore._store_for import store_for
-from eventstore._store_types import ChainBreak, EncodedRow, RawRow, VerifyReport
+from eventstore._store_types import ChainBreak, EncodedRow, Head, RawRow, VerifyReport
 from eventstore.mirror import MirroredStore
 from eventstore.sqlite import SQLiteEventStore
 
@@ -63,18 +66,26 @@ else:
 __all__ = [
     "ANY",
     "GENESIS_HASH",
+    "MIN_KEY_BYTES",
     "NO_STREAM",
+    "UNKEYED",
+    "Anchor",
+    "AnchorError",
     "Appended",
     "BackendError",
+    "Chain",
     "ChainBreak",
+    "ChainKeyError",
     "EncodedRow",
     "Event",
     "EventEncodingError",
     "EventRegistry",
     "EventStore",
     "EventStoreError",
+    "Head",
     "ImportRejectedError",
     "LogCorruptedError",
+    "LogHeader",
     "MirrorMismatchError",
     "MirroredStore",
     "PostgresEventStore",
@@ -86,13 +97,16 @@ __all__ = [
     "UnknownEvent",
     "VerifyReport",
     "WrongExpectedVersion",
+    "append_anchor",
     "copy_new_rows",
     "default_instance_id",
     "format_timestamp",
     "is_postgres_dsn",
     "mask_dsn",
+    "parse_anchor",
     "parse_timestamp",
     "process_home",
+    "read_anchors",
     "row_hash",
     "store_for",
 ]

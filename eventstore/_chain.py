@@ -11,23 +11,38 @@ tail visible.
 
 Rows copied from another log (:func:`check_continuation`) are held to the
 same chain: they must carry on from this log's head exactly.
+
+A *keyed* log (:class:`Chain` with a key) hashes each row with HMAC-SHA256
+under the key instead, over the same bytes; its header (:class:`LogHeader`,
+written when the log is created) says so and names the key by a fingerprint,
+and the first row's ``prev_hash`` is the HMAC of the header, so the header is
+part of what the chain commits to. Whoever can write the log but lacks the key
+cannot make a row that verifies. A log is keyed from its first row or never.
+
+Anchors (:mod:`eventstore._anchors`) pin the chain from outside: the walk
+checks that each anchored position still holds the anchored hash.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
 
+from eventstore._anchors import Anchor
 from eventstore._events import Appended, StreamBatch
-from eventstore._exceptions import LogCorruptedError, WrongExpectedVersion
+from eventstore._exceptions import ChainKeyError, LogCorruptedError, WrongExpectedVersion
 from eventstore._store_types import ChainBreak, EncodedBatch, RawRow, VerifyReport
 
 __all__ = [
     "GENESIS_HASH",
+    "UNKEYED",
+    "Chain",
     "ChainVerifier",
+    "LogHeader",
     "chain_group",
     "check_batches",
     "check_continuation",
@@ -41,6 +56,135 @@ GENESIS_HASH = "0" * 64
 _encode = msgspec.json.encode
 # format_timestamp's output: fixed width, so that text order is time order.
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+RowHasher = Callable[[str, int, str, int, str, str, str, str], str]
+
+#: the ``chain`` of a header whose rows are plain SHA-256
+SHA256 = "sha256"
+#: the ``chain`` of a keyed header: HMAC-SHA256 under the log's key
+HMAC_SHA256 = "hmac-sha256"
+#: a chain key shorter than this is refused (HMAC-SHA256 wants 32 random bytes)
+MIN_KEY_BYTES = 16
+
+
+class LogHeader(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What kind of chain a log has, fixed when it is created."""
+
+    format: int = 1
+    chain: str = SHA256
+    #: fingerprint of the key of a keyed log (never the key)
+    key_id: str | None = None
+
+    @property
+    def keyed(self) -> bool:
+        return self.chain != SHA256
+
+    def encode(self) -> str:
+        return _encode(self).decode()
+
+
+#: the header of an unkeyed log (also what a log written before headers has)
+UNKEYED = LogHeader()
+_decode_header = msgspec.json.Decoder(LogHeader).decode
+
+
+def decode_header(text: str | None, location: str) -> LogHeader:
+    """The header stored as ``text`` (None: a log from before headers, unkeyed).
+
+    :raises LogCorruptedError: if it is not a header this code knows.
+    """
+    if text is None:
+        return UNKEYED
+    try:
+        header = _decode_header(text)
+    except msgspec.DecodeError as exc:
+        raise LogCorruptedError(0, f"the log header of {location} is unreadable: {exc}") from exc
+    if header.format != 1 or header.chain not in (SHA256, HMAC_SHA256) or (
+            header.keyed and not header.key_id):
+        raise LogCorruptedError(0, f"the log header of {location} is not one this code knows:"
+                                f" {text}")
+    return header
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Names a key without revealing it: an HMAC of a constant under the key."""
+    return hmac.new(key, b"ovi chain key id", hashlib.sha256).hexdigest()[:16]
+
+
+def keyed_header(key: bytes) -> LogHeader:
+    return LogHeader(chain=HMAC_SHA256, key_id=key_fingerprint(key))
+
+
+class Chain:
+    """How one log's rows are hashed: its header and, for a keyed log, the key.
+
+    A keyed log opened without its key (a read-only audit) can still be walked
+    for its structure — gap-free positions, each ``prev_hash`` linking to the
+    row before, the head, anchors — but not have its row hashes checked:
+    :attr:`checks_hashes` is then False.
+
+    :raises ChainKeyError: if a key is given for an unkeyed log, or a key
+        other than the log's for a keyed one.
+    """
+
+    def __init__(self, header: LogHeader, key: bytes | None, location: str) -> None:
+        if key is not None and not header.keyed:
+            raise ChainKeyError(
+                f"{location}: a chain key was given but this log is not keyed (a log is"
+                " keyed from its first event or never): leave the key out, or if the log"
+                " was created keyed, its header was rewritten"
+            )
+        if key is not None and key_fingerprint(key) != header.key_id:
+            raise ChainKeyError(
+                f"{location}: wrong chain key: the log was created with key"
+                f" {header.key_id}, the key given is {key_fingerprint(key)} (or its header"
+                " was rewritten)"
+            )
+        self.header = header
+        self.location = location
+        self._key = key
+
+    @property
+    def keyed(self) -> bool:
+        return self.header.keyed
+
+    @property
+    def checks_hashes(self) -> bool:
+        return not self.header.keyed or self._key is not None
+
+    @property
+    def genesis(self) -> str | None:
+        """The first row's ``prev_hash``; None for a keyed log without its key."""
+        if not self.header.keyed:
+            return GENESIS_HASH
+        if self._key is None:
+            return None
+        return hmac.new(self._key, self.header.encode().encode(), hashlib.sha256).hexdigest()
+
+    def require_key(self) -> None:
+        """:raises ChainKeyError: if this is a keyed log and no key was given."""
+        if self.header.keyed and self._key is None:
+            raise ChainKeyError(
+                f"{self.location}: the log is keyed (key {self.header.key_id}) and no chain"
+                " key was given: give --chain-key-file, or the ovi-chain-key credential"
+            )
+
+    def row_hash(self, prev_hash: str, position: int, stream: str, stream_version: int,
+                 type_: str, recorded_at: str, instance_id: str, data: str) -> str:
+        """Hash of one row chained onto ``prev_hash``, as this log hashes rows."""
+        if self._key is None:
+            if self.header.keyed:
+                raise ChainKeyError(f"{self.location}: cannot hash rows of a keyed log"
+                                    " without its key")
+            return row_hash(prev_hash, position, stream, stream_version, type_, recorded_at,
+                            instance_id, data)
+        header = _encode((position, stream, stream_version, type_, recorded_at, instance_id))
+        digest = hmac.new(self._key, prev_hash.encode(), hashlib.sha256)
+        digest.update(header)
+        digest.update(b"\n")
+        digest.update(data.encode())
+        return digest.hexdigest()
 
 
 def row_hash(
@@ -63,13 +207,41 @@ def row_hash(
 
 
 class ChainVerifier:
-    """Walks rows in position order and remembers the first break."""
+    """Walks rows in position order and remembers the first break, and the
+    first anchor the log no longer holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, chain: Chain | None = None, anchors: Iterable[Anchor] = ()) -> None:
         self.checked = 0
         self.last_position = 0
-        self._prev_hash = GENESIS_HASH
+        self._chain = chain
+        self._prev_hash = GENESIS_HASH if chain is None else chain.genesis
         self.problem: ChainBreak | None = None
+        self._anchors: dict[int, str] = {}
+        for anchor in anchors:
+            if self._anchors.setdefault(anchor.position, anchor.hash) != anchor.hash:
+                raise ValueError(f"two anchors at position {anchor.position} disagree:"
+                                 f" {self._anchors[anchor.position]} and {anchor.hash}")
+        self.anchors_checked = 0
+        self._last_good_anchor = 0
+        self.anchor_problem: ChainBreak | None = None
+        # Position 0 is the empty log: its "hash" is the genesis.
+        if 0 in self._anchors and self._prev_hash is not None:
+            self._anchor(0, self._prev_hash)
+
+    def _anchor(self, position: int, hash_: str) -> None:
+        expected = self._anchors.get(position)
+        if expected is None or self.anchor_problem is not None:
+            return
+        if expected == hash_:
+            self.anchors_checked += 1
+            self._last_good_anchor = position
+            return
+        since = (f"after position {self._last_good_anchor}, the last anchor that still matches"
+                 if self.anchors_checked else "no earlier anchor matches")
+        self.anchor_problem = ChainBreak(
+            position, f"the row at position {position} no longer has the anchored hash"
+            f" {expected[:16]}… (it has {hash_[:16]}…): history was rewritten at or before"
+            f" position {position} ({since})")
 
     def feed(self, rows: Iterable[RawRow]) -> bool:
         """Check a page of rows; return False once a break has been found."""
@@ -84,16 +256,28 @@ class ChainVerifier:
                 )
                 self.problem = ChainBreak(expected_position, f"{missing} missing (row deleted?)")
                 return False
-            if prev != self._prev_hash:
+            if self._prev_hash is not None and prev != self._prev_hash:
                 self.problem = ChainBreak(
                     position, "prev_hash does not match the previous row (rows reordered?)"
                 )
                 return False
-            recomputed = row_hash(prev, position, stream, version, type_, recorded_at,
-                                  instance_id, data)
+            chain = self._chain
+            if chain is None:
+                recomputed = row_hash(prev, position, stream, version, type_, recorded_at,
+                                      instance_id, data)
+            elif chain.checks_hashes:
+                recomputed = chain.row_hash(prev, position, stream, version, type_,
+                                            recorded_at, instance_id, data)
+            else:
+                recomputed = hash_  # a keyed log without its key: structure only
             if recomputed != hash_:
-                self.problem = ChainBreak(position, "hash does not match the row (row edited?)")
+                self.problem = ChainBreak(position, "hash does not match the row (row edited?)"
+                                          if chain is None or not chain.keyed else
+                                          "its HMAC does not verify under the log's key (row"
+                                          " edited or forged without the key?)")
                 return False
+            if self._anchors:
+                self._anchor(position, hash_)
             self._prev_hash = hash_
             self.last_position = position
             self.checked += 1
@@ -112,13 +296,26 @@ class ChainVerifier:
                 self.problem = ChainBreak(
                     head_position + 1, "rows beyond the recorded head (written outside the store)"
                 )
-            elif head_hash != self._prev_hash:
+            elif head_hash != (self._prev_hash or head_hash):
                 self.problem = ChainBreak(head_position, "last hash differs from the recorded head")
+        if self.problem is None and self.anchor_problem is None:
+            beyond = [p for p in self._anchors if p > self.last_position]
+            if beyond:
+                position = min(beyond)
+                self.anchor_problem = ChainBreak(
+                    self.last_position + 1, f"the log ends at position {self.last_position}"
+                    f" but an anchor records position {position}: rows were cut (and the"
+                    " history maybe rewritten)")
         return VerifyReport(
             events_checked=self.checked,
             last_position=self.last_position,
             head_position=head_position,
             problem=self.problem,
+            head_hash=head_hash,
+            anchors_checked=self.anchors_checked,
+            anchor_problem=self.anchor_problem,
+            keyed=self._chain is not None and self._chain.keyed,
+            hashes_checked=self._chain is None or self._chain.checks_hashes,
         )
 
 
@@ -169,11 +366,13 @@ def chain_group(
     head: tuple[int, str],
     recorded_at: str,
     instance_id: str,
+    hash_row: RowHasher | None = None,
 ) -> tuple[list[RawRow], list[Appended | WrongExpectedVersion]]:
     """Plan one group commit: check each request's expectations against the
     stream versions (``versions`` holds the current version of every stream the
     group touches and is updated in place) and chain the rows of the requests
     that pass onto ``head``. A request that fails contributes no row."""
+    hash_row = hash_row or row_hash
     rows: list[RawRow] = []
     results: list[Appended | WrongExpectedVersion] = []
     position, prev = head
@@ -197,7 +396,7 @@ def chain_group(
             for type_, data in batch.items:
                 position += 1
                 version += 1
-                hash_ = row_hash(prev, position, stream, version, type_, recorded_at,
+                hash_ = hash_row(prev, position, stream, version, type_, recorded_at,
                                  instance_id, data)
                 rows.append((position, stream, version, type_, recorded_at, instance_id, data,
                              prev, hash_))
@@ -208,15 +407,18 @@ def chain_group(
 
 
 def check_continuation(
-    rows: Sequence[RawRow], head: tuple[int, str], versions: Mapping[str, int]
+    rows: Sequence[RawRow], head: tuple[int, str], versions: Mapping[str, int],
+    hash_row: RowHasher | None = None,
 ) -> ChainBreak | None:
     """Whether ``rows``, copied verbatim from another log, continue this one
     exactly: the next positions after ``head``, each ``prev_hash`` the previous
     row's hash (the head's for the first), each hash verifying, each stream's
     versions going on from ``versions`` (the current version of every stream
     the rows touch), timestamps in the log's format. Returns the first row
-    that does not, and why; ``None`` when they all do.
+    that does not, and why; ``None`` when they all do. ``hash_row`` is the
+    target log's (:meth:`Chain.row_hash`): rows of a log keyed otherwise fail.
     """
+    hash_row = hash_row or row_hash
     position, prev = head
     current = dict(versions)
     # Names already checked: a page of a mirror's copy has few distinct streams
@@ -254,7 +456,7 @@ def check_continuation(
                 at, f"stream {stream!r} is at version {expected_version - 1}, the row has"
                 f" version {version}"
             )
-        if row_hash(prev_hash, at, stream, version, type_, recorded_at, instance_id,
+        if hash_row(prev_hash, at, stream, version, type_, recorded_at, instance_id,
                     data) != hash_:
             return ChainBreak(at, "its hash does not match the row")
         current[stream] = version

@@ -11,6 +11,8 @@ database password (DSNs are shown through :func:`eventstore.mask_dsn`)::
      ├── LogCorruptedError      the log's hash chain or head is inconsistent; appends refused
      ├── ImportRejectedError    copied rows do not continue the log exactly; nothing imported
      ├── MirrorMismatchError    a mirror disagrees with the log it copies (a position, a hash)
+     ├── AnchorError            an anchor (or anchor file) is malformed or cannot be read/written
+     ├── ChainKeyError          the chain key is missing, wrong or unreadable for this log
      ├── StoreClosedError       the store was used after ``aclose()``
      └── BackendError           the database failed (I/O error, lock timeout, …)
 """
@@ -18,7 +20,9 @@ database password (DSNs are shown through :func:`eventstore.mask_dsn`)::
 from __future__ import annotations
 
 __all__ = [
+    "AnchorError",
     "BackendError",
+    "ChainKeyError",
     "EventEncodingError",
     "EventStoreError",
     "ImportRejectedError",
@@ -89,3 +93,13 @@ class StoreClosedError(EventStoreError):
 
 class BackendError(EventStoreError):
     """The storage backend failed; the operation had no effect."""
+
+
+class AnchorError(EventStoreError):
+    """An anchor given on a command line, or a line of an anchor file, is not
+    a position and hash; or the anchor file cannot be read or written."""
+
+
+class ChainKeyError(EventStoreError):
+    """The log is keyed and no key (or another key) was given, or a key was
+    given for a log that is not keyed, or the key file cannot be read."""

@@ -20,7 +20,9 @@ from eventstore._exceptions import BackendError
 
 __all__ = ["SCHEMA_VERSION", "channel_for", "prepare_schema", "quote_ident"]
 
-SCHEMA_VERSION = 1
+#: 2 added ``log_header`` (an older Ovi refuses the log rather than append
+#: unkeyed rows to a keyed one)
+SCHEMA_VERSION = 2
 
 #: first key of the advisory lock around the DDL (the second: the schema's name)
 _DDL_LOCK = 0x6F76_6931  # "ovi1"
@@ -67,6 +69,10 @@ CREATE TABLE IF NOT EXISTS {s}.log_head (
 );
 INSERT INTO {s}.log_head (id, position, hash) VALUES (1, 0, '{GENESIS_HASH}')
     ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS {s}.log_header (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    header TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS {s}.log_schema (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
     version INTEGER NOT NULL

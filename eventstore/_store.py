@@ -22,14 +22,30 @@ from typing import Any, Self, TypeVar
 
 import msgspec
 
-from eventstore._chain import ChainVerifier, check_batches, check_name
+from eventstore._anchors import Anchor
+from eventstore._chain import (
+    UNKEYED,
+    Chain,
+    ChainVerifier,
+    LogHeader,
+    check_batches,
+    check_name,
+    decode_header,
+    keyed_header,
+)
 from eventstore._events import ANY, Appended, Event, EventRegistry, RecordedEvent, StreamBatch
-from eventstore._exceptions import StoreClosedError, WrongExpectedVersion
+from eventstore._exceptions import (
+    BackendError,
+    ImportRejectedError,
+    StoreClosedError,
+    WrongExpectedVersion,
+)
 from eventstore._store_types import (
     ChainBreak,
     EncodedBatch,
     EncodedRow,
     EventRow,
+    Head,
     RawRow,
     VerifyReport,
 )
@@ -150,6 +166,13 @@ class EventStore(ABC):
     row's, so time never runs against position order. ``clock`` replaces the
     store's own clock (tests); ``instance_id`` names the writer in every row
     (default :func:`default_instance_id`).
+
+    ``chain_key`` makes the chain an HMAC chain (see :class:`~eventstore._chain.Chain`):
+    a new log is created keyed with it; an existing keyed log needs it to be
+    opened for writing and refuses another key; an unkeyed log refuses one.
+    ``read_only`` opens an existing log for reading only: no schema is
+    created, nothing can be appended, and a keyed log opens without its key
+    (``verify`` then checks its structure only).
     """
 
     #: events read per round trip; bounds memory of every read
@@ -161,8 +184,13 @@ class EventStore(ABC):
         *,
         instance_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        chain_key: bytes | None = None,
+        read_only: bool = False,
     ) -> None:
         self.registry = registry
+        self.read_only = read_only
+        self._chain_key = chain_key
+        self._chain = Chain(UNKEYED, None, "the log")
         self.instance_id = instance_id or default_instance_id()
         check_name("instance id", self.instance_id)
         #: the test clock given, or None: each backend then uses its own clock
@@ -175,10 +203,79 @@ class EventStore(ABC):
     # -- lifecycle -------------------------------------------------------
 
     async def open(self) -> Self:
-        """Open the backend, creating its schema if needed."""
+        """Open the backend, creating its schema if needed (never when read-only).
+
+        :raises ChainKeyError: if the key does not fit the log (see the class).
+        """
         await self._open_backend()
+        try:
+            self._chain = await self._load_chain()
+        except BaseException:
+            await self._close_backend()
+            raise
         self._open = True
         return self
+
+    async def _load_chain(self) -> Chain:
+        text = await self._read_header()
+        stored = decode_header(text, self.location)
+        key = self._chain_key
+        if not self.read_only and await self.last_position() == 0:
+            # No event yet: the log's kind is fixed now. A new log takes the
+            # key's; an empty unkeyed one may still become keyed — never the
+            # other way, and a keyed one is never given another key.
+            wanted = keyed_header(key) if key is not None else UNKEYED
+            if text is None or (wanted.keyed and not stored.keyed):
+                genesis = Chain(wanted, key, self.location).genesis or ""
+                text = await self._write_header(wanted.encode(), genesis,
+                                                replace=text is not None)
+                stored = decode_header(text, self.location)
+        chain = Chain(stored, key, self.location)
+        if not self.read_only:
+            chain.require_key()
+        return chain
+
+    @property
+    def chain(self) -> Chain:
+        """How this log's rows are hashed (its header, and the key if given)."""
+        return self._chain
+
+    async def read_header(self) -> LogHeader:
+        """The log's header: whether it is keyed, and by which key (a
+        fingerprint). A copy of the log must carry it (:meth:`write_header`)."""
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+        return self._chain.header
+
+    async def write_header(self, header: LogHeader) -> None:
+        """Give this (empty) log ``header``, copied from the log it will mirror,
+        so that the copied rows verify here: a keyed header needs this store to
+        hold the same key. Nothing happens if the log has that header already.
+
+        :raises ChainKeyError: if the key does not fit ``header``.
+        :raises ImportRejectedError: if the log already has events, or
+            another header.
+        """
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+        if header == self._chain.header:
+            return
+        chain = Chain(header, self._chain_key, self.location)
+        chain.require_key()
+        if await self.last_position():
+            raise ImportRejectedError(1, f"{self.location} already has events: its header"
+                                      " (keyed or not) cannot change")
+        text = await self._write_header(header.encode(), chain.genesis or "", replace=True)
+        if decode_header(text, self.location) != header:
+            raise ImportRejectedError(1, f"{self.location} has another header: {text}")
+        self._chain = chain
+
+    def _writable(self) -> None:
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+        if self.read_only:
+            raise BackendError(f"{self.location} was opened read-only: nothing can be"
+                               " appended")
 
     async def aclose(self) -> None:
         """Wait for commits in flight, then release the backend."""
@@ -223,8 +320,7 @@ class EventStore(ABC):
         Either every batch's expectation holds and all events are written, or
         nothing is. Raises as :meth:`append`.
         """
-        if not self._open:
-            raise StoreClosedError("the event store is not open")
+        self._writable()
         batches = tuple(batches)
         check_batches(batches)
         encode = self.registry._encode_many
@@ -280,8 +376,7 @@ class EventStore(ABC):
         :raises LogCorruptedError: if this log's head does not match its rows.
         :raises BackendError: if the database fails; nothing written.
         """
-        if not self._open:
-            raise StoreClosedError("the event store is not open")
+        self._writable()
         rows = list(rows)
         if not rows:
             return None
@@ -432,9 +527,26 @@ class EventStore(ABC):
             except TimeoutError:
                 pass
 
-    async def verify(self) -> VerifyReport:
-        """Walk the whole log and report the first position where it is broken."""
-        verifier = ChainVerifier()
+    async def head(self) -> Head:
+        """The recorded head (position and hash of the newest row): what to keep
+        elsewhere as an anchor."""
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
+        position, hash_ = await self._read_head()
+        recorded_at = None
+        async for page in self.read_raw(after=position - 1, until=position, limit=1):
+            recorded_at = page[0][4]
+        return Head(position, hash_, recorded_at)
+
+    async def verify(self, *, anchors: Iterable[Anchor] = ()) -> VerifyReport:
+        """Walk the whole log and report the first position where it is broken,
+        and the first of ``anchors`` (heads kept elsewhere) that the log no
+        longer holds: a history rewritten with every hash recomputed.
+
+        A keyed log opened without its key is walked for its structure only
+        (the report's ``hashes_checked`` is False).
+        """
+        verifier = ChainVerifier(self._chain, anchors)
         head_position, head_hash = await self._read_head()
         # Walk only up to the head read first: rows committed while we walk are
         # not foreign rows. Those are found by reading the newest position and
@@ -572,3 +684,15 @@ class EventStore(ABC):
     @abstractmethod
     async def _read_head(self) -> tuple[int, str]:
         """The recorded head: last position and hash."""
+
+    @abstractmethod
+    async def _read_header(self) -> str | None:
+        """The log header's stored text; None when the log has none (a log
+        from before headers is unkeyed)."""
+
+    @abstractmethod
+    async def _write_header(self, text: str, genesis: str, *, replace: bool = False) -> str:
+        """Store the header ``text`` and set the empty head's hash to
+        ``genesis``, in one transaction, only if the log has no events (and,
+        unless ``replace``, no header); return the header stored afterwards
+        (another process may have created the log first)."""

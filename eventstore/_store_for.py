@@ -21,11 +21,14 @@ def store_for(
     instance_id: str | None = None,
     clock: Callable[[], datetime] | None = None,
     mirror: str | os.PathLike[str] | None = None,
+    chain_key: bytes | None = None,
+    read_only: bool = False,
 ) -> EventStore:
     """An unopened store for ``spec``: a ``postgresql://`` or ``postgres://``
     URL gives a :class:`~eventstore.PostgresEventStore` (its schema from the
     URL's ``options=-csearch_path=…``, else the server's default), anything
     else is the path of a :class:`~eventstore.SQLiteEventStore` file.
+    ``chain_key`` and ``read_only`` are the stores' (see :class:`~eventstore.EventStore`).
 
     With a URL, ``mirror`` names the local SQLite file that mirrors the shared
     log (:class:`~eventstore.MirroredStore`: appends go to the server, reads
@@ -39,12 +42,15 @@ def store_for(
     if is_postgres_dsn(text):
         from eventstore.postgres import PostgresEventStore
 
-        shared = PostgresEventStore(text, registry, instance_id=instance_id, clock=clock)
+        shared = PostgresEventStore(text, registry, instance_id=instance_id, clock=clock,
+                                    chain_key=chain_key, read_only=read_only)
         if mirror is None:
             return shared
         from eventstore.mirror import MirroredStore
 
+        # The mirror is written by the copy whatever the audit: never read-only.
         local = SQLiteEventStore(mirror, registry, instance_id=shared.instance_id,
-                                 synchronous="NORMAL")
+                                 synchronous="NORMAL", chain_key=chain_key)
         return MirroredStore(shared, local)
-    return SQLiteEventStore(text, registry, instance_id=instance_id, clock=clock)
+    return SQLiteEventStore(text, registry, instance_id=instance_id, clock=clock,
+                            chain_key=chain_key, read_only=read_only)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["ChainBreak", "EncodedBatch", "EncodedRow", "EventRow", "RawRow", "VerifyReport"]
+__all__ = ["ChainBreak", "EncodedBatch", "EncodedRow", "EventRow", "Head", "RawRow", "VerifyReport"]
 
 #: A log row as stored: position, stream, stream_version, type, recorded_at,
 #: instance_id, data, prev_hash, hash.
@@ -33,6 +33,15 @@ class ChainBreak(msgspec.Struct, frozen=True):
     reason: str
 
 
+class Head(msgspec.Struct, frozen=True):
+    """The newest row as the log records it: what an anchor keeps."""
+
+    position: int
+    hash: str
+    #: ``recorded_at`` of the row at ``position``; None for the empty log
+    recorded_at: str | None = None
+
+
 class VerifyReport(msgspec.Struct, frozen=True):
     """Result of walking the whole hash chain."""
 
@@ -40,7 +49,17 @@ class VerifyReport(msgspec.Struct, frozen=True):
     last_position: int
     head_position: int
     problem: ChainBreak | None = None
+    #: the recorded head's hash
+    head_hash: str = ""
+    #: anchors found where they were anchored
+    anchors_checked: int = 0
+    #: the first anchor the log no longer holds (a rewritten or cut history)
+    anchor_problem: ChainBreak | None = None
+    #: the log is keyed (its rows are HMACs under a key)
+    keyed: bool = False
+    #: False for a keyed log walked without its key: structure only
+    hashes_checked: bool = True
 
     @property
     def ok(self) -> bool:
-        return self.problem is None
+        return self.problem is None and self.anchor_problem is None

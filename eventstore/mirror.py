@@ -27,6 +27,7 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
 from datetime import datetime
 
+from eventstore._anchors import Anchor
 from eventstore._copy import copy_new_rows
 from eventstore._events import RecordedEvent
 from eventstore._exceptions import EventStoreError, MirrorMismatchError, StoreClosedError
@@ -49,7 +50,9 @@ class MirroredStore(EventStore):
     """
 
     def __init__(self, shared: EventStore, mirror: SQLiteEventStore) -> None:
-        super().__init__(shared.registry, instance_id=shared.instance_id)
+        # The pair hashes as the shared log does: its key, its header.
+        super().__init__(shared.registry, instance_id=shared.instance_id,
+                         chain_key=shared._chain_key, read_only=shared.read_only)
         self.shared = shared
         self.mirror = mirror
         self._pull_lock = asyncio.Lock()
@@ -107,6 +110,9 @@ class MirroredStore(EventStore):
         await self.shared.open()
         try:
             await self.mirror.open()
+            # The mirror carries the shared log's header (keyed or not) before
+            # any row: the rows it copies are checked against it.
+            await self.mirror.write_header(await self.shared.read_header())
             await self._pull()
         except BaseException:
             await self._close_backend()
@@ -154,6 +160,12 @@ class MirroredStore(EventStore):
     async def _now(self) -> str:
         return await self.shared._now()
 
+    async def _read_header(self) -> str | None:
+        return await self.shared._read_header()
+
+    async def _write_header(self, text: str, genesis: str, *, replace: bool = False) -> str:
+        return await self.shared._write_header(text, genesis, replace=replace)
+
     async def _event_types(self, after: int) -> Iterable[str]:
         await self._pull()
         return await self.mirror._event_types(after)
@@ -177,13 +189,13 @@ class MirroredStore(EventStore):
     async def _read_head(self) -> tuple[int, str]:
         return await self.mirror._read_head()
 
-    async def verify(self) -> VerifyReport:
-        """The shared log's chain, walked on the server: the log every host
-        trusts. (The mirror's rows were checked against it as they were
-        copied, and its newest row is checked again at every copy.)"""
+    async def verify(self, *, anchors: Iterable[Anchor] = ()) -> VerifyReport:
+        """The shared log's chain (and ``anchors``), walked on the server: the
+        log every host trusts. (The mirror's rows were checked against it as
+        they were copied, and its newest row is checked again at every copy.)"""
         if not self._open:
             raise StoreClosedError("the event store is not open")
-        report = await self.shared.verify()
+        report = await self.shared.verify(anchors=anchors)
         if report.ok:
             await self._pull()  # and the mirror is a copy of it
         return report

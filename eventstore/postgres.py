@@ -7,6 +7,7 @@ between the two with identical hashes)::
            type TEXT, recorded_at TEXT, instance_id TEXT, data TEXT,
            prev_hash TEXT, hash TEXT, UNIQUE(stream, stream_version))
     log_head(id = 1, position, hash)   -- last row, written with every commit
+    log_header(id = 1, header)         -- keyed or not (eventstore._chain.LogHeader)
     log_schema(id = 1, version)
 
 Positions are gap-free and in commit order across any number of writers on
@@ -121,6 +122,8 @@ class PostgresEventStore(EventStore):
         instance_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
         lock_timeout: float = 10.0,
+        chain_key: bytes | None = None,
+        read_only: bool = False,
     ) -> None:
         if not is_postgres_dsn(dsn):
             raise ValueError(
@@ -128,7 +131,8 @@ class PostgresEventStore(EventStore):
             )
         if schema is not None and not schema:
             raise ValueError("schema: expected a schema name, got an empty string")
-        super().__init__(registry, instance_id=instance_id, clock=clock)
+        super().__init__(registry, instance_id=instance_id, clock=clock, chain_key=chain_key,
+                         read_only=read_only)
         self._dsn = dsn
         self.schema = schema
         self._lock_timeout = lock_timeout
@@ -159,7 +163,11 @@ class PostgresEventStore(EventStore):
                     # a writer stopped mid-transaction must not hold the lock for ever
                     "idle_in_transaction_session_timeout": "60s",
                 },
-                forced={"search_path": quote_ident(self.schema)} if self.schema else {},
+                forced={
+                    **({"search_path": quote_ident(self.schema)} if self.schema else {}),
+                    # an audit: the server itself refuses any write
+                    **({"default_transaction_read_only": "on"} if self.read_only else {}),
+                },
             )
         except ValueError as exc:
             raise BackendError(f"{self.location}: {exc}") from None
@@ -172,7 +180,8 @@ class PostgresEventStore(EventStore):
                     f"{self.location}: no schema to keep the event log in: the search_path"
                     " names none that exists; create one, or name one with schema="
                 )
-            await prepare_schema(writer, schema, create_schema=self.schema is not None)
+            if not self.read_only:
+                await prepare_schema(writer, schema, create_schema=self.schema is not None)
             self._channel = channel_for(schema)
             await self._reader_connection()
         except _DRIVER_ERRORS as exc:
@@ -286,6 +295,7 @@ class PostgresEventStore(EventStore):
                     rows, results = chain_group(
                         group, state.versions, (state.position, state.hash),
                         stamp_after(now, state.recorded_at), self.instance_id,
+                        self.chain.row_hash,
                     )  # fmt: skip
                     await self._write_rows(conn, rows)
             except _DRIVER_ERRORS as exc:
@@ -328,7 +338,7 @@ class PostgresEventStore(EventStore):
                 async with conn.transaction():
                     state = await self._locked_state(conn, streams)
                     problem = check_continuation(rows, (state.position, state.hash),
-                                                 state.versions)
+                                                 state.versions, self.chain.row_hash)
                     if problem is not None:
                         raise ImportRejectedError(problem.position, problem.reason)
                     written = True
@@ -394,6 +404,32 @@ class PostgresEventStore(EventStore):
         if not rows:
             raise LogCorruptedError(0, "the log_head row is missing")
         return int(rows[0][0]), str(rows[0][1])
+
+    async def _read_header(self) -> str | None:
+        rows = await self._fetch(
+            "SELECT CASE WHEN to_regclass('log_header') IS NOT NULL THEN"
+            " (SELECT header FROM log_header WHERE id = 1) END")
+        return None if rows[0][0] is None else str(rows[0][0])
+
+    async def _write_header(self, text: str, genesis: str, *, replace: bool = False) -> str:
+        async with self._write_lock:
+            conn = await self._writer_connection()
+            try:
+                async with conn.transaction():
+                    # the head's lock: no append can come between the check and the write
+                    await conn.execute("SELECT position FROM log_head WHERE id = 1 FOR UPDATE")
+                    if await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM events)"):
+                        conflict = ("DO UPDATE SET header = excluded.header" if replace
+                                    else "DO NOTHING")
+                        written = await conn.fetchval(
+                            "INSERT INTO log_header (id, header) VALUES (1, $1)"
+                            f" ON CONFLICT (id) {conflict} RETURNING 1", text)
+                        if written:
+                            await conn.execute("UPDATE log_head SET hash = $1"
+                                               " WHERE id = 1 AND position = 0", genesis)
+                    return str(await conn.fetchval("SELECT header FROM log_header WHERE id = 1"))
+            except _DRIVER_ERRORS as exc:
+                self._raise(exc, f"writing the header of {self.location}")
 
     async def last_position(self) -> int:
         rows = await self._fetch("SELECT coalesce(max(position), 0) FROM events")

@@ -51,6 +51,7 @@ from eventstore._store import (
 from eventstore._store_types import EncodedBatch, EncodedRow, EventRow, RawRow
 from eventstore.sqlite_plumbing import (
     connect,
+    connect_read_only,
     create_private_file,
     immediate_transaction,
     run_in_connection_thread,
@@ -60,7 +61,9 @@ __all__ = ["SCHEMA_VERSION", "SQLiteEventStore"]
 
 _log = logging.getLogger("eventstore")
 
-SCHEMA_VERSION = 1
+#: 2 added ``log_header`` (an older Ovi refuses the log rather than append
+#: unkeyed rows to a keyed one)
+SCHEMA_VERSION = 2
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
@@ -81,6 +84,10 @@ CREATE TABLE IF NOT EXISTS log_head (
     hash     TEXT    NOT NULL
 );
 INSERT OR IGNORE INTO log_head (id, position, hash) VALUES (1, 0, '{GENESIS_HASH}');
+CREATE TABLE IF NOT EXISTS log_header (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    header TEXT    NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
@@ -168,19 +175,28 @@ class SQLiteEventStore(EventStore):
         busy_timeout: float = 10.0,
         synchronous: str = "FULL",
         clock: Callable[[], datetime] | None = None,
+        chain_key: bytes | None = None,
+        read_only: bool = False,
     ) -> None:
-        super().__init__(registry, instance_id=instance_id, clock=clock)
+        super().__init__(registry, instance_id=instance_id, clock=clock, chain_key=chain_key,
+                         read_only=read_only)
         self.path = Path(path)
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        #: how a read-only store opened the file: "ro", or "immutable" (see
+        #: :func:`~eventstore.sqlite_plumbing.connect_read_only`)
+        self.read_mode: str | None = None
 
     @property
     def location(self) -> str:
         return str(self.path)
 
     async def _open_backend(self) -> None:
+        if self.read_only:
+            await self._open_read_only()
+            return
         try:
             create_private_file(self.path)
         except OSError as exc:
@@ -201,6 +217,23 @@ class SQLiteEventStore(EventStore):
             await self._close_backend()
             raise
 
+    async def _open_read_only(self) -> None:
+        # No file created, no mode tightened, no DDL: an auditor who may only
+        # read the file (or a log on a read-only mount) changes nothing.
+        if not self.path.is_file():
+            raise BackendError(f"cannot open event log {self.path} read-only: no such file")
+        try:
+            self._reader, self.read_mode = await connect_read_only(
+                self.path, busy_timeout=self._busy_timeout)
+            version = (await self._query("PRAGMA user_version"))[0][0]
+        except sqlite3.Error as exc:
+            await self._close_backend()
+            raise _translate(exc, f"cannot open event log {self.path} read-only") from exc
+        if version > SCHEMA_VERSION:
+            await self._close_backend()
+            raise BackendError(f"the event log has schema version {version}; this Ovi knows"
+                               f" up to {SCHEMA_VERSION}")
+
     async def _close_backend(self) -> None:
         for conn in (self._writer, self._reader):
             if conn is not None:
@@ -215,6 +248,7 @@ class SQLiteEventStore(EventStore):
     async def _commit_group(self, group: list[tuple[EncodedBatch, ...]]) -> list[GroupResult]:
         instance_id = self.instance_id
         clock = self._clock or utc_now
+        hash_row = self.chain.row_hash
 
         def body(db: sqlite3.Connection) -> list[GroupResult]:
             head = _checked_head(db)
@@ -223,7 +257,8 @@ class SQLiteEventStore(EventStore):
             recorded_at = stamp_after(format_timestamp(clock()), head.recorded_at)
             versions = _stream_versions(db, {b.stream for request in group for b in request})
             rows, results = chain_group(
-                group, versions, (head.position, head.hash), recorded_at, instance_id
+                group, versions, (head.position, head.hash), recorded_at, instance_id,
+                hash_row,
             )
             _write_rows(db, rows)
             return results
@@ -236,10 +271,12 @@ class SQLiteEventStore(EventStore):
             raise _translate(exc, f"append to {self.path} failed, nothing written") from exc
 
     async def _import_rows(self, rows: list[RawRow]) -> dict[str, int]:
+        hash_row = self.chain.row_hash
+
         def body(db: sqlite3.Connection) -> dict[str, int]:
             head = _checked_head(db)
             versions = _stream_versions(db, {row[1] for row in rows})
-            problem = check_continuation(rows, (head.position, head.hash), versions)
+            problem = check_continuation(rows, (head.position, head.hash), versions, hash_row)
             if problem is not None:
                 raise ImportRejectedError(problem.position, problem.reason)
             _write_rows(db, rows)
@@ -300,6 +337,31 @@ class SQLiteEventStore(EventStore):
         if not rows:
             raise LogCorruptedError(0, "the log_head row is missing")
         return int(rows[0][0]), str(rows[0][1])
+
+    async def _read_header(self) -> str | None:
+        # A read-only open of a log from before headers has no such table.
+        if not await self._query("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                                 " AND name = 'log_header'"):
+            return None
+        rows = await self._query("SELECT header FROM log_header WHERE id = 1")
+        return str(rows[0][0]) if rows else None
+
+    async def _write_header(self, text: str, genesis: str, *, replace: bool = False) -> str:
+        def body(db: sqlite3.Connection) -> str:
+            if db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
+                verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+                if db.execute(f"{verb} INTO log_header (id, header) VALUES (1, ?)",
+                              (text,)).rowcount:
+                    db.execute("UPDATE log_head SET hash = ? WHERE id = 1 AND position = 0",
+                               (genesis,))
+            return str(db.execute("SELECT header FROM log_header WHERE id = 1").fetchone()[0])
+
+        try:
+            return await run_in_connection_thread(
+                self._conn(self._writer), lambda db: immediate_transaction(db, body)
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"writing the header of {self.path}") from exc
 
     async def last_position(self) -> int:
         rows = await self._query("SELECT max(position) FROM events")

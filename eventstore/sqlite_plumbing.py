@@ -16,7 +16,13 @@ from typing import TypeVar, cast
 
 import aiosqlite
 
-__all__ = ["connect", "create_private_file", "immediate_transaction", "run_in_connection_thread"]
+__all__ = [
+    "connect",
+    "connect_read_only",
+    "create_private_file",
+    "immediate_transaction",
+    "run_in_connection_thread",
+]
 
 T = TypeVar("T")
 
@@ -56,6 +62,57 @@ async def connect(path: Path, *, busy_timeout: float, synchronous: str) -> aiosq
         await conn.close()
         raise
     return conn
+
+
+def _file_uri(path: Path) -> str:
+    return path.absolute().as_uri()
+
+
+def _has_rows(wal: Path) -> bool:
+    try:
+        return wal.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+async def connect_read_only(path: Path, *, busy_timeout: float) -> tuple[aiosqlite.Connection, str]:
+    """Open an existing database for reading only, changing nothing: no
+    pragma that writes, no file created beside it. Returns the connection and
+    how it was opened: ``"ro"``, or ``"immutable"``.
+
+    A reader of a WAL database needs its ``-shm`` file: SQLite creates it
+    when it is missing, which a user who may not write the directory (or a
+    read-only mount) cannot. Then, provided there is no ``-wal`` file holding
+    committed rows that are not in the main file yet, the main file *is* the
+    whole database, and it is opened ``immutable`` (no locks, no ``-shm``).
+    With such a ``-wal`` (a writer running as another user), there is no
+    way to read those rows without write access: refused, saying so.
+
+    :raises sqlite3.Error: if it cannot be opened (the caller translates).
+    """
+    base = _file_uri(path)
+    conn = await aiosqlite.connect(f"{base}?mode=ro", uri=True, isolation_level=None,
+                                   timeout=busy_timeout)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
+        return conn, "ro"
+    except sqlite3.OperationalError as exc:
+        await conn.close()
+        wal = path.with_name(path.name + "-wal")
+        if _has_rows(wal):
+            raise sqlite3.OperationalError(
+                f"{exc}; {wal} holds rows not yet in the main file, and reading them needs"
+                f" write access to {path.parent} (or a readable {wal.name} and"
+                f" {path.name}-shm)") from exc
+    conn = await aiosqlite.connect(f"{base}?immutable=1", uri=True, isolation_level=None,
+                                   timeout=busy_timeout)
+    try:
+        await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn, "immutable"
 
 
 def immediate_transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:

@@ -37,6 +37,9 @@ def result_json(result: CycleResult, *, executions: bool) -> dict[str, Any]:
         ],
         "unreadable": [{"scope": scope, "cloud_id": cloud_id, "error": error}
                        for scope, cloud_id, error in result.unreadable],
+        "head": None if result.head is None else {
+            "position": result.head.position, "hash": result.head.hash,
+            "recorded_at": result.head.recorded_at},
     }
     if executions:
         body["executions"] = [
@@ -137,4 +140,6 @@ def result_text(result: CycleResult, *, executions: bool, colour: bool) -> str:
         pending = sum(d.action != Action.NOTIFY for d in result.decisions)
         summary = paint(f"{pending} change(s) pending", "yellow")
     out.append("\n" + summary)
+    if result.head is not None:
+        out.append(paint(f"log head {result.head.position}:{result.head.hash}", "dim"))
     return "\n".join(out) + "\n"

@@ -5,7 +5,6 @@ only narrates.
 
 from __future__ import annotations
 
-import getpass
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from ovi.events import (
     pause_stream,
     resource_stream,
 )
+from ovi.evidence import write_anchor
 from ovi.model import CycleMode, Decision
 from ovi.runtime import Location, Runtime, is_shared, open_runtime, shown
 from projections.findings import find_decision, open_findings
@@ -56,15 +56,18 @@ async def run_once(
     dry_run: bool = False,
     max_concurrency: int | None = None,
     progress: Callable[[str], None] = _quiet,
+    chain_key: bytes | None = None,
+    anchor_file: Path | None = None,
 ) -> CycleResult:
     """Load the config (nothing happens if it is invalid), then run one cycle
-    against AWS. ``progress`` hears what is worth telling a person waiting."""
+    against AWS. ``progress`` hears what is worth telling a person waiting.
+    With ``anchor_file``, the log's head afterwards is appended to it."""
     from ovi.providers.aws import AWSProvider  # the only path that needs the AWS SDK
 
     config = load_config(config_path)
     progress(f"{mode}: {len(config.desired_resources())} desired resources,"
              f" log {shown(store_path)}")
-    async with open_runtime(store_path, mirror=mirror) as runtime, \
+    async with open_runtime(store_path, mirror=mirror, chain_key=chain_key) as runtime, \
             AWSProvider.from_config(config) as provider:
         events = await runtime.store.last_position()
         if runtime.views.reset_on_open and events:
@@ -74,8 +77,11 @@ async def run_once(
         if mode is CycleMode.APPLY and not dry_run:
             await _refuse_unknown_types(runtime, store_path, compat)
         engine = Engine(runtime.store, runtime.views, provider, event_types=compat)
-        return await engine.run_cycle(config, source=str(config_path), mode=mode,
-                                      dry_run=dry_run, max_concurrency=max_concurrency)
+        result = await engine.run_cycle(config, source=str(config_path), mode=mode,
+                                        dry_run=dry_run, max_concurrency=max_concurrency)
+    if anchor_file is not None and result.head is not None:
+        await anyio.to_thread.run_sync(write_anchor, anchor_file, result.head, store_path)
+    return result
 
 
 async def _refuse_unknown_types(runtime: Runtime, store_path: Location,
@@ -94,7 +100,7 @@ async def _refuse_unknown_types(runtime: Runtime, store_path: Location,
 
 async def approve_decision(
     store_path: Location, decision_id: str, *, by: str | None = None,
-    mirror: Path | None = None,
+    mirror: Path | None = None, chain_key: bytes | None = None,
 ) -> tuple[Decision, str]:
     """Record a person's approval of a decision that is still in force; returns
     the decision and who approved it.
@@ -104,7 +110,7 @@ async def approve_decision(
     """
     await _require_log(store_path)
     actor = current_actor(by)
-    async with open_runtime(store_path, mirror=mirror) as runtime:
+    async with open_runtime(store_path, mirror=mirror, chain_key=chain_key) as runtime:
         decision = await _decision_in_force(runtime, store_path, decision_id)
         await runtime.store.append(resource_stream(decision.resource_id), [ApprovalGranted(
             decision_id=decision.decision_id, resource_id=decision.resource_id, by=actor.by,
@@ -114,7 +120,7 @@ async def approve_decision(
 
 async def pause_automation(
     store_path: Location, targets: Sequence[str], *, reason: str, by: str | None = None,
-    mirror: Path | None = None,
+    mirror: Path | None = None, chain_key: bytes | None = None,
 ) -> tuple[list[str], Actor]:
     """Pause automation on resource ids (``["*"]``: the whole estate); returns
     the targets newly paused (one already paused is left as it is) and the
@@ -123,12 +129,12 @@ async def pause_automation(
     :raises OviError: if there is no log or no target.
     """
     return await _set_paused(store_path, targets, reason=reason, by=by, paused=True,
-                             mirror=mirror)
+                             mirror=mirror, chain_key=chain_key)
 
 
 async def resume_automation(
     store_path: Location, targets: Sequence[str], *, reason: str = "", by: str | None = None,
-    mirror: Path | None = None,
+    mirror: Path | None = None, chain_key: bytes | None = None,
 ) -> tuple[list[str], Actor]:
     """Resume automation paused by :func:`pause_automation`; returns the
     targets that were paused and are now resumed.
@@ -136,7 +142,7 @@ async def resume_automation(
     :raises OviError: if there is no log, no target, or a target is not paused.
     """
     return await _set_paused(store_path, targets, reason=reason, by=by, paused=False,
-                             mirror=mirror)
+                             mirror=mirror, chain_key=chain_key)
 
 
 async def paused_now(store_path: Location, *, mirror: Path | None = None) -> dict[str, Pause]:
@@ -148,13 +154,13 @@ async def paused_now(store_path: Location, *, mirror: Path | None = None) -> dic
 
 
 async def _set_paused(store_path: Location, targets: Sequence[str], *, reason: str,
-                      by: str | None, paused: bool,
-                      mirror: Path | None) -> tuple[list[str], Actor]:
+                      by: str | None, paused: bool, mirror: Path | None,
+                      chain_key: bytes | None) -> tuple[list[str], Actor]:
     if not targets:
         raise OviError("name the resource ids to act on, or --all for the whole estate")
     await _require_log(store_path)
     actor = current_actor(by)
-    async with open_runtime(store_path, mirror=mirror) as runtime:
+    async with open_runtime(store_path, mirror=mirror, chain_key=chain_key) as runtime:
         await runtime.views.catch_up("operations")
         state = await runtime.views.query(pause_state)
         now = datetime.now(UTC)
@@ -212,11 +218,12 @@ class AdoptionTarget(msgspec.Struct, frozen=True):
 
 async def grant_adoption(
     store_path: Location, resource: str, *, as_id: str, by: str | None = None,
-    mirror: Path | None = None,
-) -> tuple[AdoptionTarget, str]:
+    mirror: Path | None = None, chain_key: bytes | None = None,
+) -> tuple[AdoptionTarget, Actor]:
     """Record a person's grant that lets the next cycle adopt the unmanaged
     ``resource`` (its identity, ``aws/us-east-1/ec2/i-0abc``, or its cloud id)
-    as the desired ``as_id``; returns the resource and who granted it.
+    as the desired ``as_id``; returns the resource and who granted it (the
+    ``--by`` text, the OS user and the host).
 
     :raises OviError: if there is no log, ``as_id`` is no desired id, or the
         log knows no such unmanaged resource (one cycle must have seen it).
@@ -225,7 +232,7 @@ async def grant_adoption(
         raise OviError(f"--as {as_id!r}: expected a desired id like web-0 (lowercase letters,"
                        " digits and '-', as the config makes them)")
     await _require_log(store_path)
-    async with open_runtime(store_path, mirror=mirror) as runtime:
+    async with open_runtime(store_path, mirror=mirror, chain_key=chain_key) as runtime:
         await runtime.views.catch_up()
         target = await runtime.views.query(lambda db: _adoption_target(db, resource))
         if target is None:
@@ -235,11 +242,11 @@ async def grant_adoption(
         if "/" not in target.identity:
             raise OviError(f"{resource} is known as {target.identity!r}, not as a resource Ovi"
                            " does not manage (run `ovi plan` to see it as it is now)")
-        who = by or getpass.getuser()
+        actor = current_actor(by)
         await runtime.store.append(resource_stream(as_id), [AdoptionGranted(
-            resource_id=as_id, identity=target.identity, cloud_id=target.cloud_id, by=who,
-            at=datetime.now(UTC), owner_seen=target.owner)])
-    return target, who
+            resource_id=as_id, identity=target.identity, cloud_id=target.cloud_id, by=actor.by,
+            at=datetime.now(UTC), owner_seen=target.owner, actor=actor)])
+    return target, actor
 
 
 def _adoption_target(db: sqlite3.Connection, text: str) -> AdoptionTarget | None:

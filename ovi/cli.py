@@ -29,6 +29,7 @@ from ovi.app import (
 from ovi.config import parse_duration
 from ovi.engine import CycleResult
 from ovi.events import PAUSE_ALL
+from ovi.evidence import load_chain_key
 from ovi.model import CycleMode
 from ovi.runtime import default_store, is_shared
 from projections import ProjectionError
@@ -91,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--mirror", type=Path, default=None,
                          help="with a postgresql:// --store, this host's SQLite mirror of the"
                               " log (default: $OVI_MIRROR, else ./ovi-mirror.db)")
+        sub.add_argument("--chain-key-file", type=Path, default=None, metavar="PATH",
+                         help="key of a keyed log (default: the systemd credential"
+                              " ovi-chain-key, if any); a new log is created keyed with it")
+
+    def anchor_flag(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--anchor-file", type=Path, default=None, metavar="PATH",
+                         help="append the log's head (position, hash) after each cycle, one"
+                              " JSON line, fsynced: keep it where the log's writer cannot"
+                              " rewrite it; `python -m ovi.replay verify --anchors PATH`"
+                              " checks it")
 
     plan = commands.add_parser("plan", help="one cycle without execution")
     apply = commands.add_parser("apply", help="one cycle with execution")
@@ -102,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="record what would run, change nothing")
     apply.add_argument("--max-concurrency", type=_positive_int, default=None,
                        help="actions in flight at once (default: rules.max_concurrency)")
+    anchor_flag(apply)
 
     approve = commands.add_parser("approve", help="approve a decision that waits for it")
     approve.add_argument("decision_id")
@@ -122,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-timeout", type=_duration, default=60.0,
                      help="on SIGTERM, how long actions in flight may take to finish"
                           " (default 60s)")
+    anchor_flag(run)
     run.add_argument("--cycle-timeout", type=_positive_duration, default=3600.0,
                      help="a cycle running longer counts as hung: watchdog pings stop"
                           " (default 1h)")
@@ -174,7 +187,7 @@ def _print_result(result: CycleResult, *, as_json: bool, executions: bool) -> No
 
 async def _plan(args: argparse.Namespace) -> int:
     result = await run_once(args.config, args.store, mode=CycleMode.PLAN, progress=_progress,
-                            mirror=args.mirror)
+                            mirror=args.mirror, chain_key=load_chain_key(args.chain_key_file))
     _print_result(result, as_json=args.json, executions=False)
     if result.failed_scopes:
         return 1
@@ -184,14 +197,17 @@ async def _plan(args: argparse.Namespace) -> int:
 async def _apply(args: argparse.Namespace) -> int:
     result = await run_once(args.config, args.store, mode=CycleMode.APPLY,
                             dry_run=args.dry_run, max_concurrency=args.max_concurrency,
-                            progress=_progress, mirror=args.mirror)
+                            progress=_progress, mirror=args.mirror,
+                            chain_key=load_chain_key(args.chain_key_file),
+                            anchor_file=args.anchor_file)
     _print_result(result, as_json=args.json, executions=True)
     return 1 if result.execution_errors or result.failed_scopes else 0
 
 
 async def _approve(args: argparse.Namespace) -> int:
     decision, by = await approve_decision(args.store, args.decision_id, by=args.by,
-                                           mirror=args.mirror)
+                                           mirror=args.mirror,
+                                           chain_key=load_chain_key(args.chain_key_file))
     sys.stdout.write(f"approved {decision.decision_id}: {decision.action.value} "
                      f"{decision.resource_id} (by {by}); the next apply may execute it\n")
     return 0
@@ -207,7 +223,8 @@ async def _run(args: argparse.Namespace) -> int:
         interval=args.interval,
         metrics_host=host, metrics_port=port, log_format=LogFormat(args.log_format),
         plan_only=args.plan_only, drain_timeout=args.drain_timeout,
-        cycle_timeout=args.cycle_timeout)
+        cycle_timeout=args.cycle_timeout, anchor_file=args.anchor_file,
+        chain_key_file=args.chain_key_file)
     return await Service(settings).run()
 
 
@@ -226,7 +243,8 @@ async def _pause(args: argparse.Namespace) -> int:
     if not args.reason.strip():
         raise OviError("--reason: expected a few words saying why, got nothing")
     changed, actor = await pause_automation(args.store, targets, reason=args.reason,
-                                            by=args.by, mirror=args.mirror)
+                                            by=args.by, mirror=args.mirror,
+                                            chain_key=load_chain_key(args.chain_key_file))
     who = f"{actor.by} (user {actor.user}, uid {actor.uid} on {actor.host})"
     for target in targets:
         state = "paused" if target in changed else "already paused"
@@ -240,7 +258,8 @@ async def _pause(args: argparse.Namespace) -> int:
 async def _resume(args: argparse.Namespace) -> int:
     targets = _targets(args)
     changed, actor = await resume_automation(args.store, targets, reason=args.reason,
-                                             by=args.by, mirror=args.mirror)
+                                             by=args.by, mirror=args.mirror,
+                                             chain_key=load_chain_key(args.chain_key_file))
     for target in changed:
         sys.stdout.write(f"resumed: {_named(target)}, by {actor.by} (user {actor.user},"
                          f" uid {actor.uid} on {actor.host})\n")
@@ -248,9 +267,11 @@ async def _resume(args: argparse.Namespace) -> int:
 
 
 async def _adopt(args: argparse.Namespace) -> int:
-    target, by = await grant_adoption(args.store, args.resource, as_id=args.as_id, by=args.by,
-                                     mirror=args.mirror)
-    sys.stdout.write(f"granted (by {by}): the next apply adopts {target.identity} as"
+    target, actor = await grant_adoption(args.store, args.resource, as_id=args.as_id,
+                                         by=args.by, mirror=args.mirror,
+                                         chain_key=load_chain_key(args.chain_key_file))
+    sys.stdout.write(f"granted (by {actor.by}, user {actor.user}, uid {actor.uid} on"
+                     f" {actor.host}): the next apply adopts {target.identity} as"
                      f" {args.as_id} if {args.as_id} is desired and not there\n")
     return 0
 

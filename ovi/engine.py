@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from eventstore import NO_STREAM, Event, EventStore, StreamBatch
+from eventstore import NO_STREAM, Event, EventStore, Head, StreamBatch
 from ovi.comparator import Comparator, Context, DefaultComparator, Grant, grants_in_force
 from ovi.compat import UnknownEventTypes
 from ovi.config import Config
@@ -90,6 +90,7 @@ class CycleResult(msgspec.Struct, frozen=True):
     execution_duration: float = 0.0  # seconds spent claiming and executing
     paused: tuple[Pause, ...] = ()  # the pauses in force when the cycle read its state
     scope_counts: tuple[tuple[str, int], ...] = ()  # (scope key, resources observed)
+    head: Head | None = None  # the log's head once the cycle was recorded: an anchor
 
     @property
     def in_sync(self) -> bool:
@@ -258,7 +259,7 @@ class Engine:
             execution_errors=result.execution_errors, duration_ms=result.duration * 1000,
             failed_scopes=failed,
         )])
-        return result
+        return msgspec.structs.replace(result, head=await self.store.head())
 
     async def _restarts_owed(self, cycle_id: str, owed: dict[str, OwedRestart],
                              observation: Observation) -> frozenset[str]:

@@ -236,6 +236,7 @@ class AdoptionGranted(Event, frozen=True):
     by: str
     at: datetime
     owner_seen: str | None = None
+    actor: Actor | None = None  # absent in logs written before it was recorded
 
 
 class ClaimAcquired(Event, frozen=True):
@@ -299,6 +300,9 @@ class ActionExecuted(Event, frozen=True):
     recovered: bool = False  # resolved at start-up from what the cloud shows
     stale_token: bool = False  # the claim was lost mid-action: flagged, not hidden
     create_attempt: int = 1  # the ActionExecuting this answers (creates)
+    #: a create's, update's or adoption's resource as the provider's response
+    #: described it (what Ovi knew before observing it); absent in older logs
+    resource: Resource | None = None
 
 
 class ActionFailed(Event, frozen=True):

@@ -302,7 +302,8 @@ class Executor:
             outcome = ActionExecuted(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
                 resource_id=decision.resource_id, cloud_id=cloud_id, token=claim.token,
-                attempts=progress.calls.count, create_attempt=progress.attempt)
+                attempts=progress.calls.count, create_attempt=progress.attempt,
+                resource=resource if decision.action is not Action.DELETE else None)
             execution = _execution(decision, Outcome.EXECUTED, cloud_id=cloud_id)
         try:
             await self._record_outcome(stream, outcome, claim)

@@ -71,16 +71,18 @@ class Runtime(msgspec.Struct):
 
 @asynccontextmanager
 async def open_runtime(store: Location, *, mirror: Path | None = None,
-                       instance_id: str | None = None) -> AsyncIterator[Runtime]:
+                       instance_id: str | None = None,
+                       chain_key: bytes | None = None) -> AsyncIterator[Runtime]:
     """Open (creating if needed) the log at ``store`` with its projections:
     in the log's own file, or for a shared log in its mirror ``mirror``
-    (default :func:`default_mirror_path`), brought up to date first.
+    (default :func:`default_mirror_path`), brought up to date first;
+    ``chain_key`` for a keyed log (a new log is created keyed with it).
 
     :raises EventStoreError: if the log cannot be opened, or the mirror
         disagrees with the shared log (:class:`~eventstore.MirrorMismatchError`).
     """
     file = local_file(store, mirror)
-    log = store_for(store, registry(), instance_id=instance_id,
+    log = store_for(store, registry(), instance_id=instance_id, chain_key=chain_key,
                     mirror=file if is_shared(store) else None)
     assert not is_shared(store) or isinstance(log, MirroredStore)
     async with log, ProjectionRunner(log, file, ovi_projections()) as views:

@@ -42,6 +42,7 @@ from ovi.compat import UnknownEventTypes
 from ovi.config import Config, load_config
 from ovi.engine import CycleResult, Engine, new_cycle_id
 from ovi.events import PAUSE_ALL, ApprovalGranted, AutomationPaused, AutomationResumed
+from ovi.evidence import load_chain_key, write_anchor
 from ovi.metrics import Health, MetricsServer, ServiceMetrics
 from ovi.model import Action, CycleMode, DecisionStatus, Outcome
 from ovi.notify import Notifier, WebhookSink, read_webhook_url
@@ -75,6 +76,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     jitter: float = 0.1  # of the interval, at most
     follow_interval: float = 0.5
     max_cycles: int | None = None  # stop after this many cycles (benchmarks, tests)
+    anchor_file: Path | None = None  # the head is appended here after each cycle
+    #: the key of a keyed log (None: the systemd credential ovi-chain-key, if any)
+    chain_key_file: Path | None = None
 
 
 class ProviderSource(msgspec.Struct, frozen=True):
@@ -172,7 +176,8 @@ class Service:
         try:
             async with AsyncExitStack() as stack:
                 runtime = await stack.enter_async_context(open_runtime(
-                    settings.store_path, mirror=settings.mirror_path))
+                    settings.store_path, mirror=settings.mirror_path,
+                    chain_key=load_chain_key(settings.chain_key_file)))
                 await self._serve(runtime, stack)
         finally:
             self.sd.notify(STOPPING="1", STATUS="stopped")
@@ -334,6 +339,16 @@ class Service:
         else:
             self.health.last_error = "could not observe " + ", ".join(result.failed_scopes)
         self._log_cycle(result, mode, position)
+        if self.settings.anchor_file is not None and result.head is not None:
+            try:
+                # an fsync or two: not on the event loop
+                await anyio.to_thread.run_sync(write_anchor, self.settings.anchor_file,
+                                               result.head, self.settings.store_path)
+            except OviError as exc:
+                # The cycle is recorded either way; a missing anchor weakens
+                # what a later audit can prove, so it is loud, not fatal.
+                self.log.error("anchor", f"could not write this cycle's anchor: {exc}")
+                self.health.last_error = f"anchor not written: {exc}"
         summary = _summary(result, mode)
         if paused:
             summary += "; paused: " + ", ".join(
@@ -354,6 +369,8 @@ class Service:
             decisions=result.decisions_made, executed=executed, errors=result.execution_errors,
             failed_scopes=list(result.failed_scopes), duration=result.duration,
             log_position=position, paused=[p.target for p in result.paused],
+            head_position=result.head.position if result.head else None,
+            head_hash=result.head.hash if result.head else None,
             refusing_to_execute=sorted(self._unknown))
         for scope, error in result.scope_errors:
             self.log.error("observe", f"could not observe {scope}: {error}", scope=scope)

@@ -47,7 +47,7 @@ CHECKPOINTS_TABLE = "projection_checkpoints"
 DEFAULT_BATCH_SIZE = 20_000
 # Never owned by a projection: the checkpoints, and the SQLite log's own tables
 # (projections usually share the log's file, and DROP TABLE ignores triggers).
-_RESERVED_TABLES = frozenset({CHECKPOINTS_TABLE, "events", "log_head"})
+_RESERVED_TABLES = frozenset({CHECKPOINTS_TABLE, "events", "log_head", "log_header"})
 
 _CREATE_CHECKPOINTS = f"""CREATE TABLE IF NOT EXISTS {CHECKPOINTS_TABLE} (
     name           TEXT PRIMARY KEY,

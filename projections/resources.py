@@ -5,9 +5,22 @@ Tables (and one view)::
     resource_rows(resource_id PK, cloud_id, type, provider, region, scope, owner,
                   "exists", first_seen_rev, observed_rev, disappeared_rev,
                   version, fingerprint)
-    resource_versions(rev PK, resource_id, version, recorded_at, "exists", data_rev)
+    resource_versions(rev PK, resource_id, version, recorded_at, "exists", data_rev,
+                      from_action)
     scope_observations(scope PK, completed_rev)
+    known_from_actions(resource_id PK, scope, data_rev)
     VIEW resources  -- resource_rows plus last_seen_rev
+
+Ovi's own outcomes are versions too (``from_action`` = 1), so that the state
+at a revision tells what Ovi knew then: a delete done makes the resource gone
+at the ``ActionExecuted``; a create or update done makes it what the
+provider's response described (``ActionExecuted.resource``). Such a version
+is "known from the action, not yet observed": the next observation of the
+resource replaces it (a ``ResourceObserved`` or ``ResourceDisappeared``, or,
+when the cloud shows nothing new, the next complete observation of its
+scope, which restores the observed version; ``known_from_actions`` holds the
+resources waiting for one). ``resource_rows`` — what the engine compares new
+observations with — holds only observations.
 
 ``rev`` is the log position of the event that made the version, so "the
 state at revision N" is, per resource, its newest version with ``rev ≤ N``.
@@ -35,8 +48,8 @@ from typing import Any, ClassVar
 import msgspec
 
 from eventstore import RecordedEvent, format_timestamp
-from ovi.events import RESOURCE_STREAM, ResourceObserved
-from ovi.model import Resource
+from ovi.events import RESOURCE_STREAM, ActionExecuted, ResourceObserved
+from ovi.model import Action, Resource
 from projections._projection import Projection
 
 __all__ = ["ResourceState", "ResourcesProjection", "compact", "current", "state_at",
@@ -50,7 +63,7 @@ class _ObservedResource(msgspec.Struct, gc=False):
     """What the queries read of a ``ResourceObserved`` event's data."""
 
     resource: Resource
-    fingerprint: str
+    fingerprint: str = ""  # an ActionExecuted carries none
 
 
 _decode_observed = msgspec.json.Decoder(_ObservedResource).decode
@@ -66,16 +79,19 @@ class ResourceState(msgspec.Struct, frozen=True):
     rev: int  # the revision of this version
     version: int
     fingerprint: str = ""
+    #: known from Ovi's own action (the provider's response), not yet observed
+    from_action: bool = False
 
 
 class ResourcesProjection(Projection):
     name: ClassVar[str] = "resources"
     # 4: an owner is the ovi:owner tag only (ovi:managed alone no longer means "ovi")
-    schema_version: ClassVar[int] = 4
+    # 5: Ovi's executed actions are versions too, until the next observation
+    schema_version: ClassVar[int] = 5
     tables: ClassVar[tuple[str, ...]] = ("resource_rows", "resource_versions",
-                                         "scope_observations")
+                                         "scope_observations", "known_from_actions")
     event_types: ClassVar[frozenset[str] | None] = frozenset(
-        {"ResourceObserved", "ResourceDisappeared", "ObservationCompleted"}
+        {"ResourceObserved", "ResourceDisappeared", "ObservationCompleted", "ActionExecuted"}
     )
     event_views: ClassVar[Mapping[str, type[Any]]] = {"ResourceObserved": bytes}
 
@@ -113,8 +129,16 @@ class ResourcesProjection(Projection):
                 version     INTEGER NOT NULL,
                 recorded_at TEXT NOT NULL,
                 "exists"    INTEGER NOT NULL,
-                data_rev    INTEGER NOT NULL
+                data_rev    INTEGER NOT NULL,
+                from_action INTEGER NOT NULL DEFAULT 0
             )"""
+        )
+        db.execute(
+            """CREATE TABLE known_from_actions (
+                resource_id TEXT PRIMARY KEY,
+                scope       TEXT NOT NULL,
+                data_rev    INTEGER NOT NULL
+            ) WITHOUT ROWID"""
         )
         db.execute(
             """CREATE TABLE scope_observations (
@@ -142,6 +166,9 @@ class ResourcesProjection(Projection):
         latest: dict[str, bytes] = {}  # resource id → its latest observation's data
         versions: list[tuple[object, ...]] = []
         scopes: dict[str, int] = {}
+        pending = {r: (scope, data_rev) for r, scope, data_rev
+                   in db.execute("SELECT * FROM known_from_actions")}
+        touched = bool(pending)
         at_text = ""
         at_time: datetime | None = None
         for recorded in events:
@@ -160,18 +187,41 @@ class ResourcesProjection(Projection):
                                                rev, None, 1, ""]
                 else:
                     row[7], row[9], row[10], row[11] = 1, rev, None, row[11] + 1
-                versions.append((rev, resource_id, row[11], at_text, 1, rev))
+                versions.append((rev, resource_id, row[11], at_text, 1, rev, 0))
                 latest[resource_id] = recorded.event
+                pending.pop(resource_id, None)
             elif type_ == "ResourceDisappeared":
                 resource_id = recorded.event.resource_id
                 row = rows.get(resource_id)
                 if row is None:  # never seen: nothing to retire
                     continue
                 row[7], row[10], row[11] = 0, rev, row[11] + 1
-                versions.append((rev, resource_id, row[11], at_text, 0, row[9]))
+                versions.append((rev, resource_id, row[11], at_text, 0, row[9], 0))
                 latest.setdefault(resource_id, b"")
+                pending.pop(resource_id, None)
             elif type_ == "ObservationCompleted":
-                scopes[recorded.event.scope.key] = rev
+                scope = recorded.event.scope.key
+                scopes[scope] = rev
+                # The scope was seen whole and showed nothing new of these:
+                # what was observed stands again.
+                for resource_id in [r for r, (s, _) in pending.items() if s == scope]:
+                    _, data_rev = pending.pop(resource_id)
+                    row = rows.get(resource_id) or _load_rows(db, {resource_id}).get(
+                        resource_id)
+                    if row is None:  # made by an action, never seen: not there
+                        versions.append((rev, resource_id, 0, at_text, 0, data_rev, 0))
+                    else:
+                        rows.setdefault(resource_id, row)
+                        versions.append((rev, resource_id, row[11], at_text, row[7], row[9],
+                                         0))
+            elif type_ == "ActionExecuted":
+                resource_id = getattr(recorded.event, "resource_id", "")
+                done = _known_from(recorded.event, rows.get(resource_id), rev)
+                if done is not None:
+                    exists, data_rev, scope, version = done
+                    versions.append((rev, resource_id, version, at_text, exists, data_rev, 1))
+                    pending[resource_id] = (scope, data_rev)
+                    touched = True
         for resource_id, data in latest.items():
             if data:
                 observed = _decode_observed_event(data)
@@ -184,10 +234,33 @@ class ResourcesProjection(Projection):
                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            [rows[r] for r in sorted(latest)])
         if versions:
-            db.executemany("INSERT INTO resource_versions VALUES (?, ?, ?, ?, ?, ?)", versions)
+            db.executemany("INSERT INTO resource_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           versions)
+        if touched:
+            db.execute("DELETE FROM known_from_actions")
+            db.executemany("INSERT INTO known_from_actions VALUES (?, ?, ?)",
+                           [(r, s, d) for r, (s, d) in pending.items()])
         if scopes:
             db.executemany("INSERT OR REPLACE INTO scope_observations VALUES (?, ?)",
                            scopes.items())
+
+
+def _known_from(event: object, row: list[Any] | None,
+                rev: int) -> tuple[int, int, str, int] | None:
+    """The version an executed action makes — ``exists``, the rev of the
+    event holding its data, its scope, its version number — or None when it
+    tells nothing new (an older log's create without the provider's response)."""
+    if not isinstance(event, ActionExecuted):
+        return None
+    if event.action is Action.DELETE:
+        if row is None or not row[7]:
+            return None
+        return 0, row[9], row[5], row[11]
+    resource = event.resource
+    if resource is None or event.action is Action.NOTIFY:
+        return None
+    scope = f"{resource.provider}/{resource.region}/{resource.type}"
+    return 1, rev, scope, row[11] if row is not None else 0
 
 
 def _load_rows(db: sqlite3.Connection, ids: set[str]) -> dict[str, list[Any]]:
@@ -249,7 +322,7 @@ def _state(db: sqlite3.Connection, column: str, value: object,
     # versions in the bound, then a lookup by rev and one by position.
     gone = "" if include_gone else ' WHERE v."exists" = 1'
     rows = db.execute(
-        'SELECT e.data, v."exists", v.rev, v.version'
+        'SELECT e.data, v."exists", v.rev, v.version, v.from_action'
         " FROM (SELECT max(rev) AS rev FROM resource_versions"
         f"       WHERE {column} <= ? GROUP BY resource_id) AS newest"
         " JOIN resource_versions v ON v.rev = newest.rev"
@@ -257,13 +330,15 @@ def _state(db: sqlite3.Connection, column: str, value: object,
         " ORDER BY v.resource_id",
         (value,),
     )
-    return [_resource_state(data, bool(exists), rev, version)
-            for data, exists, rev, version in rows]
+    return [_resource_state(data, bool(exists), rev, version, bool(from_action))
+            for data, exists, rev, version, from_action in rows]
 
 
-def _resource_state(data: str, exists: bool, rev: int, version: int) -> ResourceState:
+def _resource_state(data: str, exists: bool, rev: int, version: int,
+                    from_action: bool = False) -> ResourceState:
     observed = _decode_observed(data)
-    return ResourceState(observed.resource, exists, rev, version, observed.fingerprint)
+    return ResourceState(observed.resource, exists, rev, version, observed.fingerprint,
+                         from_action)
 
 
 def compact(db: sqlite3.Connection, *, keep: int) -> int:

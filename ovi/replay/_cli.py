@@ -17,17 +17,27 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from eventstore import EventStoreError, MirroredStore, SQLiteEventStore, store_for
+from eventstore import (
+    Anchor,
+    AnchorError,
+    EventStoreError,
+    MirroredStore,
+    SQLiteEventStore,
+    parse_anchor,
+    read_anchors,
+    store_for,
+)
 from ovi._exceptions import OviError
 from ovi.config import load_config
 from ovi.events import registry
+from ovi.evidence import load_chain_key
 from ovi.replay._args import expand_types, parse_at, parse_when
 from ovi.replay._backtest import backtest
 from ovi.replay._copy import copy_log
 from ovi.replay._listing import Filters, follow_events, list_events
 from ovi.replay._rebuild import rebuild_and_compare, rebuild_in_place
 from ovi.replay._render import Output, is_tty, note
-from ovi.replay._reports import show_backtest, show_rebuild, show_verification
+from ovi.replay._reports import show_backtest, show_head, show_rebuild, show_verification
 from ovi.replay._state import show_state
 from ovi.replay._stats import collect_stats, render_stats
 from ovi.replay._store import open_log, resolve_resource
@@ -49,6 +59,13 @@ def _limit(text: str) -> int:
     return int(text)
 
 
+def _anchor(text: str) -> Anchor:
+    try:
+        return parse_anchor(text)
+    except AnchorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line (also documented in docs/replay.md)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -60,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
                              " date and read (default: $OVI_MIRROR, else ./ovi-mirror.db)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="JSON lines for listings, one JSON object otherwise")
+    common.add_argument("--chain-key-file", type=Path, default=argparse.SUPPRESS,
+                        metavar="PATH", help="the key of a keyed log, to check its HMACs"
+                        " (default: the systemd credential ovi-chain-key, if any)")
     main = argparse.ArgumentParser(prog=PROG, parents=[common],
                                    description="Audit and debug an Ovi event log.")
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -91,7 +111,16 @@ def parser() -> argparse.ArgumentParser:
     state.add_argument("--all", action="store_true", help="also resources gone by then")
     stats = sub("stats", "counts, rates and cycle durations")
     stats.add_argument("--since", type=parse_when, metavar="T", help="only events from T on")
-    sub("verify", "check the hash chain and the causal consistency of executions")
+    verify = sub("verify", "check the hash chain (and anchors) and the causal consistency"
+                 " of executions")
+    verify.add_argument("--anchor", type=_anchor, action="append", default=[],
+                        metavar="POS:HASH", dest="anchors",
+                        help="a head kept elsewhere: the log must still hold that hash at"
+                             " that position (repeatable)")
+    verify.add_argument("--anchors", type=Path, action="append", default=[], metavar="FILE",
+                        dest="anchor_files",
+                        help="an anchor file (ovi apply/run --anchor-file): every line checked")
+    sub("head", "the position and hash of the log's newest row: an anchor to keep elsewhere")
     rebuild = sub("rebuild", "rebuild every projection from the log and compare")
     rebuild.add_argument("--in-place", action="store_true",
                          help="then also rebuild the log file's own projection tables")
@@ -157,10 +186,18 @@ async def _stats(args: argparse.Namespace, store: SQLiteEventStore, out: Output)
 
 
 async def _verify(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    anchors = list(args.anchors)
+    for path in args.anchor_files:
+        anchors.extend(read_anchors(path))
     note(f"verifying {await store.last_position():,} events…")
-    verification = await verify_log(store)
+    verification = await verify_log(store, anchors=anchors)
     show_verification(out, verification)
     return 0 if verification.ok else 1
+
+
+async def _head(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
+    show_head(out, await store.head(), store)
+    return 0
 
 
 async def _rebuild(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
@@ -204,7 +241,10 @@ async def _backtest(args: argparse.Namespace, store: SQLiteEventStore, out: Outp
 _COMMANDS: dict[str, Command] = {
     "log": _log, "timeline": _timeline, "why": _why, "state": _state, "stats": _stats,
     "verify": _verify, "rebuild": _rebuild, "follow": _follow, "backtest": _backtest,
+    "head": _head,
 }
+#: every command but these opens the log read-only (an audit changes nothing)
+_WRITING = frozenset({"rebuild"})
 
 
 async def _copy(args: argparse.Namespace, out: Output) -> int:
@@ -218,16 +258,18 @@ async def _copy(args: argparse.Namespace, out: Output) -> int:
 
 
 async def _run(command: Command, args: argparse.Namespace, store: str, out: Output) -> int:
+    key = load_chain_key(getattr(args, "chain_key_file", None))
+    read_only = args.command not in _WRITING
     if not is_shared(store):
-        async with open_log(Path(store)) as log:
+        async with open_log(Path(store), read_only=read_only, chain_key=key) as log:
             return await command(args, log, out)
     # A shared log: bring this host's mirror up to date (checked against the
     # log as it is copied), then work on the mirror like on any SQLite log.
     mirror = getattr(args, "mirror", None) or default_mirror_path()
     async with store_for(store, registry(), instance_id=f"replay:{os.getpid()}",
-                         mirror=mirror) as shared:
+                         mirror=mirror, chain_key=key, read_only=read_only) as shared:
         assert isinstance(shared, MirroredStore)
-        async with open_log(mirror) as log:
+        async with open_log(mirror, read_only=read_only, chain_key=key) as log:
             if args.command == "follow":
                 return await _following(command, args, log, shared, out)
             code = await command(args, log, out)

@@ -13,6 +13,7 @@ from ovi.events import (
     ActionExecuting,
     ActionFailed,
     ActionSkipped,
+    Actor,
     AdoptionGranted,
     ApprovalGranted,
     AutomationPaused,
@@ -36,7 +37,8 @@ from ovi.events import (
 from ovi.model import Resource
 from ovi.replay._render import fmt_time
 
-__all__ = ["cycle_of", "describe", "describe_resource", "resource_of", "resource_of_raw"]
+__all__ = ["cycle_of", "describe", "describe_resource", "resource_of", "resource_of_raw",
+           "who"]
 
 _STREAM_PREFIXES = ("resource/", "claim/", "pause/")
 
@@ -60,6 +62,15 @@ class _Probe(msgspec.Struct):
 
 
 _decode_probe = msgspec.json.Decoder(_Probe).decode
+
+
+def who(by: str, actor: Actor | None) -> str:
+    """``--by`` and the OS account and host the command ran under (which the
+    person could not choose); a log from before they were recorded has only
+    ``--by``."""
+    if actor is None:
+        return f"{by} (OS user not recorded)"
+    return f"{by} (user {actor.user}, uid {actor.uid} on {actor.host})"
 
 
 def probe(data: str) -> _Probe:
@@ -166,20 +177,19 @@ def describe(event: Any) -> str:
             d = event.decision
             return f"decided {d.action}: {d.status} (rule {event.rule}) {d.decision_id}"
         case ApprovalGranted():
-            return f"{event.decision_id} approved by {event.by} at {fmt_time(event.at)}"
+            return (f"{event.decision_id} approved by {who(event.by, event.actor)} at"
+                    f" {fmt_time(event.at)}")
         case AutomationPaused() | AutomationResumed():
             verb = "paused" if isinstance(event, AutomationPaused) else "resumed"
             what = "the whole estate" if event.target == PAUSE_ALL else event.target
-            actor = event.actor
             why = f": {event.reason}" if event.reason else ""
-            return (f"{what} {verb} by {actor.by} (user {actor.user}, uid {actor.uid} on"
-                    f" {actor.host}){why}")
+            return f"{what} {verb} by {who(event.actor.by, event.actor)}{why}"
         case NotificationSent():
             return (f"announced {event.kind} about {event.resource_id} to"
                     f" {', '.join(event.sinks)}")
         case AdoptionGranted():
             return (f"{event.identity} may be adopted as {event.resource_id}: granted by"
-                    f" {event.by} at {fmt_time(event.at)}")
+                    f" {who(event.by, event.actor)} at {fmt_time(event.at)}")
         case ClaimAcquired():
             took = f", taking over from {event.takeover_of}" if event.takeover_of else ""
             return (f"claimed by {event.instance_id} until {fmt_time(event.expires_at)},"

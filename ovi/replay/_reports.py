@@ -1,4 +1,4 @@
-"""Text and JSON renderings of ``verify``, ``rebuild`` and ``backtest``."""
+"""Text and JSON renderings of ``verify``, ``head``, ``rebuild`` and ``backtest``."""
 
 from __future__ import annotations
 
@@ -6,12 +6,27 @@ from typing import Any
 
 import msgspec
 
+from eventstore import EventStore, Head
 from ovi.replay._backtest import BacktestReport, Verdict
 from ovi.replay._rebuild import RebuildReport
 from ovi.replay._render import Output, fmt_count, fmt_time
 from ovi.replay._verify import Verification
 
-__all__ = ["show_backtest", "show_rebuild", "show_verification"]
+__all__ = ["show_backtest", "show_head", "show_rebuild", "show_verification"]
+
+
+def show_head(out: Output, head: Head, store: EventStore) -> None:
+    """``head``: what to keep elsewhere, and how to check it later."""
+    keyed = store.chain.keyed
+    if out.as_json:
+        out.json({"position": head.position, "hash": head.hash,
+                  "recorded_at": head.recorded_at, "log": store.location, "keyed": keyed})
+        return
+    out.write(f"head         position {head.position}, hash {head.hash}")
+    if head.recorded_at is not None:
+        out.write(f"recorded at  {head.recorded_at}")
+    out.write(f"chain        {'keyed (HMAC-SHA256)' if keyed else 'unkeyed (SHA-256)'}")
+    out.write(f"check later  python -m ovi.replay verify --anchor {head.position}:{head.hash}")
 
 
 def show_verification(out: Output, v: Verification) -> None:
@@ -21,6 +36,12 @@ def show_verification(out: Output, v: Verification) -> None:
             "ok": v.ok,
             "events_checked": v.events_checked,
             "head_position": v.head_position,
+            "head_hash": v.head_hash,
+            "keyed": v.keyed,
+            "hashes_checked": v.hashes_checked,
+            "anchors": v.anchors,
+            "anchors_checked": v.anchors_checked,
+            "anchor": msgspec.to_builtins(v.anchor_problem) if v.anchor_problem else None,
             "chain": msgspec.to_builtins(v.chain_problem) if v.chain_problem else None,
             "actions": v.actions,
             "violations": msgspec.to_builtins(v.violations),
@@ -30,12 +51,26 @@ def show_verification(out: Output, v: Verification) -> None:
         })
         return
     chain = v.chain_problem
+    kind = ("keyed: every row's HMAC checked under the key" if v.keyed and v.hashes_checked
+            else "keyed, but no key given: checked only the unkeyed structure (positions,"
+            " links, head), not the HMACs" if v.keyed else "unkeyed")
     if chain is None:
         out.write(f"hash chain   {out.paint('ok', 'green')}: {fmt_count(v.events_checked)}"
-                  f" events, head at position {v.head_position}")
+                  f" events ({kind})")
     else:
         out.write(f"hash chain   {out.paint('BROKEN', 'red')} at position {chain.position}:"
-                  f" {chain.reason}; later events are not checked")
+                  f" {chain.reason}; later events are not checked ({kind})")
+    out.write(f"head         position {v.head_position}, hash {v.head_hash}")
+    anchor = v.anchor_problem
+    if anchor is not None:
+        out.write(f"anchors      {out.paint('REWRITTEN', 'red')} at position {anchor.position}:"
+                  f" {anchor.reason}")
+    elif v.anchors:
+        out.write(f"anchors      {out.paint('ok', 'green')}: {v.anchors_checked} of"
+                  f" {v.anchors} found where they were anchored")
+    else:
+        out.write("anchors      none given: the chain alone cannot show a history rewritten"
+                  " with every hash recomputed (keep `head` elsewhere, or --anchor-file)")
     if not v.violations:
         out.write(f"causality    {out.paint('ok', 'green')}: {v.actions} executions, each with"
                   " at most one outcome, every action and approval after its decision")

@@ -9,8 +9,8 @@ from eventstore import SQLiteEventStore
 from ovi.replay._args import Revision
 from ovi.replay._errors import ReplayError
 from ovi.replay._render import Output, fmt_time
-from ovi.replay._store import open_views, revision_at_time
-from projections.resources import ResourceState, state_at
+from ovi.replay._store import read_views, revision_at_time
+from projections.resources import ResourcesProjection, ResourceState, state_at
 
 __all__ = ["show_state", "state_of"]
 
@@ -19,13 +19,11 @@ async def state_of(store: SQLiteEventStore, at: Revision | datetime | None, *,
                    include_gone: bool = False) -> tuple[int, list[ResourceState]]:
     """The revision meant by ``at`` (default: the head) and the resources then.
 
-    The projection tables in the log's file are brought up to date first.
+    The projection is brought up to date first (see :func:`read_views`).
 
     :raises ReplayError: if ``at`` is a revision beyond the log's head.
     """
-    async with open_views(store) as views:
-        await views.catch_up()
-        head = (await views.checkpoint("resources")).position
+    async with read_views(store, [ResourcesProjection()]) as (views, head):
         if at is None:
             revision = head
         elif isinstance(at, Revision):
@@ -43,7 +41,8 @@ def state_record(state: ResourceState) -> dict[str, Any]:
     r = state.resource
     return {"id": r.id, "cloud_id": r.cloud_id, "type": r.type.value, "provider": r.provider,
             "region": r.region, "size": r.size, "status": r.status, "owner": r.owner,
-            "tags": r.tags, "exists": state.exists, "rev": state.rev, "version": state.version}
+            "tags": r.tags, "exists": state.exists, "rev": state.rev, "version": state.version,
+            "known_from": "action" if state.from_action else "observation"}
 
 
 async def show_state(store: SQLiteEventStore, out: Output, at: Revision | datetime | None, *,
@@ -60,7 +59,9 @@ async def show_state(store: SQLiteEventStore, out: Output, at: Revision | dateti
         [((s.resource.id, "bold"), (s.resource.cloud_id, None), (s.resource.type.value, None),
           (s.resource.region, None), (s.resource.size or "-", None),
           (s.resource.owner or "-", None),
-          ("yes" if s.exists else "gone", None if s.exists else "dim"), (str(s.rev), "dim"))
+          (("yes" if s.exists else "gone") + (" (from action, not yet observed)"
+                                               if s.from_action else ""),
+           None if s.exists else "dim"), (str(s.rev), "dim"))
          for s in resources],
         header=("ID", "CLOUD ID", "TYPE", "REGION", "SIZE", "OWNER", "EXISTS", "REV"),
     )

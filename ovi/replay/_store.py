@@ -1,14 +1,26 @@
-"""Opening a log for reading without ever creating one, and finding things in it."""
+"""Opening a log for reading without ever creating one, and finding things in it.
+
+Audits open the log read-only (:class:`~eventstore.SQLiteEventStore` with
+``read_only``): no DDL, no file created or chmod-ed, so a user who may only
+read the file — or a log on a read-only mount — can run every read
+subcommand. Projections they need (``state``: the resources projection) are
+read from the log's file when they are up to date there, else folded into a
+temporary file, which is said on stderr.
+"""
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, closing
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol, TypeVar
 
+import anyio
 import msgspec
 
 from eventstore import SQLiteEventStore, format_timestamp
@@ -21,15 +33,19 @@ from ovi.events import (
 )
 from ovi.replay._errors import ReplayError
 from ovi.runtime import ovi_projections
-from projections import ProjectionRunner
+from projections import CHECKPOINTS_TABLE, Projection, ProjectionRunner
 
 __all__ = [
+    "Views",
     "check_log_file",
     "open_log",
     "open_views",
+    "read_views",
     "resolve_resource",
     "revision_at_time",
 ]
+
+T = TypeVar("T")
 
 
 def check_log_file(path: Path) -> None:
@@ -50,18 +66,152 @@ def check_log_file(path: Path) -> None:
             found = db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
             ).fetchone()
+    except sqlite3.OperationalError:
+        # a -shm this user cannot create (read-only directory or mount):
+        # the store decides how to open it; here, only "is it a log?"
+        found = _has_events_table(uri.replace("mode=ro", "immutable=1"), path)
     except sqlite3.Error as exc:
         raise ReplayError(f"{path}: not an SQLite event log ({exc})") from exc
     if found is None:
         raise ReplayError(f"{path}: not an Ovi event log (it has no events table)")
 
 
+def _has_events_table(uri: str, path: Path) -> object:
+    try:
+        with closing(sqlite3.connect(uri, uri=True)) as db:
+            return db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+            ).fetchone()
+    except sqlite3.Error as exc:
+        raise ReplayError(f"{path}: not an SQLite event log ({exc})") from exc
+
+
+def _uri(path: Path, mode: str) -> str:
+    """The URI that opens ``path`` read-only as the store did (``mode``)."""
+    return f"{path.absolute().as_uri()}?{'immutable=1' if mode == 'immutable' else 'mode=ro'}"
+
+
+def _connect_like(path: Path, mode: str) -> sqlite3.Connection:
+    """A plain read-only connection opened as the store opened the file."""
+    return sqlite3.connect(_uri(path, mode), uri=True, check_same_thread=False)
+
+
 @asynccontextmanager
-async def open_log(path: Path) -> AsyncIterator[SQLiteEventStore]:
-    """The log at ``path``, which must exist. Nothing is appended through it."""
+async def open_log(path: Path, *, read_only: bool = True,
+                   chain_key: bytes | None = None) -> AsyncIterator[SQLiteEventStore]:
+    """The log at ``path``, which must exist. Nothing is appended through it;
+    read-only (the default) nothing in the file changes at all."""
     check_log_file(path)
-    async with SQLiteEventStore(path, registry(), instance_id=f"replay:{os.getpid()}") as store:
+    async with SQLiteEventStore(path, registry(), instance_id=f"replay:{os.getpid()}",
+                                read_only=read_only, chain_key=chain_key) as store:
         yield store
+
+
+class Views(Protocol):
+    """Projection tables to query: the runner's, or the log file's read-only."""
+
+    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+
+class _FileViews:
+    """Up-to-date projection tables in a log opened read-only."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(fn, self._db)
+
+
+def _checkpoints(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                  (CHECKPOINTS_TABLE,)).fetchone() is None:
+        return {}
+    rows = db.execute(f"SELECT name, position, schema_version FROM {CHECKPOINTS_TABLE}")
+    return {name: (position, version) for name, position, version in rows}
+
+
+@asynccontextmanager
+async def read_views(store: SQLiteEventStore,
+                     projections: Sequence[Projection]) -> AsyncIterator[tuple[Views, int]]:
+    """``projections`` up to date with the log, and the position they are at.
+
+    A writable store brings the tables in the log's file up to date (as the
+    service does). A read-only one reads them there when they are current
+    (same schema version, checkpoint at the head); else it folds them into
+    a temporary file that is deleted afterwards, and says so on stderr.
+    """
+    if not store.read_only:
+        async with ProjectionRunner(store, store.path, projections) as runner:
+            await runner.catch_up()
+            yield runner, (await runner.checkpoint(projections[0].name)).position
+        return
+    head = await store.last_position()
+    mode = store.read_mode or "ro"
+    with closing(_connect_like(store.path, mode)) as db:
+        stored = await anyio.to_thread.run_sync(_checkpoints, db)
+        if all(stored.get(p.name) == (head, p.schema_version) for p in projections):
+            yield _FileViews(db), head
+            return
+    usable = [p for p in projections if p.schema_version == stored.get(p.name, (0, -1))[1]]
+    since = min((stored[p.name][0] for p in usable), default=0) if len(usable) == len(
+        projections) else 0
+    names = ", ".join(p.name for p in projections)
+    sys.stderr.write(f"note: {store.path} is opened read-only and its {names} projection is"
+                     f" behind the log (at {since:,} of {head:,}): folding the"
+                     f" {head - since:,} events since into a temporary copy\n")
+    sys.stderr.flush()
+    with tempfile.TemporaryDirectory(prefix="ovi-replay-") as folder:
+        copy = Path(folder) / "views.db"
+        try:
+            await anyio.to_thread.run_sync(_copy_projections, store.path, mode, copy, usable,
+                                           stored)
+        except sqlite3.Error as exc:
+            # The file's tables are not what their checkpoint says: fold from
+            # the start instead (slower, same answer).
+            sys.stderr.write(f"note: cannot copy the projections of {store.path} ({exc});"
+                             " folding the whole log instead\n")
+            copy.unlink(missing_ok=True)
+        async with ProjectionRunner(store, copy, projections, synchronous="OFF") as runner:
+            await runner.catch_up()
+        # Some queries join the log's events (the resources projection indexes
+        # the log rather than copying it): the log is attached, read-only.
+        with closing(sqlite3.connect(copy.as_uri(), uri=True, check_same_thread=False)) as db:
+            db.execute("ATTACH DATABASE ? AS log", (_uri(store.path, mode),))
+            yield _FileViews(db), head
+
+
+def _copy_projections(path: Path, mode: str, copy: Path, projections: Sequence[Projection],
+                      stored: dict[str, tuple[int, int]]) -> None:
+    """Copy the tables (and checkpoints) of ``projections`` from the log's
+    file, opened read-only, into a new file: the runner then folds only the
+    events they miss."""
+    with closing(sqlite3.connect(copy.as_uri(), uri=True, isolation_level=None)) as db:
+        db.execute("ATTACH DATABASE ? AS source", (_uri(path, mode),))
+        db.execute("BEGIN")
+        db.execute(f"CREATE TABLE {CHECKPOINTS_TABLE} (name TEXT PRIMARY KEY,"
+                   " position INTEGER NOT NULL, schema_version INTEGER NOT NULL)")
+        for projection in projections:
+            tables = projection.tables
+            marks = ", ".join("?" * len(tables))
+            # tables before their indexes; SQLite's autoindexes have no SQL
+            for (sql,) in db.execute(
+                    "SELECT sql FROM source.sqlite_master WHERE sql IS NOT NULL AND tbl_name"
+                    f" IN ({marks}) ORDER BY type = 'index'", tables).fetchall():
+                db.execute(sql)
+            for table in tables:
+                db.execute(f'INSERT INTO main."{table}" SELECT * FROM source."{table}"')
+            # and the views over them (the resources view), which the runner
+            # only creates with the tables
+            for (sql,) in db.execute(
+                    "SELECT sql FROM source.sqlite_master WHERE type = 'view'").fetchall():
+                if any(table in sql for table in tables):
+                    db.execute(sql)
+            position, version = stored[projection.name]
+            db.execute(f"INSERT INTO {CHECKPOINTS_TABLE} VALUES (?, ?, ?)",
+                       (projection.name, position, version))
+        db.execute("COMMIT")
+        db.execute("DETACH DATABASE source")
 
 
 @asynccontextmanager

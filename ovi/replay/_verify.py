@@ -14,7 +14,13 @@ Causal rules (a violation fails verification, naming its position):
   ``DecisionMade`` about the same resource;
 - a claim's token is its claim stream's version after ``ClaimAcquired``, and
   a ``ClaimRenewed`` renews the claim in force (same token and instance, not
-  released): renewals move the stream's version, never the fencing token.
+  released): renewals move the stream's version, never the fencing token;
+- fences: every ``ActionExecuting`` was recorded by the instance holding the
+  resource's claim in force at that position, with that claim's token; and
+  no ``ClaimAcquired`` gives a claim to one instance while another's is in
+  force (not released, not expired by the new claim's ``claimed_at``) unless
+  it says it takes that one over (``takeover_of``: the coordinator does so
+  when the holder's process is gone).
 
 Two type-filtered passes keep memory proportional to the actions, never to
 the log: actions first, then only the decisions they named.
@@ -22,13 +28,13 @@ the log: actions first, then only the decisions they named.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from eventstore import EventStore
+from eventstore import Anchor, EventStore
 from ovi.events import (
     ActionExecuted,
     ActionExecuting,
@@ -67,14 +73,23 @@ class InDoubt(msgspec.Struct, frozen=True):
 class Verification(msgspec.Struct, kw_only=True):
     events_checked: int
     head_position: int
+    head_hash: str = ""
     chain_problem: Violation | None = None
+    #: anchors given, and how many were found where they were anchored
+    anchors: int = 0
+    anchors_checked: int = 0
+    anchor_problem: Violation | None = None
+    #: a keyed log; ``hashes_checked`` False when walked without its key
+    keyed: bool = False
+    hashes_checked: bool = True
     actions: int = 0
     violations: list[Violation] = []
     in_doubt: list[InDoubt] = []
 
     @property
     def first_problem(self) -> Violation | None:
-        found = [*self.violations, *([self.chain_problem] if self.chain_problem else [])]
+        found = [*self.violations, *([self.chain_problem] if self.chain_problem else []),
+                 *([self.anchor_problem] if self.anchor_problem else [])]
         return min(found, key=lambda v: v.position) if found else None
 
     @property
@@ -88,11 +103,20 @@ class _Ref(msgspec.Struct, frozen=True):
     resource_id: str
 
 
-async def verify_log(store: EventStore, *, max_violations: int = 50) -> Verification:
-    """Check the chain, then causality over the part of the log the chain vouches for."""
-    report = await store.verify()
+async def verify_log(store: EventStore, *, max_violations: int = 50,
+                     anchors: Iterable[Anchor] = ()) -> Verification:
+    """Check the chain (against ``anchors``, heads kept elsewhere), then
+    causality over the part of the log the chain vouches for."""
+    anchors = list(anchors)
+    report = await store.verify(anchors=anchors)
     result = Verification(events_checked=report.events_checked,
-                          head_position=report.head_position)
+                          head_position=report.head_position, head_hash=report.head_hash,
+                          anchors=len({a.position for a in anchors}),
+                          anchors_checked=report.anchors_checked,
+                          keyed=report.keyed, hashes_checked=report.hashes_checked)
+    if report.anchor_problem is not None:
+        result.anchor_problem = Violation(report.anchor_problem.position, "anchor",
+                                          report.anchor_problem.reason)
     until: int | None = None
     if report.problem is not None:
         result.chain_problem = Violation(report.problem.position, "hash chain",
@@ -113,7 +137,7 @@ async def _actions(store: EventStore, result: Verification, until: int | None,
     open_: dict[tuple[str, int, int], tuple[int, Any, str, datetime]] = {}
     closed: dict[tuple[str, int, int], tuple[int, ActionExecuted | ActionFailed]] = {}
     needed: dict[str, _Ref] = {}
-    claims: dict[str, ClaimAcquired | None] = {}  # resource → the claim in force
+    claims: dict[str, _Held | None] = {}  # resource → the claim in force
 
     def bad(position: int, type_: str, reason: str) -> None:
         if len(result.violations) < cap:
@@ -134,6 +158,8 @@ async def _actions(store: EventStore, result: Verification, until: int | None,
                 f" here but {first.resource_id} at position {first.position}")
         if isinstance(event, ActionExecuting):
             result.actions += 1
+            _fenced(event, recorded.instance_id, claims.get(event.resource_id), position,
+                    type_, bad)
             key = (event.decision_id, event.token, event.create_attempt)
             if key in open_ or key in closed:
                 bad(position, type_, f"decision {event.decision_id} executed again under the"
@@ -173,18 +199,58 @@ def _both_honest(first: ActionExecuted | ActionFailed,
     return (first.stale_token and recovery(second)) or (second.stale_token and recovery(first))
 
 
-def _claim(event: object, version: int, claims: dict[str, ClaimAcquired | None],
+class _Held(msgspec.Struct):
+    """The claim in force on a resource, where it was acquired, and until when."""
+
+    claim: ClaimAcquired
+    position: int
+    expires_at: datetime
+
+    @property
+    def token(self) -> int:
+        return self.claim.token
+
+    @property
+    def instance_id(self) -> str:
+        return self.claim.instance_id
+
+
+def _fenced(event: ActionExecuting, instance_id: str, held: _Held | None, position: int,
+            type_: str, bad: Callable[[int, str, str], None]) -> None:
+    """An execution is written ahead by the claim's holder, under its token."""
+    what = f"{instance_id} executes decision {event.decision_id} on {event.resource_id}"
+    if held is None:
+        bad(position, type_, f"{what} under claim token {event.token}, but no claim on it is"
+            " in force (never acquired, or released)")
+    elif (held.instance_id, held.token) != (instance_id, event.token):
+        bad(position, type_, f"{what} under claim token {event.token}, but the claim in force"
+            f" is token {held.token} of {held.instance_id} (acquired at position"
+            f" {held.position})")
+
+
+def _claim(event: object, version: int, claims: dict[str, _Held | None],
            position: int, type_: str, bad: Callable[[int, str, str], None]) -> None:
     """Follow one claim stream: tokens are stream versions, renewals renew
-    the claim in force."""
+    the claim in force, and one instance's claim never overlaps another's."""
     if isinstance(event, ClaimAcquired):
         if event.token != version:
             bad(position, type_, f"claim token {event.token} on {event.resource_id} is not the"
                 f" claim stream's version ({version})")
-        claims[event.resource_id] = event
+        held = claims.get(event.resource_id)
+        if (held is not None and held.instance_id != event.instance_id
+                and event.claimed_at < held.expires_at
+                and event.takeover_of != held.instance_id):
+            bad(position, type_, f"{event.instance_id} acquires the claim on"
+                f" {event.resource_id} while {held.instance_id} holds token {held.token}"
+                f" (acquired at position {held.position}) until {held.expires_at.isoformat()}:"
+                " two instances held one claim at once")
+        claims[event.resource_id] = _Held(event, position, event.expires_at)
     elif isinstance(event, ClaimRenewed):
         held = claims.get(event.resource_id)
-        if held is None or (held.token, held.instance_id) != (event.token, event.instance_id):
+        if held is not None and (held.token, held.instance_id) == (event.token,
+                                                                    event.instance_id):
+            held.expires_at = max(held.expires_at, event.expires_at)
+        else:
             in_force = (f"token {held.token} of {held.instance_id}" if held is not None
                         else "no claim")
             bad(position, type_, f"{event.instance_id} renews claim token {event.token} on"

@@ -54,6 +54,7 @@ from eventstore import (
     process_home,
     row_hash,
 )
+from tests.eventstore.contract_evidence import EvidenceContract
 from tests.eventstore.sample_events import Note, Ping, Secret
 
 __all__ = [
@@ -79,6 +80,8 @@ class StoreFactory(Protocol):
         *,
         clock: Callable[[], datetime] | None = None,
         instance_id: str | None = None,
+        chain_key: bytes | None = None,
+        read_only: bool = False,
     ) -> EventStore: ...
 
 
@@ -98,6 +101,12 @@ class LogTamperer(Protocol):
     async def insert_after_head(self, stream: str, type_: str, data: str) -> int:
         """Add a well-chained row after the newest one without moving the log's
         recorded head, as a writer that bypasses the store would; return its position."""
+
+    async def forge(self, position: int, data: str, *, header: str | None = None) -> None:
+        """Rewrite history as a forger with write access but no key would: set
+        the ``data`` of the row at ``position``, recompute (plain SHA-256)
+        every hash from there on and the head; with ``header``, also replace
+        the log header by that text (and the genesis, recomputing from row 1)."""
 
     def holding_write_lock(self) -> AbstractAsyncContextManager[None]:
         """Hold the log's write lock (the one appenders serialise on) from
@@ -183,7 +192,7 @@ async def next_events(
         return [await received.get() for _ in range(count)]
 
 
-class EventStoreContract:
+class EventStoreContract(EvidenceContract):
     """What every :class:`~eventstore.EventStore` backend must do."""
 
     @pytest.fixture

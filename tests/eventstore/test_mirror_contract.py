@@ -44,13 +44,16 @@ class TestMirroredStore(EventStoreContract):
             *,
             clock: Callable[[], datetime] | None = None,
             instance_id: str | None = None,
+            chain_key: bytes | None = None,
+            read_only: bool = False,
         ) -> EventStore:
             registry = registry or sample_registry()
             shared = PostgresEventStore(
                 postgres_schema.server_dsn, registry, schema=postgres_schema.name,
-                clock=clock, instance_id=instance_id)
+                clock=clock, instance_id=instance_id, chain_key=chain_key,
+                read_only=read_only)
             mirror = SQLiteEventStore(tmp_path / f"mirror-{next(made)}.db", registry,
-                                      instance_id=shared.instance_id)
+                                      instance_id=shared.instance_id, chain_key=chain_key)
             return MirroredStore(shared, mirror)
 
         return make

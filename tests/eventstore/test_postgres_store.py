@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from eventstore import (
+    GENESIS_HASH,
     BackendError,
     EventRegistry,
     EventStore,
@@ -76,6 +77,28 @@ class PostgresTamperer:
                 await db.execute(
                     "UPDATE events SET hash = $1 WHERE position = $2", row_hash(*row), position
                 )
+
+        await self._edit(change)
+
+    async def forge(self, position: int, data: str, *, header: str | None = None) -> None:
+        async def change(db: asyncpg.Connection) -> None:
+            await db.execute("UPDATE events SET data = $1 WHERE position = $2", data, position)
+            start = position
+            if header is not None:
+                await db.execute("INSERT INTO log_header (id, header) VALUES (1, $1)"
+                                 " ON CONFLICT (id) DO UPDATE SET header = excluded.header",
+                                 header)
+                start = 1
+            rows = await db.fetch(
+                "SELECT position, stream, stream_version, type, recorded_at, instance_id, data,"
+                " prev_hash FROM events WHERE position >= $1 ORDER BY position", start)
+            prev = GENESIS_HASH if header is not None else rows[0][7]
+            for at, *fields, _ in rows:
+                new = row_hash(prev, at, *fields)
+                await db.execute("UPDATE events SET prev_hash = $1, hash = $2"
+                                 " WHERE position = $3", prev, new, at)
+                prev = new
+            await db.execute("UPDATE log_head SET hash = $1 WHERE id = 1", prev)
 
         await self._edit(change)
 
@@ -144,10 +167,13 @@ class TestPostgresEventStore(EventStoreContract):
             *,
             clock: Callable[[], datetime] | None = None,
             instance_id: str | None = None,
+            chain_key: bytes | None = None,
+            read_only: bool = False,
         ) -> EventStore:
             return PostgresEventStore(
                 postgres_schema.server_dsn, registry or sample_registry(),
                 schema=postgres_schema.name, clock=clock, instance_id=instance_id,
+                chain_key=chain_key, read_only=read_only,
             )  # fmt: skip
 
         return make

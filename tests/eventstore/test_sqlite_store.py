@@ -20,6 +20,7 @@ import msgspec
 import pytest
 
 from eventstore import (
+    GENESIS_HASH,
     BackendError,
     EventRegistry,
     EventStore,
@@ -86,6 +87,28 @@ class SQLiteTamperer:
 
         self._edit(change)
 
+    async def forge(self, position: int, data: str, *, header: str | None = None) -> None:
+        def change(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE events SET data = ? WHERE position = ?", (data, position))
+            start = position
+            if header is not None:
+                db.execute("INSERT OR REPLACE INTO log_header (id, header) VALUES (1, ?)",
+                           (header,))
+                start = 1
+            rows = db.execute(
+                "SELECT position, stream, stream_version, type, recorded_at, instance_id, data,"
+                " prev_hash FROM events WHERE position >= ? ORDER BY position", (start,),
+            ).fetchall()
+            prev = GENESIS_HASH if header is not None else rows[0][7]
+            for at, *fields, _ in rows:
+                new = row_hash(prev, at, *fields)
+                db.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE position = ?",
+                           (prev, new, at))
+                prev = new
+            db.execute("UPDATE log_head SET hash = ? WHERE id = 1", (prev,))
+
+        self._edit(change)
+
     async def delete(self, *positions: int) -> None:
         self._edit(
             lambda db: db.executemany(
@@ -149,9 +172,12 @@ class TestSQLiteEventStore(EventStoreContract):
             *,
             clock: Callable[[], datetime] | None = None,
             instance_id: str | None = None,
+            chain_key: bytes | None = None,
+            read_only: bool = False,
         ) -> EventStore:
             return SQLiteEventStore(
-                log_path, registry or sample_registry(), clock=clock, instance_id=instance_id
+                log_path, registry or sample_registry(), clock=clock, instance_id=instance_id,
+                chain_key=chain_key, read_only=read_only,
             )
 
         return make

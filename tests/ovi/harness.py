@@ -3,12 +3,20 @@ fake provider and a clock the test moves by hand."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from eventstore import EventStore, RecordedEvent, SQLiteEventStore
+from eventstore import (
+    ANY,
+    Event,
+    EventStore,
+    MirroredStore,
+    PostgresEventStore,
+    RecordedEvent,
+    SQLiteEventStore,
+)
 from ovi.config import Config, parse_config
 from ovi.engine import CycleResult, Engine
 from ovi.events import ActionExecuted, registry, resource_stream
@@ -82,6 +90,24 @@ class Env:
             await self.store.append(resource_stream(r.tags[ID_TAG]), [ActionExecuted(
                 cycle_id="earlier", decision_id=f"d-made-{r.cloud_id}", action=Action.CREATE,
                 resource_id=r.tags[ID_TAG], cloud_id=r.cloud_id, token=0)])
+
+    async def append_as(self, instance_id: str, stream: str, events: Sequence[Event], *,
+                        expected_version: int | None = ANY) -> None:
+        """Append as another instance would (its id in the rows): a crashed
+        one's write-ahead is recorded by that instance, under its claim."""
+        store = self.store
+        other: EventStore
+        if isinstance(store, MirroredStore):
+            shared = store.shared
+            assert isinstance(shared, PostgresEventStore)
+            other = PostgresEventStore(shared._dsn, registry(), schema=shared.schema,
+                                       instance_id=instance_id, clock=self._clock)
+        else:
+            assert isinstance(store, SQLiteEventStore)
+            other = SQLiteEventStore(store.path, registry(), instance_id=instance_id,
+                                     clock=self._clock)
+        async with other:
+            await other.append(stream, events, expected_version=expected_version)
 
     async def events(self, after: int = 0) -> list[RecordedEvent]:
         return [e async for e in self.store.read(after=after)]

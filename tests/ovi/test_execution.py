@@ -235,7 +235,7 @@ async def test_action_in_doubt_is_resolved_at_start(tmp_path: Path) -> None:
             await env.store.append(claim_stream(decision.resource_id), [ClaimAcquired(
                 resource_id=decision.resource_id, instance_id="dead:1", claimed_at=env.clock(),
                 expires_at=env.clock() + timedelta(minutes=1), token=1)], expected_version=0)
-            await env.store.append(resource_stream(decision.resource_id), [ActionExecuting(
+            await env.append_as("dead:1", resource_stream(decision.resource_id), [ActionExecuting(
                 cycle_id="crashed", decision_id=decision.decision_id, action=Action.CREATE,
                 resource_id=decision.resource_id, cloud_id=None, token=1)])
         web0 = plan.decisions[0]

@@ -68,7 +68,7 @@ async def test_an_action_in_doubt_is_resolved_once_when_two_instances_recover_it
         await first.store.append(claim_stream("web-0"), [ClaimAcquired(
             resource_id="web-0", instance_id="dead:1", claimed_at=first.clock(),
             expires_at=first.clock() + timedelta(minutes=1), token=1)], expected_version=0)
-        await first.store.append(resource_stream("web-0"), [ActionExecuting(
+        await first.append_as("dead:1", resource_stream("web-0"), [ActionExecuting(
             cycle_id="crashed", decision_id=decision.decision_id, action=Action.CREATE,
             resource_id="web-0", cloud_id=None, token=1)])
         first.clock.advance(minutes=2)
@@ -183,7 +183,7 @@ async def test_recovery_that_cannot_start_a_resized_instance_still_owes_the_star
         await env.store.append(claim_stream("web-0"), [ClaimAcquired(
             resource_id="web-0", instance_id="dead:1", claimed_at=env.clock(),
             expires_at=env.clock() + timedelta(minutes=1), token=1)], expected_version=0)
-        await env.store.append(resource_stream("web-0"), [ActionExecuting(
+        await env.append_as("dead:1", resource_stream("web-0"), [ActionExecuting(
             cycle_id="crashed", decision_id=decision.decision_id, action=Action.UPDATE,
             resource_id="web-0", cloud_id="i-web0", token=1, was_running=True)])
         env.provider.resources["i-web0"] = msgspec.structs.replace(

@@ -203,7 +203,7 @@ async def test_recovery_starts_an_instance_a_crash_left_stopped(tmp_path: Path) 
         await env.store.append(claim_stream("web-0"), [ClaimAcquired(
             resource_id="web-0", instance_id="dead:1", claimed_at=env.clock(),
             expires_at=env.clock() + timedelta(minutes=1), token=1)], expected_version=0)
-        await env.store.append(resource_stream("web-0"), [ActionExecuting(
+        await env.append_as("dead:1", resource_stream("web-0"), [ActionExecuting(
             cycle_id="crashed", decision_id=decision.decision_id, action=Action.UPDATE,
             resource_id="web-0", cloud_id="i-web0", token=1, was_running=True)])
         env.provider.resources["i-web0"] = msgspec.structs.replace(web0(env), status="stopped")

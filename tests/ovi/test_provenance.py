@@ -4,6 +4,8 @@ the engine on real SQLite files with a fake provider."""
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import msgspec
@@ -11,8 +13,11 @@ import pytest
 
 from ovi.app import grant_adoption
 from ovi.config import parse_config
+from ovi.events import AdoptionGranted, registry
 from ovi.model import ID_TAG, OWNER_TAG, Action, DiffType, ResourceType
 from ovi.replay import backtest
+from ovi.replay._describe import describe
+from ovi.replay._render import fmt_time
 from projections.findings import made_locations, provenance
 from tests.ovi.harness import config_text, environment, unmanaged
 
@@ -127,3 +132,29 @@ async def test_a_grant_to_adopt_an_unowned_resource_does_not_take_it_from_a_late
     (decision,) = result.decisions
     assert decision.action is Action.ADOPT, decision.reason
     assert env.provider.resources["assets-0"].tags[OWNER_TAG] != "team-c"
+
+
+@pytest.mark.asyncio
+async def test_an_adoption_grant_records_the_os_user_and_host_besides_by(
+    tmp_path: Path
+) -> None:
+    bucket = unmanaged("assets-0", type_=ResourceType.S3)
+    async with environment(tmp_path, bucket) as env:
+        await env.cycle(config_text("{type: s3, name: assets}"))
+        _, actor = await grant_adoption(tmp_path / "ovi.db", "aws/us-east-1/s3/assets-0",
+                                        as_id="assets-0", by="ann")
+        (granted,) = [e.event for e in await env.events()
+                      if isinstance(e.event, AdoptionGranted)]
+    assert granted.by == "ann" and granted.actor == actor
+    assert (actor.uid, actor.host) == (os.getuid(), socket.gethostname())
+    assert describe(granted).endswith(
+        f"granted by ann (user {actor.user}, uid {actor.uid} on {actor.host})"
+        f" at {fmt_time(granted.at)}")
+
+
+def test_an_adoption_grant_from_an_older_log_without_the_actor_still_decodes() -> None:
+    old = msgspec.json.encode({"resource_id": "assets-0", "identity": "aws/us-east-1/s3/x",
+                               "cloud_id": "x", "by": "ann", "at": "2026-11-26T12:00:00Z"})
+    granted = registry().decode("AdoptionGranted", old.decode())
+    assert isinstance(granted, AdoptionGranted) and granted.actor is None
+    assert "granted by ann (OS user not recorded)" in describe(granted)

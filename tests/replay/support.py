@@ -88,13 +88,20 @@ def copy_log(story: Story, directory: Path) -> Path:
 
 
 def replay(*args: str, store: Path | None = None, timeout: float = 60,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m ovi.replay ARGS [--store STORE]`` in a child process."""
+           env: dict[str, str] | None = None,
+           as_uid: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m ovi.replay ARGS [--store STORE]`` in a child process; with
+    ``as_uid``, as that OS user (and group), without supplementary groups."""
     command = [sys.executable, "-m", "ovi.replay", *args]
+    if as_uid is not None:
+        command = ["setpriv", f"--reuid={as_uid}", f"--regid={as_uid}", "--clear-groups",
+                   *command]
     if store is not None:
         command += ["--store", str(store)]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OVI_")}
     environ["NO_COLOR"] = "1"
+    if as_uid is not None:
+        environ["PYTHONDONTWRITEBYTECODE"] = "1"  # that user may not write __pycache__
     environ.update(env or {})
     return subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True,
                           timeout=timeout, check=False)

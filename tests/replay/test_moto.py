@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def test_replay_explains_an_approved_delete_in_aws(aws: str, tmp_path: Path) -> 
     assert why.returncode == 0, why.stderr
     assert "Why Ovi decided to delete old-0" in why.stdout
     assert "granted by alice" in why.stdout and "done: delete executed" in why.stdout
+    assert f"granted by alice (user root, uid {os.getuid()} on" in why.stdout  # who ran it
     assert f"from {config}" in why.stdout  # the config version and its file
     assert f"{surplus} was no longer found in aws/us-east-1/ec2" in why.stdout
     state = json_object(replay("state", "--json", store=log))

@@ -80,6 +80,17 @@ async def _append(path: Path, *events: ActionExecuting | ActionExecuted) -> None
             await store.append(resource_stream(event.resource_id), [event])
 
 
+async def _claim(path: Path, resource_id: str) -> int:
+    """A claim for "tester" (the fence its executions must hold); its token."""
+    async with SQLiteEventStore(path, registry(), instance_id="tester") as store:
+        token = await store.stream_version(claim_stream(resource_id)) + 1
+        now = await store.now()
+        await store.append(claim_stream(resource_id), [ClaimAcquired(
+            resource_id=resource_id, instance_id="tester", claimed_at=now,
+            expires_at=now + timedelta(minutes=10), token=token)], expected_version=token - 1)
+    return token
+
+
 def _executing(decision_id: str, token: int = 1, resource_id: str = "web-0") -> ActionExecuting:
     return ActionExecuting(cycle_id="c", decision_id=decision_id, action=Action.CREATE,
                            resource_id=resource_id, cloud_id=None, token=token)
@@ -93,10 +104,11 @@ def _executed(decision_id: str, token: int = 1, resource_id: str = "web-0") -> A
 def test_a_second_outcome_fails_verification_with_its_position(story: Story,
                                                                tmp_path: Path) -> None:
     path = copy_log(story, tmp_path)
-    head = asyncio.run(_count(path))
     decision = _decision_of(path, "web-1")
-    asyncio.run(_append(path, _executing(decision, 9, "web-1"), _executed(decision, 9, "web-1"),
-                        _executed(decision, 9, "web-1")))
+    token = asyncio.run(_claim(path, "web-1"))
+    head = asyncio.run(_count(path))
+    asyncio.run(_append(path, _executing(decision, token, "web-1"),
+                        _executed(decision, token, "web-1"), _executed(decision, token, "web-1")))
     report = json_object(replay("verify", "--json", store=path))
     assert report["chain"] is None and report["ok"] is False
     assert report["first_bad_position"] == head + 3
@@ -122,9 +134,10 @@ async def test_causal_violations_and_actions_in_doubt(tmp_path: Path) -> None:
         plan = await env.cycle(config_text("{type: ec2, name: web}"))
         decision = plan.decisions[0].decision_id
         stream = resource_stream("web-0")
-        await env.store.append(stream, [_executing(decision)])  # then a crash: in doubt
+        await _claim(tmp_path / "ovi.db", "web-0")
+        await env.append_as("tester", stream, [_executing(decision)])  # then a crash: in doubt
         await env.store.append(stream, [_executed(decision, token=2)])  # no executing
-        await env.store.append(stream, [_executing("d-nobodymadeit")])
+        await env.append_as("tester", stream, [_executing("d-nobodymadeit")])
         await env.store.append(stream, [ActionFailed(
             cycle_id="c", decision_id="d-nobodymadeit", action=Action.CREATE,
             resource_id="web-0", cloud_id=None, token=1, error="x", retryable=True)])
@@ -135,6 +148,8 @@ async def test_causal_violations_and_actions_in_doubt(tmp_path: Path) -> None:
     assert reasons[0][0] == "ActionExecuted" and "without an ActionExecuting" in reasons[0][1]
     assert any("d-nobodymadeit" in r and "no earlier DecisionMade" in r for _, r in reasons)
     assert any("concerns web-9 here but web-0" in r for _, r in reasons)
+    assert any("on web-9 under claim token 3, but no claim on it is in force" in r
+               for _, r in reasons)
     assert [(d.decision_id, d.token) for d in report.in_doubt] == [(decision, 1), (decision, 3)]
     assert report.first_problem is not None
     assert report.first_problem.position == report.violations[0].position
@@ -144,15 +159,17 @@ async def test_causal_violations_and_actions_in_doubt(tmp_path: Path) -> None:
 async def test_in_doubt_alone_is_not_a_failure(tmp_path: Path) -> None:
     async with environment(tmp_path) as env:
         plan = await env.cycle(config_text("{type: ec2, name: web}"))
-        await env.store.append(resource_stream("web-0"),
-                               [_executing(plan.decisions[0].decision_id)])
+        await _claim(tmp_path / "ovi.db", "web-0")
+        await env.append_as("tester", resource_stream("web-0"),
+                            [_executing(plan.decisions[0].decision_id)])
         report = await verify_log(env.store)
     assert report.ok and len(report.in_doubt) == 1 and report.actions == 1
 
 
 def test_in_doubt_is_reported_and_verify_still_passes(story: Story, tmp_path: Path) -> None:
     path = copy_log(story, tmp_path)
-    asyncio.run(_append(path, _executing(_decision_of(path, "web-1"), 7, "web-1")))
+    token = asyncio.run(_claim(path, "web-1"))
+    asyncio.run(_append(path, _executing(_decision_of(path, "web-1"), token, "web-1")))
     done = replay("verify", store=path)
     assert done.returncode == 0, done.stdout
     assert "in doubt     1 execution(s) started without an outcome" in done.stdout
@@ -176,11 +193,13 @@ async def test_claim_histories_renewals_and_an_honest_late_outcome(tmp_path: Pat
             ClaimAcquired(resource_id="web-0", instance_id="a", claimed_at=now,
                           expires_at=later, token=1),
             renewal(1, "a"),  # fine: version 2, token still 1
+        ])
+        await env.append_as("a", resource_stream("web-0"), [_executing(decision)])
+        await env.store.append(claims, [
             ClaimAcquired(resource_id="web-0", instance_id="b", claimed_at=now,
                           expires_at=later, token=3, takeover_of="a"),
         ])
         await env.store.append(resource_stream("web-0"), [
-            _executing(decision),
             # b's recovery resolved a's action; a, late, says what it did: flagged.
             ActionFailed(cycle_id="c", decision_id=decision, action=Action.CREATE,
                          resource_id="web-0", cloud_id=None, token=1, error="x",

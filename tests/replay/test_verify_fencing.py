@@ -25,12 +25,6 @@ from tests.ovi.harness import config_text, environment
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verify pairs executions with outcomes and follows claim streams, but never checks"
-    " that an ActionExecuting (or a plain, unflagged outcome) was recorded by the"
-    " instance holding the claim in force with that claim's token; deciding which"
-    " claimless logs older Ovis or hand-made fixtures wrote still count as honest is"
-    " a design call (see the review report)"))
 async def test_an_execution_by_an_instance_that_does_not_hold_the_claim_fails_verify(
     tmp_path: Path
 ) -> None:
@@ -54,3 +48,23 @@ async def test_an_execution_by_an_instance_that_does_not_hold_the_claim_fails_ve
         report = await verify_log(env.store)
     assert not report.ok
     assert any("mallory" in v.reason and "claim" in v.reason for v in report.violations)
+
+
+async def test_two_instances_holding_one_claim_at_once_fails_verify(tmp_path: Path) -> None:
+    async with environment(tmp_path, instance_id="a") as env:
+        await env.cycle(config_text("{type: ec2, name: web}"))
+        now = env.clock()
+        stream = claim_stream("web-0")
+        await env.store.append(stream, [ClaimAcquired(
+            resource_id="web-0", instance_id="a", claimed_at=now,
+            expires_at=now + timedelta(minutes=10), token=1)], expected_version=0)
+        first = await env.store.last_position()
+        # b claims it while a's claim runs, without saying it takes it over
+        await env.store.append(stream, [ClaimAcquired(
+            resource_id="web-0", instance_id="b", claimed_at=now + timedelta(minutes=1),
+            expires_at=now + timedelta(minutes=11), token=2)], expected_version=1)
+        report = await verify_log(env.store)
+    (violation,) = report.violations
+    assert violation.position == first + 1
+    assert f"while a holds token 1 (acquired at position {first})" in violation.reason
+    assert "two instances held one claim at once" in violation.reason

@@ -77,7 +77,12 @@ def test_state_at_a_revision_is_what_was_observed_then(story: Story) -> None:
 def test_state_at_a_time_and_in_text(story: Story) -> None:
     by_time = json_object(replay("state", "--at", "2026-11-26T12:03:30", "--json",
                                  store=story.path))
-    assert "old-0" in [r["id"] for r in by_time["resources"]]  # deleted, not yet observed gone
+    # deleted by then: gone at the delete's revision, known from the action
+    assert "old-0" not in [r["id"] for r in by_time["resources"]]
+    with_gone = json_object(replay("state", "--at", "2026-11-26T12:03:30", "--all", "--json",
+                                   store=story.path))
+    (old,) = [r for r in with_gone["resources"] if r["id"] == "old-0"]
+    assert (old["exists"], old["known_from"]) == (False, "action")
     before = json_object(replay("state", "--at", "2026-11-26T11:00:00Z", "--json",
                                 store=story.path))
     assert before == {"revision": 0, "resources": []}
