@@ -49,6 +49,11 @@ async def copy_new_rows(
     Rows committed to ``source`` while this runs may or may not be copied:
     the next call copies them.
 
+    An empty ``target`` is first given ``source``'s header
+    (:meth:`EventStore.write_header`), so a keyed log's copy is keyed alike.
+
+    :raises ChainKeyError: if ``source`` is keyed and ``target`` does not
+        hold its key.
     :raises MirrorMismatchError: if ``target``'s newest row is not in
         ``source`` (another hash at that position, or ``source`` ends before
         it); nothing was copied.
@@ -57,6 +62,10 @@ async def copy_new_rows(
     :raises EventStoreError: if either store fails.
     """
     newest = await _newest_row(target)
+    if newest is None:
+        # An empty target takes the source's header first (keyed or not, and
+        # by which key): the rows copied are checked, and later verified, by it.
+        await target.write_header(await source.read_header())
     after = 0 if newest is None else newest[0] - 1
     pending: list[RawRow] = []
     checked = newest is None

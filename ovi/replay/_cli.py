@@ -248,7 +248,8 @@ _WRITING = frozenset({"rebuild"})
 
 
 async def _copy(args: argparse.Namespace, out: Output) -> int:
-    report = await copy_log(args.source, args.target)
+    report = await copy_log(args.source, args.target,
+                            chain_key=load_chain_key(getattr(args, "chain_key_file", None)))
     if out.as_json:
         out.json(report)
     else:

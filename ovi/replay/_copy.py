@@ -29,8 +29,9 @@ class CopyReport(msgspec.Struct, frozen=True):
     head_hash: str
 
 
-def _opened(store: str) -> EventStore:
-    return store_for(store, registry(), instance_id=f"replay:{os.getpid()}")
+def _opened(store: str, chain_key: bytes | None) -> EventStore:
+    return store_for(store, registry(), instance_id=f"replay:{os.getpid()}",
+                     chain_key=chain_key)
 
 
 def _check_files(source: str, target: str) -> None:
@@ -41,9 +42,11 @@ def _check_files(source: str, target: str) -> None:
         raise ReplayError(f"--to {shown(target)}: is the --from log itself")
 
 
-async def copy_log(source: str, target: str) -> CopyReport:
+async def copy_log(source: str, target: str, *, chain_key: bytes | None = None) -> CopyReport:
     """Copy every row of ``source`` into ``target``, which must be empty (a
     missing SQLite file is created). Progress shows on a terminal's stderr.
+    The copy carries the source's header: a keyed log (``chain_key``, which
+    both need) gives a keyed copy.
 
     :raises ReplayError: if ``source`` is no log, ``target`` is it, or
         ``target`` already holds events.
@@ -51,7 +54,7 @@ async def copy_log(source: str, target: str) -> CopyReport:
         before it are copied), or either store fails.
     """
     _check_files(source, target)
-    async with _opened(source) as src, _opened(target) as dst:
+    async with _opened(source, chain_key) as src, _opened(target, chain_key) as dst:
         held = await dst.last_position()
         if held:
             raise ReplayError(f"--to {dst.location}: already holds {held:,} events; copy"
