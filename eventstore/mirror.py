@@ -113,6 +113,9 @@ class MirroredStore(EventStore):
             # The mirror carries the shared log's header (keyed or not) before
             # any row: the rows it copies are checked against it.
             await self.mirror.write_header(await self.shared.read_header())
+            # and is marked as a mirror: a plain SQLite log opened on the
+            # file refuses appends (they belong to the shared log).
+            await self.mirror.mark_as_mirror(self.shared.location)
             await self._pull()
         except BaseException:
             await self._close_backend()
