@@ -6,12 +6,19 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 
-from eventstore._dsn import is_postgres_dsn
+from eventstore._dsn import is_postgres_dsn, looks_like_conninfo, mask_dsn
 from eventstore._events import EventRegistry
 from eventstore._store import EventStore
 from eventstore.sqlite import SQLiteEventStore
 
-__all__ = ["store_for"]
+__all__ = ["conninfo_refusal", "store_for"]
+
+
+def conninfo_refusal(spec: str) -> str:
+    """The message refusing libpq's ``key=value`` form ``spec`` (masked)."""
+    return (f"{mask_dsn(spec)!r} is libpq's key=value form, which Ovi does not take: use a"
+            " postgresql:// URL (postgresql://USER@HOST:PORT/DBNAME, the password from"
+            " $PGPASSWORD or ~/.pgpass)")
 
 
 def store_for(
@@ -34,11 +41,14 @@ def store_for(
     log (:class:`~eventstore.MirroredStore`: appends go to the server, reads
     come from the mirror); with a path it is ignored (the file is the log).
 
-    :raises ValueError: if ``spec`` is empty.
+    :raises ValueError: if ``spec`` is empty, or libpq's ``key=value`` form
+        (which would otherwise become a file named with its password).
     """
     text = os.fspath(spec)
     if not text:
         raise ValueError("store: expected a path or a postgresql:// URL, got an empty string")
+    if looks_like_conninfo(text):
+        raise ValueError(conninfo_refusal(text))
     if is_postgres_dsn(text):
         from eventstore.postgres import PostgresEventStore
 
