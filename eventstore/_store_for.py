@@ -30,12 +30,15 @@ def store_for(
     mirror: str | os.PathLike[str] | None = None,
     chain_key: bytes | None = None,
     read_only: bool = False,
+    create_schema: bool = False,
 ) -> EventStore:
     """An unopened store for ``spec``: a ``postgresql://`` or ``postgres://``
     URL gives a :class:`~eventstore.PostgresEventStore` (its schema from the
     URL's ``options=-csearch_path=…``, else the server's default), anything
     else is the path of a :class:`~eventstore.SQLiteEventStore` file.
-    ``chain_key`` and ``read_only`` are the stores' (see :class:`~eventstore.EventStore`).
+    ``chain_key`` and ``read_only`` are the stores' (see :class:`~eventstore.EventStore`);
+    ``create_schema`` lets a URL's missing ``search_path`` schema be created
+    (:class:`~eventstore.PostgresEventStore`).
 
     With a URL, ``mirror`` names the local SQLite file that mirrors the shared
     log (:class:`~eventstore.MirroredStore`: appends go to the server, reads
@@ -53,7 +56,8 @@ def store_for(
         from eventstore.postgres import PostgresEventStore
 
         shared = PostgresEventStore(text, registry, instance_id=instance_id, clock=clock,
-                                    chain_key=chain_key, read_only=read_only)
+                                    chain_key=chain_key, read_only=read_only,
+                                    create_schema=create_schema)
         if mirror is None:
             return shared
         from eventstore.mirror import MirroredStore

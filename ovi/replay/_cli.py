@@ -134,7 +134,8 @@ def parser() -> argparse.ArgumentParser:
     copy.add_argument("--from", dest="source", required=True, metavar="STORE",
                       help="the log to copy: a SQLite file or a postgresql:// URL")
     copy.add_argument("--to", dest="target", required=True, metavar="STORE",
-                      help="an empty log (a missing file or schema is created)")
+                      help="an empty log (a missing file, or the missing schema a URL's"
+                           " search_path names, is created)")
     return main
 
 
