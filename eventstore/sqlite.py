@@ -202,6 +202,10 @@ class SQLiteEventStore(EventStore):
         if self.read_only:
             await self._open_read_only()
             return
+        if self.path.exists() and not self.path.is_file():
+            # Checked first: making "the log" private would chmod a directory.
+            raise BackendError(f"cannot open event log {self.path}: not a file (a directory?);"
+                               " name the log's file")
         try:
             create_private_file(self.path)
         except OSError as exc:
