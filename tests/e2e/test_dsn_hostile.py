@@ -2,8 +2,8 @@
 output, an error or the disk. Each case runs ``ovi plan`` in a child process
 that fails at opening the log, before anything talks to "AWS".
 
-Tests marked ``xfail(strict=True)`` are problems found and not fixed yet; the
-reason says what happens instead.
+Each test reproduces a problem the review proved (it failed before the fix);
+they pass now, and a regression fails them.
 """
 
 from __future__ import annotations

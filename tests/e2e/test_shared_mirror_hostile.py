@@ -2,8 +2,8 @@
 directory share its default mirror (``./ovi-mirror.db``) — the service and an
 operator's commands, say. None needs AWS here.
 
-Tests marked ``xfail(strict=True)`` are problems found and not fixed yet; the
-reason says what happens instead.
+Each test reproduces a problem the review proved (it failed before the fix);
+they pass now, and a regression fails them.
 """
 
 from __future__ import annotations

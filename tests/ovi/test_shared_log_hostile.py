@@ -2,8 +2,8 @@
 engine: each host an :class:`Engine` with its own clock and its own SQLite
 mirror of one shared log, all on one (fake) estate.
 
-Tests marked ``xfail(strict=True)`` are problems found and not fixed yet; the
-reason says what happens instead.
+Each test reproduces a problem the review proved (it failed before the fix);
+they pass now, and a regression fails them.
 """
 
 from __future__ import annotations

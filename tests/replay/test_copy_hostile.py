@@ -1,7 +1,7 @@
 """Hostile review of ``replay copy`` (issue 12): what a copy must never do.
 
-Tests marked ``xfail(strict=True)`` are problems found and not fixed yet; the
-reason says what happens instead.
+Each test reproduces a problem the review proved (it failed before the fix);
+they pass now, and a regression fails them.
 """
 
 from __future__ import annotations

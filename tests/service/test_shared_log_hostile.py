@@ -2,8 +2,8 @@
 process with a fake provider, while another host running a newer Ovi writes
 to the same log.
 
-Tests marked ``xfail(strict=True)`` are problems found and not fixed yet; the
-reason says what happens instead.
+Each test reproduces a problem the review proved (it failed before the fix);
+they pass now, and a regression fails them.
 """
 
 from __future__ import annotations
