@@ -1,0 +1,156 @@
+"""Hostile review of the log as evidence (issue 13), at the store: ways to
+make a keyed log take an unkeyed row, anchors vouch for an edited row, or a
+read-only audit leave files behind. Each strict xfail is a finding of the
+review; the reason says what is wrong and where."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from eventstore import (
+    Anchor,
+    EventStore,
+    PostgresEventStore,
+    SQLiteEventStore,
+    append_anchor,
+    read_anchors,
+)
+from tests.eventstore.sample_events import Note, Ping, sample_registry
+from tests.postgres import PostgresSchema
+
+KEY = b"k" * 32
+
+StoreMaker = Callable[..., EventStore]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
+    if request.param == "sqlite":
+        def sqlite(**options: object) -> EventStore:
+            return SQLiteEventStore(tmp_path / "ovi.db", sample_registry(), **options)  # type: ignore[arg-type]
+        return sqlite
+    schema: PostgresSchema = request.getfixturevalue("postgres_schema")
+
+    def postgres(**options: object) -> EventStore:
+        return PostgresEventStore(schema.server_dsn, sample_registry(), schema=schema.name,
+                                  **options)  # type: ignore[arg-type]
+    return postgres
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a log is keyed or not from its first event, but the header is only read at open():"
+    " a writer that opened the empty log without the key keeps hashing with plain SHA-256"
+    " after a keyed writer replaced the header (_load_chain's replace=True), and its"
+    " append chains an unkeyed row onto the keyed genesis; _commit_group should re-read"
+    " the header in the append transaction while the log is empty and refuse a mismatch"))
+@pytest.mark.asyncio
+async def test_a_writer_that_opened_the_empty_log_unkeyed_cannot_append_once_it_is_keyed(
+    make_store: StoreMaker,
+) -> None:
+    unkeyed = await make_store(instance_id="a").open()
+    try:
+        async with make_store(instance_id="b", chain_key=KEY) as keyed:
+            assert (await keyed.read_header()).keyed
+            try:
+                await unkeyed.append("s", [Ping(n=1)])  # should be refused
+            except Exception:  # any refusal is right here
+                pass
+            await keyed.append("s", [Ping(n=2)])
+            report = await keyed.verify()
+    finally:
+        await unkeyed.aclose()
+    assert report.ok, report.problem  # the log must never hold a row that does not verify
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "in a keyed log the row hashes are HMACs, so an auditor without the key checks no"
+    " hash at all: a row whose data was edited (hashes left as they were) still matches"
+    " every anchor, and verify(anchors=…) reports ok with the anchors checked. Anchors"
+    " only bind content through a hash anyone can recompute: keep a plain SHA-256 chain"
+    " in every log and put the HMAC in a column of its own (or over the SHA-256 hash),"
+    " or at least never count anchors as checked when the hashes were not"))
+@pytest.mark.asyncio
+async def test_anchors_checked_without_the_key_do_not_vouch_for_an_edited_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ovi.db"
+    async with SQLiteEventStore(path, sample_registry(), chain_key=KEY) as store:
+        await store.append("s", [Ping(n=1), Note(text="the truth"), Ping(n=3)])
+        head = await store.head()
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("DROP TRIGGER events_append_only_update")
+        db.execute("UPDATE events SET data = ? WHERE position = 2", ('{"text":"a lie"}',))
+    async with SQLiteEventStore(path, sample_registry(), read_only=True) as audit:
+        report = await audit.verify(anchors=[Anchor(position=head.position, hash=head.hash)])
+        (note,) = [e.event async for e in audit.read(types=("Note",))]
+    assert note == Note(text="a lie")
+    assert not (report.ok and report.anchors_checked), (
+        "the anchors were reported as holding a log whose row 2 was rewritten")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "connect_read_only promises 'no file created beside it', but when the auditor may"
+    " write the log's directory (the log's owner, root) mode=ro still creates -wal and"
+    " -shm files and leaves them behind; open immutable (or with the unix-none VFS and"
+    " locking_mode) when neither side file exists, or remove what the audit created"))
+@pytest.mark.asyncio
+async def test_a_read_only_audit_by_the_owner_creates_no_file_beside_the_log(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ovi.db"
+    async with SQLiteEventStore(path, sample_registry()) as store:
+        await store.append("s", [Ping(n=1)])
+    before = _snapshot(tmp_path)
+    async with SQLiteEventStore(path, sample_registry(), read_only=True) as audit:
+        assert (await audit.verify()).ok
+    assert _snapshot(tmp_path) == before
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file in ``directory``: its bytes and modification time."""
+    return {file.name: (file.read_bytes(), file.stat().st_mtime_ns)
+            for file in sorted(directory.iterdir())}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the data column is TEXT, but SQLite keeps whatever type is written: a row whose"
+    " data is the same bytes as a BLOB is read and shown by every reader, and verify"
+    " dies in row_hash with AttributeError ('bytes' object has no attribute 'encode'),"
+    " a traceback instead of a broken chain at that position; check the column types in"
+    " ChainVerifier.feed (and read_raw) and report the row"))
+@pytest.mark.asyncio
+async def test_verify_reports_a_row_whose_data_is_not_text_at_its_position(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ovi.db"
+    async with SQLiteEventStore(path, sample_registry()) as store:
+        await store.append("s", [Ping(n=1), Note(text="x"), Ping(n=3)])
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("DROP TRIGGER events_append_only_update")
+        db.execute("UPDATE events SET data = CAST(data AS BLOB) WHERE position = 2")
+    async with SQLiteEventStore(path, sample_registry(), read_only=True) as audit:
+        report = await audit.verify()
+    assert report.problem is not None and report.problem.position == 2
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "append_anchor appends after whatever the file ends with: after one torn write (a"
+    " crash or power loss mid-line) the next cycle's anchor is glued onto the partial"
+    " line, and from then on read_anchors refuses the whole file, so every later verify"
+    " --anchors fails on a line no one can fix; start a new line when the file does not"
+    " end with one (and let read_anchors report a torn last line without losing the rest)"))
+def test_an_anchor_file_survives_a_torn_last_line(tmp_path: Path) -> None:
+    anchors = tmp_path / "ovi.anchors"
+    first = Anchor(position=3, hash="a" * 64)
+    append_anchor(anchors, [first])
+    with anchors.open("ab") as torn:
+        torn.write(b'{"position": 9, "hash": "bb')  # the crash
+    later = Anchor(position=12, hash="c" * 64)
+    append_anchor(anchors, [later])
+    assert [(a.position, a.hash) for a in read_anchors(anchors)] == [
+        (3, first.hash), (12, later.hash)]

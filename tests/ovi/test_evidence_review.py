@@ -1,0 +1,111 @@
+"""Hostile review of issue 13 in the engine: a keyed log is meant to make a
+row written without the key worthless, but the service must then not act on
+one. Each strict xfail is a finding of the review; its reason says what."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from eventstore import SQLiteEventStore, row_hash
+from ovi.events import ApprovalGranted, registry, resource_stream
+from ovi.model import Action
+from ovi.providers.fake import FakeProvider
+from ovi.replay import verify_log
+from ovi.runtime import ovi_projections
+from projections import ProjectionRunner
+from tests.ovi.harness import Clock, Env, config_text, managed
+
+pytestmark = pytest.mark.asyncio
+
+KEY = b"K" * 32
+CONFIG = config_text(rules="grace_period: 0s")  # old-0 is no longer desired
+
+
+def _forge_approval(path: Path, decision_id: str) -> int:
+    """What someone with write access to the file but not the key does: append
+    an approval as a well-chained row (plain SHA-256, the only hash they can
+    compute) and move the head onto it. Returns its position."""
+    stream = resource_stream("old-0")
+    type_, data = registry().encode(ApprovalGranted(
+        decision_id=decision_id, resource_id="old-0", by="alice", at=datetime.now(UTC)))
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        position, prev, recorded_at = db.execute(
+            "SELECT position, hash, recorded_at FROM events ORDER BY position DESC"
+            " LIMIT 1").fetchone()
+        (version,) = db.execute("SELECT max(stream_version) FROM events WHERE stream = ?",
+                                (stream,)).fetchone()
+        at, row = position + 1, (stream, version + 1, type_, recorded_at, "ovi", data)
+        forged = row_hash(prev, at, *row)
+        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (at, *row, prev, forged))
+        db.execute("UPDATE log_head SET position = ?, hash = ? WHERE id = 1", (at, forged))
+        db.execute("COMMIT")
+    return int(at)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the writer checks only that the recorded head is the newest row's hash"
+    " (check_head), never that rows it did not write verify under the key: a row"
+    " appended without the key (an ApprovalGranted with a plain SHA-256 hash) is folded"
+    " and acted on, the delete it approves is executed, and the service chains its own"
+    " HMACs after it. A keyed writer should check the HMAC of every row it has not"
+    " written before folding it (incrementally, from the last row it checked), and"
+    " refuse the log (LogCorruptedError) at the first that fails"))
+async def test_a_keyed_service_does_not_act_on_a_row_forged_without_the_key(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "ovi.db"
+    clock = Clock()
+    old = managed("old-0", "i-old")
+    async with SQLiteEventStore(path, registry(), instance_id="ovi", clock=clock,
+                                chain_key=KEY) as store, \
+            ProjectionRunner(store, path, ovi_projections()) as views:
+        env = Env(store, views, FakeProvider([old]), clock)
+        (decision,) = (await env.cycle(CONFIG)).decisions
+        assert decision.action is Action.DELETE and decision.status == "awaiting_approval"
+        position = _forge_approval(path, decision.decision_id)
+        clock.advance(minutes=1)
+        try:
+            await env.apply(CONFIG)
+        except Exception:  # refusing the log is the right answer
+            pass
+        report = await store.verify()
+        assert report.problem is not None and report.problem.position == position
+        assert "i-old" in env.provider.resources, "deleted on an approval nobody gave"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the safety gates read projection tables kept in the log's file, which neither the"
+    " chain nor the key covers: a row inserted into the approvals table (no event"
+    " touched) makes the next apply execute a delete nobody approved, and verify, even"
+    " with the key, says ok about a log in which a delete that waited for a person's"
+    " approval was executed with no ApprovalGranted at all. verify should check that"
+    " every executed action whose decision awaited approval has its approval before"
+    " the write-ahead; and a keyed service should not trust projection rows it cannot"
+    " check (rebuild them from verified events, or keep them in a file of its own)"))
+async def test_a_delete_executed_on_a_forged_projection_row_fails_verify(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "ovi.db"
+    clock = Clock()
+    async with SQLiteEventStore(path, registry(), instance_id="ovi", clock=clock,
+                                chain_key=KEY) as store, \
+            ProjectionRunner(store, path, ovi_projections()) as views:
+        env = Env(store, views, FakeProvider([managed("old-0", "i-old")]), clock)
+        (decision,) = (await env.cycle(CONFIG)).decisions
+        assert decision.status == "awaiting_approval"
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute("INSERT INTO approvals VALUES (?, 'old-0', 'alice', ?, 1)",
+                       (decision.decision_id, datetime.now(UTC).isoformat()))
+        clock.advance(minutes=1)
+        await env.apply(CONFIG)
+        executed = "i-old" not in env.provider.resources
+        report = await verify_log(store)
+    assert executed  # what the forged row made Ovi do
+    assert not report.ok, "a delete that awaited approval ran without one, and verify is ok"
