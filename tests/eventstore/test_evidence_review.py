@@ -138,12 +138,6 @@ async def test_verify_reports_a_row_whose_data_is_not_text_at_its_position(
     assert report.problem is not None and report.problem.position == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "append_anchor appends after whatever the file ends with: after one torn write (a"
-    " crash or power loss mid-line) the next cycle's anchor is glued onto the partial"
-    " line, and from then on read_anchors refuses the whole file, so every later verify"
-    " --anchors fails on a line no one can fix; start a new line when the file does not"
-    " end with one (and let read_anchors report a torn last line without losing the rest)"))
 def test_an_anchor_file_survives_a_torn_last_line(tmp_path: Path) -> None:
     anchors = tmp_path / "ovi.anchors"
     first = Anchor(position=3, hash="a" * 64)
