@@ -47,6 +47,7 @@ __all__ = [
     "check_batches",
     "check_continuation",
     "check_head",
+    "check_header_unchanged",
     "check_name",
     "row_hash",
 ]
@@ -316,6 +317,24 @@ class ChainVerifier:
             anchor_problem=self.anchor_problem,
             keyed=self._chain is not None and self._chain.keyed,
             hashes_checked=self._chain is None or self._chain.checks_hashes,
+        )
+
+
+def check_header_unchanged(chain: Chain, text: str | None) -> None:
+    """Refuse to append the first row of a log whose header is no longer the
+    one this store read when it opened the log empty: another writer made it
+    keyed meanwhile (an empty log may still become keyed), and a row hashed the
+    old way would make the log half one kind, half the other. Call it in the
+    append transaction, under the write lock, while the log is empty.
+
+    :raises ChainKeyError: naming the header the log has now.
+    """
+    now = decode_header(text, chain.location)
+    if now != chain.header:
+        raise ChainKeyError(
+            f"{chain.location}: the log's header changed since this store opened it empty"
+            f" (it is now {'keyed, key ' + str(now.key_id) if now.keyed else 'unkeyed'});"
+            " nothing was written: reopen the log (with its chain key if it is keyed)"
         )
 
 

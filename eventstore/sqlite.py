@@ -31,7 +31,13 @@ from typing import Any, NamedTuple, cast
 
 import aiosqlite
 
-from eventstore._chain import GENESIS_HASH, chain_group, check_continuation, check_head
+from eventstore._chain import (
+    GENESIS_HASH,
+    chain_group,
+    check_continuation,
+    check_head,
+    check_header_unchanged,
+)
 from eventstore._events import EventRegistry
 from eventstore._exceptions import (
     BackendError,
@@ -248,10 +254,16 @@ class SQLiteEventStore(EventStore):
     async def _commit_group(self, group: list[tuple[EncodedBatch, ...]]) -> list[GroupResult]:
         instance_id = self.instance_id
         clock = self._clock or utc_now
-        hash_row = self.chain.row_hash
+        chain = self.chain
+        hash_row = chain.row_hash
 
         def body(db: sqlite3.Connection) -> list[GroupResult]:
             head = _checked_head(db)
+            if head.position == 0:
+                # The log's kind is fixed by its first row: is it still the
+                # kind it was when this store opened it?
+                found = db.execute("SELECT header FROM log_header WHERE id = 1").fetchone()
+                check_header_unchanged(chain, None if found is None else str(found[0]))
             # Read under the write lock: another process's commit cannot come
             # between this reading and these positions.
             recorded_at = stamp_after(format_timestamp(clock()), head.recorded_at)

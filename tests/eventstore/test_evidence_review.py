@@ -42,12 +42,6 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
     return postgres
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a log is keyed or not from its first event, but the header is only read at open():"
-    " a writer that opened the empty log without the key keeps hashing with plain SHA-256"
-    " after a keyed writer replaced the header (_load_chain's replace=True), and its"
-    " append chains an unkeyed row onto the keyed genesis; _commit_group should re-read"
-    " the header in the append transaction while the log is empty and refuse a mismatch"))
 @pytest.mark.asyncio
 async def test_a_writer_that_opened_the_empty_log_unkeyed_cannot_append_once_it_is_keyed(
     make_store: StoreMaker,
