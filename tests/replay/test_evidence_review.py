@@ -173,11 +173,6 @@ def keyed_log(directory: Path) -> tuple[Path, Path]:
     return path, key_file
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rebuild folds in worker processes (ovi.replay._rebuild_worker) that open the log"
-    " writable and without the key, so on a keyed log every worker fails with 'the log is"
-    " keyed and no chain key was given' although --chain-key-file was given; the workers"
-    " only read: open the log read_only there (never pass the key on their command line)"))
 def test_rebuild_works_on_a_keyed_log_given_its_key(tmp_path: Path) -> None:
     path, key_file = keyed_log(tmp_path)
     done = replay("rebuild", "--chain-key-file", str(key_file), store=path)
