@@ -218,13 +218,30 @@ class ChainVerifier:
         self._prev_hash = GENESIS_HASH if chain is None else chain.genesis
         self.problem: ChainBreak | None = None
         self._anchors: dict[int, str] = {}
-        for anchor in anchors:
-            if self._anchors.setdefault(anchor.position, anchor.hash) != anchor.hash:
-                raise ValueError(f"two anchors at position {anchor.position} disagree:"
-                                 f" {self._anchors[anchor.position]} and {anchor.hash}")
         self.anchors_checked = 0
         self._last_good_anchor = 0
         self.anchor_problem: ChainBreak | None = None
+        for anchor in anchors:
+            known = self._anchors.setdefault(anchor.position, anchor.hash)
+            if known != anchor.hash and self.anchor_problem is None:
+                # Two heads for one position: the log was cut back and written
+                # on, and both histories were anchored; this is the proof.
+                self.anchor_problem = ChainBreak(
+                    anchor.position, f"two anchors disagree about position {anchor.position}"
+                    f" ({known[:16]}… and {anchor.hash[:16]}…): the log's history was"
+                    f" rewritten at or before position {anchor.position}")
+        if self._anchors and chain is not None and not chain.checks_hashes:
+            # A keyed log walked without its key: its hashes are HMACs nobody
+            # here can recompute, so a row edited with its hash left alone still
+            # "matches" its anchor; and whether a log is keyed is said by its
+            # header, which a forger writes too. An anchor then vouches for nothing.
+            position = min(self._anchors)
+            self.anchor_problem = self.anchor_problem or ChainBreak(
+                position, f"the log says it is keyed (key {chain.header.key_id}) and no"
+                " chain key was given: without the key no row hash can be recomputed, so"
+                " the anchors (from position"
+                f" {position}) cannot be checked; give the chain key (and if the log was"
+                " not created keyed, its header was rewritten)")
         # Position 0 is the empty log: its "hash" is the genesis.
         if 0 in self._anchors and self._prev_hash is not None:
             self._anchor(0, self._prev_hash)

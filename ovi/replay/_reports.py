@@ -63,7 +63,9 @@ def show_verification(out: Output, v: Verification) -> None:
     out.write(f"head         position {v.head_position}, hash {v.head_hash}")
     anchor = v.anchor_problem
     if anchor is not None:
-        out.write(f"anchors      {out.paint('REWRITTEN', 'red')} at position {anchor.position}:"
+        # Without the key of a keyed log no anchor can be checked at all.
+        label = "UNCHECKED" if v.keyed and not v.hashes_checked else "REWRITTEN"
+        out.write(f"anchors      {out.paint(label, 'red')} at position {anchor.position}:"
                   f" {anchor.reason}")
     elif v.anchors:
         out.write(f"anchors      {out.paint('ok', 'green')}: {v.anchors_checked} of"

@@ -119,11 +119,6 @@ async def _append_as_the_service(path: Path) -> None:
         await store.append("s", [Ping(n=1)])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an anchor file that holds two hashes for one position is the very proof of a"
-    " rewritten history (the log was cut back and the service went on, anchoring the new"
-    " rows too), but ChainVerifier raises ValueError on it and verify --anchors dies with"
-    " a traceback and no verdict: report it as an anchor problem at that position"))
 def test_an_anchor_file_that_saw_history_forked_fails_verify_with_the_position(
     story: Story, tmp_path: Path
 ) -> None:
@@ -275,14 +270,6 @@ def test_a_chain_key_readable_by_every_user_is_not_taken_silently(tmp_path: Path
     assert str(key_file) in done.stderr, (done.returncode, done.stdout, done.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a keyed log verified without its key checks no row hash (ChainVerifier.feed takes"
-    " the stored hash as it is), and whether a log is keyed is read from its header,"
-    " which the forger writes too: declaring an UNKEYED log keyed (any key_id) and"
-    " editing a row's data while leaving every hash as it was passes verify --anchors"
-    " with exit 0 ('keyed, but no key given'), defeating anchors on the logs that have"
-    " nothing else. Anchors must bind a hash anyone can recompute (keep a plain SHA-256"
-    " chain in keyed logs too), or verify must fail when it checked anchors but no hash"))
 def test_declaring_an_unkeyed_log_keyed_does_not_get_an_edited_row_past_its_anchors(
     story: Story, tmp_path: Path
 ) -> None:
