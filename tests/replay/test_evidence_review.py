@@ -24,6 +24,7 @@ from ovi.events import (
     registry,
     resource_stream,
 )
+from ovi.evidence import load_chain_key
 from ovi.model import Action
 from ovi.providers.fake import FakeProvider
 from ovi.runtime import ovi_projections
@@ -163,6 +164,7 @@ def keyed_log(directory: Path) -> tuple[Path, Path]:
     """A keyed log made by real cycles, and its key file."""
     key_file = directory / "chain.key"
     key_file.write_bytes(KEY + b"\n")
+    key_file.chmod(0o600)  # a key others may read is refused
     path = directory / "ovi.db"
     asyncio.run(_keyed_cycles(path))
     return path, key_file
@@ -258,11 +260,6 @@ def test_why_cannot_be_made_to_show_an_approval_by_another_os_user(tmp_path: Pat
     assert not any(line.startswith(FAKE_LINE) for line in why.stdout.splitlines()), why.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "load_chain_key reads a key file any local user may read without a word, though"
-    " whoever reads the key can forge every row of a keyed log; the log itself is refused"
-    " or tightened when others may read it (eventstore.sqlite._make_private): a key file"
-    " with group or other bits should be refused (or at least warned about), naming it"))
 def test_a_chain_key_readable_by_every_user_is_not_taken_silently(tmp_path: Path) -> None:
     path, key_file = keyed_log(tmp_path)
     key_file.chmod(0o644)
@@ -334,3 +331,17 @@ def test_an_index_added_behind_the_store_cannot_hide_an_unfenced_execution_from_
         assert db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
     hidden = replay("verify", store=path)
     assert hidden.returncode == 1, hidden.stdout
+
+
+def test_a_binary_chain_key_is_taken_byte_for_byte_and_a_text_key_loses_its_newline(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "chain.key"
+    binary = b"\n" + os.urandom(14) + b" \n"  # 16 bytes that strip() would cut to 14
+    key_file.write_bytes(binary)
+    key_file.chmod(0o600)
+    assert load_chain_key(key_file) == binary
+    key_file.write_bytes(b"0123456789abcdef0123\n")
+    assert load_chain_key(key_file) == b"0123456789abcdef0123"
+    key_file.chmod(0o640)  # its group may read it: a key root keeps for the service's group
+    assert load_chain_key(key_file) == b"0123456789abcdef0123"
