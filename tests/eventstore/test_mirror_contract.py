@@ -11,8 +11,10 @@ import pytest
 
 from eventstore import (
     NO_STREAM,
+    ChainKeyError,
     EventRegistry,
     EventStore,
+    ImportRejectedError,
     LogCorruptedError,
     MirroredStore,
     MirrorMismatchError,
@@ -26,7 +28,8 @@ from tests.eventstore.contract import (
     positions,
     read_all,
 )
-from tests.eventstore.sample_events import Ping, sample_registry
+from tests.eventstore.contract_evidence import FORGED, KEY, OTHER_KEY
+from tests.eventstore.sample_events import Note, Ping, sample_registry
 from tests.eventstore.test_postgres_store import PostgresTamperer
 from tests.postgres import PostgresSchema
 
@@ -130,3 +133,46 @@ class TestMirroredStore(EventStoreContract):
         with pytest.raises(MirrorMismatchError, match="ends at 4") as mismatch:
             await positions(store)
         assert mismatch.value.position == 6
+
+    # -- a keyed shared log ----------------------------------------------
+
+    @pytest.mark.asyncio
+    async def test_a_keyed_log_refuses_no_key_for_writing_and_a_wrong_key_always(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """As for one store, except an audit without the key: a mirror checks
+        every row it copies, which a keyed log's rows need the key for."""
+        async with store_factory(chain_key=KEY) as store:
+            await store.append("a", [Ping(n=1)])
+        with pytest.raises(ChainKeyError, match=r"keyed .* no chain key was given"):
+            await store_factory().open()
+        with pytest.raises(ChainKeyError, match="wrong chain key"):
+            await store_factory(chain_key=OTHER_KEY).open()
+        with pytest.raises(ChainKeyError, match="wrong chain key"):
+            await store_factory(chain_key=OTHER_KEY, read_only=True).open()
+        with pytest.raises(ChainKeyError, match=r"keyed .* no chain key was given"):
+            await store_factory(read_only=True).open()
+        async with store_factory(chain_key=KEY, read_only=True) as audit:
+            report = await audit.verify()
+        assert report.ok and report.keyed and report.hashes_checked
+
+    @pytest.mark.asyncio
+    async def test_an_unkeyed_forger_cannot_make_a_keyed_log_verify(
+        self, store_factory: StoreFactory, tamperer: LogTamperer
+    ) -> None:
+        """A new host's mirror checks every row as it copies it: the forgery
+        stops the copy at its position, before anything reads it."""
+        async with store_factory(chain_key=KEY) as store:
+            await store.append("a", [Ping(n=1), Note(text="2"), Ping(n=3)])
+            header = (await store.read_header()).encode()
+        await tamperer.forge(2, FORGED)
+        with pytest.raises(ImportRejectedError) as caught:
+            await store_factory(chain_key=KEY, read_only=True).open()
+        assert caught.value.position == 2
+        await tamperer.forge(2, FORGED, header='{"format":1,"chain":"sha256"}')
+        with pytest.raises(ChainKeyError, match="not keyed"):
+            await store_factory(chain_key=KEY, read_only=True).open()
+        await tamperer.forge(2, FORGED, header=header)
+        with pytest.raises(ImportRejectedError) as caught:
+            await store_factory(chain_key=KEY, read_only=True).open()
+        assert caught.value.position == 1
