@@ -301,7 +301,8 @@ class ChainVerifier:
             self.checked += 1
         return True
 
-    def finish(self, head_position: int, head_hash: str) -> VerifyReport:
+    def finish(self, head_position: int, head_hash: str,
+               storage_problem: str | None = None) -> VerifyReport:
         """Compare the walked chain with the recorded head and build the report."""
         if self.problem is None:
             if head_position > self.last_position:
@@ -334,6 +335,7 @@ class ChainVerifier:
             anchor_problem=self.anchor_problem,
             keyed=self._chain is not None and self._chain.keyed,
             hashes_checked=self._chain is None or self._chain.checks_hashes,
+            storage_problem=storage_problem,
         )
 
 

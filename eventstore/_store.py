@@ -539,7 +539,7 @@ class EventStore(ABC):
                 verifier.problem = ChainBreak(
                     head_now + 1, "rows beyond the recorded head (written outside the store)"
                 )
-        return verifier.finish(head_position, head_hash)
+        return verifier.finish(head_position, head_hash, await self._check_storage())
 
     async def now(self) -> datetime:
         """The store's clock: the ``recorded_at`` an append would get now.
@@ -648,6 +648,13 @@ class EventStore(ABC):
     @abstractmethod
     async def _read_head(self) -> tuple[int, str]:
         """The recorded head: last position and hash."""
+
+    async def _check_storage(self) -> str | None:
+        """What is wrong with the storage under the rows, that the chain walk
+        cannot see (an index that disagrees with its table: reads through it
+        miss rows the walk finds); None when nothing is. The default checks
+        nothing: a backend that can be edited below its SQL says so."""
+        return None
 
     @abstractmethod
     async def _read_header(self) -> str | None:

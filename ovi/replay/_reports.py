@@ -39,6 +39,7 @@ def show_verification(out: Output, v: Verification) -> None:
             "head_hash": v.head_hash,
             "keyed": v.keyed,
             "hashes_checked": v.hashes_checked,
+            "storage": v.storage_problem,
             "anchors": v.anchors,
             "anchors_checked": v.anchors_checked,
             "anchor": msgspec.to_builtins(v.anchor_problem) if v.anchor_problem else None,
@@ -61,6 +62,8 @@ def show_verification(out: Output, v: Verification) -> None:
         out.write(f"hash chain   {out.paint('BROKEN', 'red')} at position {chain.position}:"
                   f" {chain.reason}; later events are not checked ({kind})")
     out.write(f"head         position {v.head_position}, hash {v.head_hash}")
+    if v.storage_problem is not None:
+        out.write(f"storage      {out.paint('BROKEN', 'red')}: {v.storage_problem}")
     anchor = v.anchor_problem
     if anchor is not None:
         # Without the key of a keyed log no anchor can be checked at all.

@@ -82,6 +82,8 @@ class Verification(msgspec.Struct, kw_only=True):
     #: a keyed log; ``hashes_checked`` False when walked without its key
     keyed: bool = False
     hashes_checked: bool = True
+    #: the file under the rows fails its integrity check (see VerifyReport)
+    storage_problem: str | None = None
     actions: int = 0
     violations: list[Violation] = []
     in_doubt: list[InDoubt] = []
@@ -94,7 +96,7 @@ class Verification(msgspec.Struct, kw_only=True):
 
     @property
     def ok(self) -> bool:
-        return self.first_problem is None
+        return self.first_problem is None and self.storage_problem is None
 
 
 class _Ref(msgspec.Struct, frozen=True):
@@ -113,7 +115,8 @@ async def verify_log(store: EventStore, *, max_violations: int = 50,
                           head_position=report.head_position, head_hash=report.head_hash,
                           anchors=len({a.position for a in anchors}),
                           anchors_checked=report.anchors_checked,
-                          keyed=report.keyed, hashes_checked=report.hashes_checked)
+                          keyed=report.keyed, hashes_checked=report.hashes_checked,
+                          storage_problem=report.storage_problem)
     if report.anchor_problem is not None:
         result.anchor_problem = Violation(report.anchor_problem.position, "anchor",
                                           report.anchor_problem.reason)

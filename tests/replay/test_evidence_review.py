@@ -89,12 +89,6 @@ def _hide_from_stream_reads(path: Path, position: int) -> None:
         assert db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verify walks the rows by position (the table itself) while why, timeline and the"
-    " causal checks of a stream read through the (stream, stream_version) index; no row"
-    " and no hash is touched, so neither anchors nor a key help, and verify never runs"
-    " PRAGMA integrity_check, the one check that compares an index with its rows: run it"
-    " as part of verify (and refuse an audit of a file that fails it)"))
 def test_verify_fails_a_log_whose_stream_index_hides_the_delete_that_was_done(
     story: Story, tmp_path: Path
 ) -> None:
@@ -305,14 +299,6 @@ async def _unfenced_execution(path: Path) -> int:
     return done.first_position
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verify's causal and fence checks read the log filtered by type; an index on"
-    " events(type, position) that leaves rows out (a partial index whose SQL in"
-    " sqlite_master was made to read as a full one) makes SQLite answer those reads"
-    " without the rows it lacks, while the chain walk (by position) still sees every row"
-    " intact; no row, hash or anchor changes, quick_check says ok, and a fence violation"
-    " disappears from verify. Run PRAGMA integrity_check in verify, and refuse indexes"
-    " on the events table that the store did not create"))
 def test_an_index_added_behind_the_store_cannot_hide_an_unfenced_execution_from_verify(
     story: Story, tmp_path: Path
 ) -> None:
