@@ -266,6 +266,15 @@ class ChainVerifier:
         for row in rows:
             position, stream, version, type_, recorded_at, instance_id, data, prev, hash_ = row
             expected_position = self.last_position + 1
+            if not _row_types_ok(row):
+                # SQLite keeps whatever type is written into a column (a BLOB in
+                # the TEXT data column reads the same to every reader): no
+                # hash of this code's can match it, so say where, not crash.
+                self.problem = ChainBreak(
+                    position if isinstance(position, int) else expected_position,
+                    "the row's columns are not of their types (integer position and"
+                    f" version, text elsewhere): {_column_types(row)}")
+                return False
             if position != expected_position:
                 missing = (
                     f"position {expected_position}"
@@ -337,6 +346,22 @@ class ChainVerifier:
             hashes_checked=self._chain is None or self._chain.checks_hashes,
             storage_problem=storage_problem,
         )
+
+
+def _row_types_ok(row: RawRow) -> bool:
+    position, stream, version, type_, recorded_at, instance_id, data, prev, hash_ = row
+    return (type(position) is int and type(version) is int
+            and all(type(text) is str for text in (stream, type_, recorded_at, instance_id,
+                                                     data, prev, hash_)))
+
+
+def _column_types(row: RawRow) -> str:
+    names = ("position", "stream", "stream_version", "type", "recorded_at", "instance_id",
+             "data", "prev_hash", "hash")
+    return ", ".join(f"{name} is {type(value).__name__}" for name, value in zip(names, row,
+                                                                                  strict=True)
+                     if type(value) is not (int if name in ("position", "stream_version")
+                                            else str))
 
 
 def check_header_unchanged(chain: Chain, text: str | None) -> None:

@@ -104,12 +104,6 @@ def _snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
             for file in sorted(directory.iterdir())}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the data column is TEXT, but SQLite keeps whatever type is written: a row whose"
-    " data is the same bytes as a BLOB is read and shown by every reader, and verify"
-    " dies in row_hash with AttributeError ('bytes' object has no attribute 'encode'),"
-    " a traceback instead of a broken chain at that position; check the column types in"
-    " ChainVerifier.feed (and read_raw) and report the row"))
 @pytest.mark.asyncio
 async def test_verify_reports_a_row_whose_data_is_not_text_at_its_position(
     tmp_path: Path,
