@@ -80,11 +80,6 @@ async def test_anchors_checked_without_the_key_do_not_vouch_for_an_edited_row(
         "the anchors were reported as holding a log whose row 2 was rewritten")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "connect_read_only promises 'no file created beside it', but when the auditor may"
-    " write the log's directory (the log's owner, root) mode=ro still creates -wal and"
-    " -shm files and leaves them behind; open immutable (or with the unix-none VFS and"
-    " locking_mode) when neither side file exists, or remove what the audit created"))
 @pytest.mark.asyncio
 async def test_a_read_only_audit_by_the_owner_creates_no_file_beside_the_log(
     tmp_path: Path,
