@@ -493,6 +493,7 @@ class EventStore(ABC):
             if not self._open:
                 raise StoreClosedError("the event store was closed")
             waiter = self._appended
+            await self._refresh_reads()
             head = await self.last_position()
             if head > position:
                 async for event in self.read(after=position, until=head, types=types,
@@ -648,6 +649,12 @@ class EventStore(ABC):
     @abstractmethod
     async def _read_head(self) -> tuple[int, str]:
         """The recorded head: last position and hash."""
+
+    async def _refresh_reads(self) -> None:
+        """Make the next reads see rows appended since the last ones, for a
+        backend whose reads may be a snapshot (SQLite opened ``immutable``);
+        :meth:`follow` calls it before each poll. The default does nothing."""
+        return
 
     async def _check_storage(self) -> str | None:
         """What is wrong with the storage under the rows, that the chain walk

@@ -248,6 +248,21 @@ class SQLiteEventStore(EventStore):
             await self._close_backend()
             raise
 
+    async def _refresh_reads(self) -> None:
+        # An immutable connection (a read-only mount, a directory this user
+        # may not write, a log nobody had open) never sees a later append:
+        # open the file afresh, as open() did. A -wal holding rows this user
+        # cannot read is not an error here: they are seen once they reach the
+        # main file (a checkpoint: at the latest when the writer closes).
+        if self.read_mode != "immutable" or self._reader is None:
+            return
+        try:
+            reader, mode = await connect_read_only(self.path, busy_timeout=self._busy_timeout)
+        except sqlite3.Error:
+            return
+        old, self._reader, self.read_mode = self._reader, reader, mode
+        await old.close()
+
     async def _foreign_indexes(self) -> list[str]:
         """Indexes on ``events`` other than the store's own: SQLite answers a
         read through whichever index it likes, so one that lacks rows (a

@@ -194,11 +194,6 @@ def _read_only_mount_command(directory: Path, *command: str) -> list[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="a read-only bind mount needs root and unshare")
-@pytest.mark.xfail(strict=True, reason=(
-    "a reader that cannot create the -shm file (read-only mount, or a user who may not"
-    " write the directory) falls back to immutable=1, which tells SQLite the file never"
-    " changes: follow then never shows an event appended after it started, and says"
-    " nothing about it. Refuse follow in that mode (or reopen the file for each poll)"))
 def test_follow_on_a_read_only_mount_shows_events_appended_after_it_started(
     story: Story, tmp_path: Path
 ) -> None:
