@@ -326,3 +326,19 @@ def test_a_binary_chain_key_is_taken_byte_for_byte_and_a_text_key_loses_its_newl
     assert load_chain_key(key_file) == b"0123456789abcdef0123"
     key_file.chmod(0o640)  # its group may read it: a key root keeps for the service's group
     assert load_chain_key(key_file) == b"0123456789abcdef0123"
+
+
+def test_an_empty_anchor_file_fails_verify_and_anchors_of_another_log_are_named(
+    story: Story, tmp_path: Path
+) -> None:
+    path = copy_log(story, tmp_path)
+    empty = tmp_path / "empty.anchors"
+    empty.write_bytes(b"")
+    done = replay("verify", "--anchors", str(empty), store=path)
+    assert done.returncode == 1 and f"{empty}: holds no anchor" in done.stderr
+    assert done.stderr.count("\n") == 1
+    other = tmp_path / "other.anchors"
+    head = asyncio.run(_head(path))
+    append_anchor(other, [Anchor(position=head.position, hash=head.hash, log="/elsewhere.db")])
+    done = replay("verify", "--anchors", str(other), store=path)
+    assert done.returncode == 0 and "holds anchors of /elsewhere.db" in done.stderr
