@@ -221,6 +221,8 @@ class ChainVerifier:
         self.anchors_checked = 0
         self._last_good_anchor = 0
         self.anchor_problem: ChainBreak | None = None
+        #: the anchor problem is that no anchor could be checked (no key)
+        self.anchors_unchecked = False
         for anchor in anchors:
             known = self._anchors.setdefault(anchor.position, anchor.hash)
             if known != anchor.hash and self.anchor_problem is None:
@@ -236,6 +238,7 @@ class ChainVerifier:
             # "matches" its anchor; and whether a log is keyed is said by its
             # header, which a forger writes too. An anchor then vouches for nothing.
             position = min(self._anchors)
+            self.anchors_unchecked = self.anchor_problem is None
             self.anchor_problem = self.anchor_problem or ChainBreak(
                 position, f"the log says it is keyed (key {chain.header.key_id}) and no"
                 " chain key was given: without the key no row hash can be recomputed, so"
@@ -345,6 +348,7 @@ class ChainVerifier:
             keyed=self._chain is not None and self._chain.keyed,
             hashes_checked=self._chain is None or self._chain.checks_hashes,
             storage_problem=storage_problem,
+            anchors_unchecked=self.anchors_unchecked,
         )
 
 

@@ -63,6 +63,9 @@ class VerifyReport(msgspec.Struct, frozen=True):
     #: ``PRAGMA integrity_check``, an index the store did not create): reads
     #: through an index may then miss rows the walk found
     storage_problem: str | None = None
+    #: ``anchor_problem`` is that the anchors could not be checked at all (a
+    #: keyed log walked without its key), not that one no longer matches
+    anchors_unchecked: bool = False
 
     @property
     def ok(self) -> bool:

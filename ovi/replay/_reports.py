@@ -42,6 +42,7 @@ def show_verification(out: Output, v: Verification) -> None:
             "storage": v.storage_problem,
             "anchors": v.anchors,
             "anchors_checked": v.anchors_checked,
+            "anchors_unchecked": v.anchors_unchecked,
             "anchor": msgspec.to_builtins(v.anchor_problem) if v.anchor_problem else None,
             "chain": msgspec.to_builtins(v.chain_problem) if v.chain_problem else None,
             "actions": v.actions,
@@ -67,7 +68,7 @@ def show_verification(out: Output, v: Verification) -> None:
     anchor = v.anchor_problem
     if anchor is not None:
         # Without the key of a keyed log no anchor can be checked at all.
-        label = "UNCHECKED" if v.keyed and not v.hashes_checked else "REWRITTEN"
+        label = "UNCHECKED" if v.anchors_unchecked else "REWRITTEN"
         out.write(f"anchors      {out.paint(label, 'red')} at position {anchor.position}:"
                   f" {anchor.reason}")
     elif v.anchors:

@@ -84,6 +84,8 @@ class Verification(msgspec.Struct, kw_only=True):
     hashes_checked: bool = True
     #: the file under the rows fails its integrity check (see VerifyReport)
     storage_problem: str | None = None
+    #: the anchor problem is that none could be checked (keyed, no key)
+    anchors_unchecked: bool = False
     actions: int = 0
     violations: list[Violation] = []
     in_doubt: list[InDoubt] = []
@@ -116,7 +118,8 @@ async def verify_log(store: EventStore, *, max_violations: int = 50,
                           anchors=len({a.position for a in anchors}),
                           anchors_checked=report.anchors_checked,
                           keyed=report.keyed, hashes_checked=report.hashes_checked,
-                          storage_problem=report.storage_problem)
+                          storage_problem=report.storage_problem,
+                          anchors_unchecked=report.anchors_unchecked)
     if report.anchor_problem is not None:
         result.anchor_problem = Violation(report.anchor_problem.position, "anchor",
                                           report.anchor_problem.reason)
