@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from eventstore._anchors import Anchor, append_anchor, parse_anchor, read_anchors
 from eventstore._chain import GENESIS_HASH, MIN_KEY_BYTES, UNKEYED, Chain, LogHeader, row_hash
 from eventstore._copy import copy_new_rows
-from eventstore._dsn import is_postgres_dsn, mask_dsn
+from eventstore._dsn import is_postgres_dsn, looks_like_conninfo, mask_dsn
 from eventstore._events import (
     ANY,
     NO_STREAM,
@@ -44,7 +44,7 @@ from eventstore._store import (
     parse_timestamp,
     process_home,
 )
-from eventstore._store_for import store_for
+from eventstore._store_for import conninfo_refusal, store_for
 from eventstore._store_types import ChainBreak, EncodedRow, Head, RawRow, VerifyReport
 from eventstore.mirror import MirroredStore
 from eventstore.sqlite import SQLiteEventStore
@@ -98,10 +98,12 @@ __all__ = [
     "VerifyReport",
     "WrongExpectedVersion",
     "append_anchor",
+    "conninfo_refusal",
     "copy_new_rows",
     "default_instance_id",
     "format_timestamp",
     "is_postgres_dsn",
+    "looks_like_conninfo",
     "mask_dsn",
     "parse_anchor",
     "parse_timestamp",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from eventstore._exceptions import MirrorMismatchError
+from eventstore._exceptions import ImportRejectedError, MirrorMismatchError
 from eventstore._store import EventStore
 from eventstore._store_types import RawRow
 
@@ -49,6 +49,11 @@ async def copy_new_rows(
     Rows committed to ``source`` while this runs may or may not be copied:
     the next call copies them.
 
+    An empty ``target`` is first given ``source``'s header
+    (:meth:`EventStore.write_header`), so a keyed log's copy is keyed alike.
+
+    :raises ChainKeyError: if ``source`` is keyed and ``target`` does not
+        hold its key.
     :raises MirrorMismatchError: if ``target``'s newest row is not in
         ``source`` (another hash at that position, or ``source`` ends before
         it); nothing was copied.
@@ -57,6 +62,10 @@ async def copy_new_rows(
     :raises EventStoreError: if either store fails.
     """
     newest = await _newest_row(target)
+    if newest is None:
+        # An empty target takes the source's header first (keyed or not, and
+        # by which key): the rows copied are checked, and later verified, by it.
+        await target.write_header(await source.read_header())
     after = 0 if newest is None else newest[0] - 1
     pending: list[RawRow] = []
     checked = newest is None
@@ -110,7 +119,42 @@ def _check_same(
 async def _import(
     target: EventStore, rows: list[RawRow], progress: Callable[[int], None] | None
 ) -> int:
-    await target.import_rows(rows)
-    if progress is not None:
+    """Import ``rows``; returns how many this call wrote.
+
+    Another process may copy into the same target at the same time (the
+    service and an operator's command of one host share ``./ovi-mirror.db``):
+    it then imports some of these rows first, and ours are rejected. So a
+    rejection is looked at again: if the target has meanwhile grown over
+    these positions with the same hashes, the rows it holds are dropped and
+    the rest imported (the import's own transaction checks the continuation,
+    so no check here can be raced); any other rejection stands.
+    """
+    copied = 0
+    while rows:
+        try:
+            await target.import_rows(rows)
+        except ImportRejectedError:
+            head = await target.last_position()
+            if head < rows[0][0]:
+                raise  # nobody copied ahead of us: the row itself is bad
+            await _check_present(target, rows, min(head, rows[-1][0]))
+            rows = [row for row in rows if row[0] > head]
+            continue
+        copied += len(rows)
+        break
+    if progress is not None and copied:
         progress(rows[-1][0])
-    return len(rows)
+    return copied
+
+
+async def _check_present(target: EventStore, rows: list[RawRow], position: int) -> None:
+    """The target's row at ``position`` is the one of ``rows`` there (the chain
+    then vouches for the target's rows before it)."""
+    theirs = rows[position - rows[0][0]]
+    async for page in target.read_raw(after=position - 1, limit=1):
+        if page[0][8] == theirs[8]:
+            return
+        raise MirrorMismatchError(
+            position, f"hash {page[0][8][:12]}… in {target.location} but {theirs[8][:12]}…"
+            " in the log it copies: another process wrote other rows there")
+    raise MirrorMismatchError(position, f"{target.location} lost this row while copying")

@@ -20,11 +20,16 @@ from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
-__all__ = ["ConnectSettings", "connect_settings", "is_postgres_dsn", "mask_dsn", "scrub"]
+__all__ = ["ConnectSettings", "connect_settings", "is_postgres_dsn", "looks_like_conninfo",
+           "mask_dsn", "scrub"]
 
 _SCHEMES = ("postgresql://", "postgres://")
 _MASK = "***"
 _QUERY_SECRET = re.compile(r"(?i)(^|&)((?:ssl)?password)=[^&#]*")
+#: a libpq keyword at the start of a ``key=value`` pair
+_CONNINFO = re.compile(r"(?i)(?:^|\s)(?:host|hostaddr|port|dbname|user|password|passfile|service"
+                       r"|sslmode|options|application_name|connect_timeout|target_session_attrs)"
+                       r"\s*=")
 _KEYWORD_SECRET = re.compile(r"(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 #: the application name sessions carry unless the DSN or ``$PGAPPNAME`` says otherwise
 DEFAULT_APPLICATION_NAME = "ovi-eventstore"
@@ -36,13 +41,26 @@ def is_postgres_dsn(spec: str) -> bool:
     return spec[:13].lower().startswith(_SCHEMES)
 
 
+def looks_like_conninfo(spec: str) -> bool:
+    """Whether ``spec`` is libpq's ``key=value`` form (``host=db dbname=ovi
+    …``), which the store does not take: it must not become a file name."""
+    return not is_postgres_dsn(spec) and _CONNINFO.search(spec) is not None
+
+
 def _split(dsn: str) -> tuple[str, str, str]:
-    """``scheme://``, the user info (before the last ``@`` ahead of the query;
-    empty without one) and the rest. A password with an unescaped ``/`` or
-    ``@`` still ends up in the user info, so it is masked all the same."""
+    """``scheme://``, the user info (empty without one) and the rest.
+
+    The user info ends at the last ``@`` ahead of the query (``?``) or
+    fragment (``#``); but if an ``@`` follows one of those, a password may
+    hold an unescaped ``?`` or ``#``, and the user info runs to the first such
+    ``@``. That may mask more than the password (a query value with an ``@``
+    in it), never less. A password with an unescaped ``/`` or ``@`` still
+    ends up in the user info, so it is masked all the same."""
     scheme_end = dsn.index("://") + 3
     rest = dsn[scheme_end:]
-    at = rest.split("?", 1)[0].rfind("@")
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    late = rest.find("@", cut)
+    at = late if late >= 0 else rest[:cut].rfind("@")
     if at < 0:
         return dsn[:scheme_end], "", rest
     return dsn[:scheme_end], rest[:at], rest[at:]
@@ -69,7 +87,11 @@ def _secrets(dsn: str, environ: Mapping[str, str]) -> list[str]:
     if "://" in dsn:
         _, userinfo, rest = _split(dsn)
         if ":" in userinfo:
-            found.append(unquote(userinfo.split(":", 1)[1]))
+            password = unquote(userinfo.split(":", 1)[1])
+            found.append(password)
+            # A parser that split the URL inside the password (at a raw ``?``,
+            # ``#``, ``/`` or ``@``) quotes the pieces: scrub those too.
+            found += [piece for piece in re.split(r"[?#/@]", password)[1:] if len(piece) >= 4]
         found += [value for key, value in parse_qsl(rest.partition("?")[2])
                   if key.lower() in ("password", "sslpassword")]
     if environ.get("PGPASSWORD"):

@@ -10,6 +10,7 @@ following and chain verification.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import socket
@@ -82,14 +83,35 @@ def stamp_after(now: str, newest: str | None) -> str:
 
 
 def process_home() -> str:
-    """This host and PID namespace: two processes with the same home and pid
-    are the same process (containers sharing a hostname often both run as
-    pid 1, in different namespaces)."""
+    """This boot of this machine, and this PID namespace: two processes with
+    the same home and pid are the same process.
+
+    The hostname alone does not name a machine (a standby cloned from the
+    primary's image keeps it), nor does the PID namespace's inode (the
+    initial namespace's is one kernel constant on every Linux machine): the
+    boot id (random at every boot) does. Containers sharing a hostname often
+    both run as pid 1, in different namespaces, hence the namespace too.
+    """
     try:
         namespace = f"/{os.stat('/proc/self/ns/pid').st_ino}"
     except OSError:
         namespace = ""
-    return f"{socket.gethostname()}{namespace}"
+    return f"{socket.gethostname()}{namespace}{_boot_mark()}"
+
+
+@functools.cache
+def _boot_mark() -> str:
+    # An id written by another boot (or by an older Ovi, without this mark)
+    # never matches: its holder then waits for its claim's expiry, the safe way.
+    for source in ("/proc/sys/kernel/random/boot_id", "/etc/machine-id"):
+        try:
+            with open(source, encoding="ascii") as file:
+                mark = file.read().strip().replace("-", "")[:12]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if mark:
+            return f"/{mark}"
+    return ""
 
 
 def default_instance_id() -> str:
@@ -541,6 +563,20 @@ class EventStore(ABC):
                     head_now + 1, "rows beyond the recorded head (written outside the store)"
                 )
         return verifier.finish(head_position, head_hash, await self._check_storage())
+
+    async def check_served_rows(self) -> None:
+        """Raise unless the rows reads are served from are this log's own.
+
+        A backend that serves its own rows has nothing to check. A store that
+        serves reads from a copy (:class:`~eventstore.MirroredStore`) walks
+        the copy's chain. A fold of the whole log (a projection rebuilt from
+        position 0) calls this first: an edited copy is refused, not refolded.
+
+        :raises MirrorMismatchError: naming the first position that is not
+            the log's.
+        """
+        if not self._open:
+            raise StoreClosedError("the event store is not open")
 
     async def now(self) -> datetime:
         """The store's clock: the ``recorded_at`` an append would get now.

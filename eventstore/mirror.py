@@ -30,7 +30,7 @@ from datetime import datetime
 from eventstore._anchors import Anchor
 from eventstore._copy import copy_new_rows
 from eventstore._events import RecordedEvent
-from eventstore._exceptions import EventStoreError, StoreClosedError
+from eventstore._exceptions import EventStoreError, MirrorMismatchError, StoreClosedError
 from eventstore._store import EventStore, GroupResult, ReadFilter, _Row
 from eventstore._store_types import EncodedBatch, EncodedRow, EventRow, RawRow, VerifyReport
 from eventstore.sqlite import SQLiteEventStore
@@ -113,6 +113,9 @@ class MirroredStore(EventStore):
             # The mirror carries the shared log's header (keyed or not) before
             # any row: the rows it copies are checked against it.
             await self.mirror.write_header(await self.shared.read_header())
+            # and is marked as a mirror: a plain SQLite log opened on the
+            # file refuses appends (they belong to the shared log).
+            await self.mirror.mark_as_mirror(self.shared.location)
             await self._pull()
         except BaseException:
             await self._close_backend()
@@ -199,6 +202,21 @@ class MirroredStore(EventStore):
         if report.ok:
             await self._pull()  # and the mirror is a copy of it
         return report
+
+    async def check_served_rows(self) -> None:
+        """Walk the mirror's own chain, then check its newest row against the
+        shared log: together they say every row it serves is the shared
+        log's (an edit in place breaks the chain; rewriting every hash after
+        it changes the newest one)."""
+        await super().check_served_rows()
+        report = await self.mirror.verify()
+        if report.problem is not None:
+            raise MirrorMismatchError(
+                report.problem.position,
+                f"{self.mirror.location} is not a copy of {self.shared.location}:"
+                f" {report.problem.reason}; move it aside (keep it: it is evidence) and"
+                " run again to copy the shared log afresh")
+        await self._pull()
 
     async def follow(
         self,

@@ -102,6 +102,14 @@ class _State(NamedTuple):
     versions: dict[str, int]
 
 
+#: the first schema the session's search_path names ($user: the session's user)
+_FIRST_SEARCHED = """
+SELECT CASE WHEN first = '"$user"' OR first = '$user' THEN current_user
+            ELSE (parse_ident(first))[1] END
+FROM (SELECT nullif(btrim(split_part(current_setting('search_path'), ',', 1)), '') AS first) s
+"""
+
+
 class PostgresEventStore(EventStore):
     """Event store in a PostgreSQL database, shared by any number of hosts.
 
@@ -110,7 +118,10 @@ class PostgresEventStore(EventStore):
         It is never shown with its password (:func:`eventstore.mask_dsn`).
     :param schema: the schema that holds the log, created if missing. Without
         it, the session's ``search_path`` decides (a DSN may set it with
-        ``?options=-csearch_path%3Dname``), and that schema must exist.
+        ``?options=-csearch_path%3Dname``), and that schema must exist unless
+        ``create_schema``.
+    :param create_schema: without ``schema``, create the first schema the
+        ``search_path`` names if none of it exists (a copy's target).
     :param lock_timeout: seconds an append waits for another writer's lock
         before failing with :class:`BackendError`.
     :param clock: a test clock replacing the server's (``clock_timestamp()``).
@@ -130,6 +141,7 @@ class PostgresEventStore(EventStore):
         lock_timeout: float = 10.0,
         chain_key: bytes | None = None,
         read_only: bool = False,
+        create_schema: bool = False,
     ) -> None:
         if not is_postgres_dsn(dsn):
             raise ValueError(
@@ -141,6 +153,7 @@ class PostgresEventStore(EventStore):
                          read_only=read_only)
         self._dsn = dsn
         self.schema = schema
+        self._create_schema = create_schema and not read_only
         self._lock_timeout = lock_timeout
         self._settings: ConnectSettings | None = None
         self._active = False
@@ -181,13 +194,16 @@ class PostgresEventStore(EventStore):
         try:
             writer = await self._writer_connection()
             schema = self.schema or await writer.fetchval("SELECT current_schema()")
+            create = self.schema is not None
+            if schema is None and self._create_schema:
+                schema, create = await writer.fetchval(_FIRST_SEARCHED), True
             if schema is None:
                 raise BackendError(
                     f"{self.location}: no schema to keep the event log in: the search_path"
                     " names none that exists; create one, or name one with schema="
                 )
             if not self.read_only:
-                await prepare_schema(writer, schema, create_schema=self.schema is not None)
+                await prepare_schema(writer, schema, create_schema=create)
             self._channel = channel_for(schema)
             await self._reader_connection()
         except _DRIVER_ERRORS as exc:

@@ -101,6 +101,11 @@ BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
+#: made only in a shared log's mirror (:meth:`SQLiteEventStore.mark_as_mirror`)
+_MIRROR_TABLE = """CREATE TABLE IF NOT EXISTS log_mirror (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    source TEXT    NOT NULL
+)"""
 _INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _COLUMNS = "position, stream, stream_version, type, recorded_at, instance_id, data, prev_hash, hash"
 _EVENT_COLUMNS = "position, stream, stream_version, type, recorded_at, instance_id, data, hash"
@@ -205,6 +210,10 @@ class SQLiteEventStore(EventStore):
         if self.read_only:
             await self._open_read_only()
             return
+        if self.path.exists() and not self.path.is_file():
+            # Checked first: making "the log" private would chmod a directory.
+            raise BackendError(f"cannot open event log {self.path}: not a file (a directory?);"
+                               " name the log's file")
         try:
             create_private_file(self.path)
         except OSError as exc:
@@ -313,6 +322,7 @@ class SQLiteEventStore(EventStore):
         hash_row = chain.row_hash
 
         def body(db: sqlite3.Connection) -> list[GroupResult]:
+            _refuse_if_mirror(db, self.path)
             head = _checked_head(db)
             if head.position == 0:
                 # The log's kind is fixed by its first row: is it still the
@@ -355,6 +365,29 @@ class SQLiteEventStore(EventStore):
             )
         except sqlite3.Error as exc:
             raise _translate(exc, f"import into {self.path} failed, nothing written") from exc
+
+    async def mark_as_mirror(self, source: str) -> None:
+        """Mark this file as the mirror of the shared log at ``source`` (a
+        location without a password): from now on it takes only copied rows
+        (:meth:`import_rows`); an append refuses, naming the shared log.
+
+        A mirror that took appends of its own would act outside the shared
+        log's claims, unseen by other hosts, and disagree with the shared log
+        for good.
+        """
+        def mark(db: sqlite3.Connection) -> None:
+            def body(db: sqlite3.Connection) -> None:
+                db.execute(_MIRROR_TABLE)
+                db.execute("INSERT INTO log_mirror (id, source) VALUES (1, ?) ON CONFLICT (id)"
+                           " DO UPDATE SET source = excluded.source"
+                           " WHERE source IS NOT excluded.source", (source,))
+
+            immediate_transaction(db, body)
+
+        try:
+            await run_in_connection_thread(self._conn(self._writer), mark)
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"cannot mark {self.path} as a mirror") from exc
 
     async def _read_page(self, after: int, limit: int, filters: ReadFilter) -> list[RawRow]:
         return cast(list[RawRow], await self._select(_COLUMNS, after, limit, filters))
@@ -470,6 +503,23 @@ def _create_schema(db: sqlite3.Connection) -> None:
                 db.execute(statement)
 
     immediate_transaction(db, body)
+
+
+def _refuse_if_mirror(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse an append to a file marked as a shared log's mirror (under the
+    write lock, so a mark made by another process since this one opened the
+    file counts too)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'log_mirror'"
+                  ).fetchone() is None:
+        return
+    row = db.execute("SELECT source FROM log_mirror WHERE id = 1").fetchone()
+    if row is None:
+        return
+    raise BackendError(
+        f"{path} is this host's mirror of the shared log {row[0]}: it takes only rows"
+        f" copied from it, nothing written; to write to the shared log use --store URL"
+        f" --mirror {path} (the log's postgresql:// URL); replay commands may read the"
+        " file as it is")
 
 
 def _write_rows(db: sqlite3.Connection, rows: list[RawRow]) -> None:

@@ -73,9 +73,10 @@ async def run_once(
         if runtime.views.reset_on_open and events:
             progress(f"rebuilding projections ({', '.join(runtime.views.reset_on_open)})"
                      f" from {events:,} events first: their tables changed (once)")
+        compat = UnknownEventTypes(runtime.store.registry.names)
         if mode is CycleMode.APPLY and not dry_run:
-            await _refuse_unknown_types(runtime, store_path)
-        engine = Engine(runtime.store, runtime.views, provider)
+            await _refuse_unknown_types(runtime, store_path, compat)
+        engine = Engine(runtime.store, runtime.views, provider, event_types=compat)
         result = await engine.run_cycle(config, source=str(config_path), mode=mode,
                                         dry_run=dry_run, max_concurrency=max_concurrency)
     if anchor_file is not None and result.head is not None:
@@ -83,11 +84,12 @@ async def run_once(
     return result
 
 
-async def _refuse_unknown_types(runtime: Runtime, store_path: Location) -> None:
+async def _refuse_unknown_types(runtime: Runtime, store_path: Location,
+                                 compat: UnknownEventTypes) -> None:
     """A log holding event types this version does not know was partly
     written by a newer Ovi: acting on it could ignore, say, its pause or
     revocation. ``plan`` still plans; executing waits for an upgrade."""
-    unknown = await UnknownEventTypes(runtime.store.registry.names).check(runtime.views)
+    unknown = await compat.check(runtime.views)
     if unknown:
         raise OviError(
             f"{shown(store_path)} holds event types this Ovi does not know"

@@ -31,7 +31,7 @@ from ovi.engine import CycleResult
 from ovi.events import PAUSE_ALL
 from ovi.evidence import load_chain_key
 from ovi.model import CycleMode
-from ovi.runtime import default_store, is_shared
+from ovi.runtime import default_store, is_shared, store_problem
 from projections import ProjectionError
 
 __all__ = ["main"]
@@ -301,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "store", "absent") is None:
         args.store = default_store()
+    problem = store_problem(args.store) if hasattr(args, "store") else None
+    if problem is not None:
+        sys.stderr.write(f"ovi: error: {problem}\n")
+        return 2
     if getattr(args, "mirror", None) is not None and not is_shared(args.store):
         sys.stderr.write("ovi: error: --mirror: only for a shared log (a postgresql:// --store);"
                          f" {args.store} is a SQLite file, the log itself\n")

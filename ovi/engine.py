@@ -1,7 +1,10 @@
 """One reconcile cycle: observe, record, compare, decide, record.
 
-The engine takes its store, projections, provider and clock as arguments, so
-tests drive it with a fake provider and a controllable clock.
+The engine takes its store, projections and provider as arguments, so tests
+drive it with a fake provider (and a controllable clock given to the store).
+Its time is the store's clock (:meth:`eventstore.EventStore.now`): with a
+shared log the database server's, so hosts whose clocks disagree judge grace
+periods and maintenance windows alike.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 
 from eventstore import NO_STREAM, Event, EventStore, Head, StreamBatch
 from ovi.comparator import Comparator, Context, DefaultComparator, Grant, grants_in_force
+from ovi.compat import UnknownEventTypes
 from ovi.config import Config
 from ovi.coordinator import Coordinator
 from ovi.decisions import DecisionContext, DecisionMaker
@@ -112,10 +116,6 @@ def new_cycle_id(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Engine:
     """Runs reconcile cycles against one store and one provider."""
 
@@ -125,19 +125,22 @@ class Engine:
         views: ProjectionRunner,
         provider: Provider,
         *,
-        clock: Callable[[], datetime] = _utc_now,
         comparator: Callable[[Config], Comparator] = DefaultComparator.from_config,
         decision_maker: Callable[[Config], DecisionMaker] = DecisionMaker.from_config,
         retry: RetryPolicy | None = None,
         claim_ttl: timedelta = timedelta(minutes=10),
         stopping: Callable[[], bool] | None = None,
+        event_types: UnknownEventTypes | None = None,
     ) -> None:
         self.store = store
         self.views = views
         self.provider = provider
-        self._clock = clock
         self._comparator = comparator
         self._decision_maker = decision_maker
+        # Looked at again just before executing: a newer Ovi on another host
+        # may append a type this one does not know (a pause of its own) while
+        # the cycle observes. The caller's tracker, if it has one, is reused.
+        self.event_types = event_types or UnknownEventTypes(store.registry.names)
         self.coordinator = Coordinator(store, views, ttl=claim_ttl)
         # ``stopping`` (the service draining): no new action starts once it is true.
         self.executor = Executor(store, views, provider, self.coordinator, retry=retry,
@@ -157,7 +160,10 @@ class Engine:
         ``dry_run``, record what would have run)."""
         execute = mode is not CycleMode.PLAN
         concurrency = max_concurrency or config.rules.max_concurrency
-        started = self._clock()
+        # The store's clock, not this host's: when a finding was first seen
+        # (the grace period) and the time a maintenance window is judged by
+        # must read alike on every host sharing the log.
+        started = await self.store.now()
         clock_start = time.perf_counter()
         cycle_id = new_cycle_id(started)
         stream = cycle_stream(cycle_id)
@@ -220,10 +226,14 @@ class Engine:
             # The projections were caught up at the start of the cycle: what
             # the executor reads of them (earlier outcomes) cannot have moved
             # since, except by other instances, which claims guard against.
+            newer = await self.event_types.check(self.views)
+            refused = None if not newer else (
+                f"the log holds event types this Ovi does not know ({', '.join(sorted(newer))}):"
+                " a newer Ovi wrote them; upgrade this Ovi")
             executions = await self.executor.execute(
                 decisions, observation, cycle_id=cycle_id, owner=config.owner,
                 max_concurrency=concurrency, dry_run=dry_run,
-                fences=_pause_fences(state.pauses),
+                fences=_pause_fences(state.pauses), refused=refused,
             )
         execution_duration = time.perf_counter() - execution_start
         failed = tuple(sorted(s.key for s in observation.failed))

@@ -99,11 +99,14 @@ class Executor:
         max_concurrency: int,
         dry_run: bool = False,
         fences: Callable[[Decision], Sequence[StreamBatch]] | None = None,
+        refused: str | None = None,
     ) -> list[Execution]:
         """Execute what may run now; record why the rest waits. ``fences``
         gives, per decision, empty batches appended with its write-ahead: if
         one's expected version no longer holds (a pause recorded since the
-        cycle read its state), the action is skipped."""
+        cycle read its state), the action is skipped. ``refused`` says why
+        nothing may run this cycle (the log holds event types this Ovi does
+        not know): every ready action is skipped with that detail."""
         self._fences = fences or _no_fences
         actionable = [d for d in decisions if d.action != Action.NOTIFY]
         if not actionable:
@@ -124,11 +127,11 @@ class Executor:
             executions.append(_execution(decision, Outcome.SKIPPED, reason=reason))
             if record:
                 skips.append((decision, reason, ""))
-        if dry_run:
+        if dry_run or refused is not None:
+            why = SkipReason.DRY_RUN if dry_run else SkipReason.UNKNOWN_EVENTS
             for decision in ready:
-                executions.append(_execution(decision, Outcome.SKIPPED,
-                                             reason=SkipReason.DRY_RUN))
-                skips.append((decision, SkipReason.DRY_RUN, ""))
+                executions.append(_execution(decision, Outcome.SKIPPED, reason=why))
+                skips.append((decision, why, refused or ""))
             await self._record_skips(cycle_id, skips)
             return executions
 

@@ -133,6 +133,9 @@ class SkipReason(StrEnum):
     IN_DOUBT = "in-doubt"  # an earlier attempt has no outcome yet; recovery decides
     FAILED_PERMANENTLY = "failed-permanently"
     DRAINING = "draining"  # the service is stopping: no new action starts
+    # The log holds event types this Ovi does not know, found after the cycle
+    # began (a newer Ovi on another host wrote them): it could be a pause.
+    UNKNOWN_EVENTS = "unknown-events"
 
     @classmethod
     def holding(cls, status: DecisionStatus) -> SkipReason:

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import msgspec
 
-from eventstore import EventStore, MirroredStore, is_postgres_dsn, mask_dsn, store_for
+from eventstore import (
+    EventStore,
+    MirroredStore,
+    conninfo_refusal,
+    is_postgres_dsn,
+    looks_like_conninfo,
+    mask_dsn,
+    store_for,
+)
 from ovi.events import registry
 from projections import Projection, ProjectionRunner
 from projections.claims import ClaimsProjection
@@ -48,9 +56,18 @@ def is_shared(store: Location) -> bool:
 
 
 def shown(store: Location) -> str:
-    """``store`` as messages show it: a URL without its password."""
+    """``store`` as messages show it: a URL (or libpq ``key=value`` text,
+    which is refused) without its password."""
     text = os.fspath(store)
-    return mask_dsn(text) if is_postgres_dsn(text) else text
+    return mask_dsn(text) if is_postgres_dsn(text) or looks_like_conninfo(text) else text
+
+
+def store_problem(store: Location, flag: str = "--store") -> str | None:
+    """Why ``store`` is refused before anything opens it (libpq's
+    ``key=value`` form, which would become a file named with its password),
+    or None."""
+    text = os.fspath(store)
+    return f"{flag}: {conninfo_refusal(text)}" if looks_like_conninfo(text) else None
 
 
 def local_file(store: Location, mirror: Path | None = None) -> Path:

@@ -203,7 +203,7 @@ class Service:
         providing = AsyncExitStack()
         stack.push_async_callback(lambda: providing.aclose())
         provider = await providing.enter_async_context(self.source.open(self._config))
-        engine = self._engine(runtime, provider)
+        engine = self._engine(runtime, provider, compat)
         recovered = 0
         if not settings.plan_only and not self._unknown:
             recovered = len(await recover_in_doubt(
@@ -249,12 +249,14 @@ class Service:
                     await providing.aclose()
                     providing = AsyncExitStack()
                     provider = await providing.enter_async_context(self.source.open(config))
-                    engine = self._engine(runtime, provider)
+                    engine = self._engine(runtime, provider, compat)
                     self.log.info("reload", "provider rebuilt for the new config")
             group.cancel_scope.cancel()
 
-    def _engine(self, runtime: Runtime, provider: Provider) -> Engine:
-        return Engine(runtime.store, runtime.views, provider, stopping=lambda: self._draining)
+    def _engine(self, runtime: Runtime, provider: Provider,
+                compat: UnknownEventTypes) -> Engine:
+        return Engine(runtime.store, runtime.views, provider, stopping=lambda: self._draining,
+                      event_types=compat)
 
     # -- the loop --------------------------------------------------------
 

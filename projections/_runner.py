@@ -326,6 +326,11 @@ class ProjectionRunner:
                     f" head is {head}: it was built from another log; rebuild it"
                 )
             at[projection.name] = position
+        if head and any(position == 0 for position in at.values()):
+            # A fold of the whole log (a new or rebuilt projection) takes every
+            # row as it is served: a mirror edited in place must stop it here,
+            # since a copy's rows are otherwise checked only as they arrive.
+            await self.store.check_served_rows()
         # Projections that stand at the same position fold together, in one
         # read of the log and one transaction per batch; one that lags folds
         # alone until it reaches the next, then they go on together.

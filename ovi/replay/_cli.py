@@ -44,7 +44,7 @@ from ovi.replay._store import open_log, resolve_resource
 from ovi.replay._verify import verify_log
 from ovi.replay._why import explain
 from ovi.replay._why_text import render_chain
-from ovi.runtime import default_mirror_path, default_store, is_shared
+from ovi.runtime import default_mirror_path, default_store, is_shared, store_problem
 from projections import ProjectionError
 
 __all__ = ["main", "parser"]
@@ -134,7 +134,8 @@ def parser() -> argparse.ArgumentParser:
     copy.add_argument("--from", dest="source", required=True, metavar="STORE",
                       help="the log to copy: a SQLite file or a postgresql:// URL")
     copy.add_argument("--to", dest="target", required=True, metavar="STORE",
-                      help="an empty log (a missing file or schema is created)")
+                      help="an empty log (a missing file, or the missing schema a URL's"
+                           " search_path names, is created)")
     return main
 
 
@@ -269,7 +270,8 @@ _WRITING = frozenset({"rebuild"})
 
 
 async def _copy(args: argparse.Namespace, out: Output) -> int:
-    report = await copy_log(args.source, args.target)
+    report = await copy_log(args.source, args.target,
+                            chain_key=load_chain_key(getattr(args, "chain_key_file", None)))
     if out.as_json:
         out.json(report)
     else:
@@ -337,6 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     store: str = getattr(args, "store", None) or default_store()
     out = Output(as_json=getattr(args, "json", False))
+    specs = ([("--from", args.source), ("--to", args.target)] if args.command == "copy"
+             else [("--store", store)])
+    for flag, spec in specs:
+        problem = store_problem(spec, flag)
+        if problem is not None:
+            sys.stderr.write(f"{PROG}: error: {problem}\n")
+            return 2
     if getattr(args, "mirror", None) is not None and not is_shared(store) \
             and args.command != "copy":
         sys.stderr.write(f"{PROG}: error: --mirror: only for a shared log (a postgresql://"

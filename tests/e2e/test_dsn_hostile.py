@@ -44,22 +44,12 @@ def test_a_bad_store_url_fails_without_showing_its_password(store: str, tmp_path
     assert "Traceback" not in output
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a password with an unencoded '?' (pasted as the operator has it) splits the URL"
-    " there: mask_dsn finds no password and the error shows the URL as given —"
-    " `cannot connect to postgresql://u:p?ss…@127.0.0.1:5432/test: ValueError: bad query"
-    " field: 'ss…@127.0.0.1:5432/test'`"))
 def test_a_password_with_a_question_mark_is_not_shown(tmp_path: Path) -> None:
     code, output = plan(f"postgresql://u:p?{SECRET}@127.0.0.1:5432/test", tmp_path)
     assert code == 1 and "ovi: error: " in output
     assert SECRET not in output
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a libpq key=value conninfo ('host=… password=… dbname=…', what psql takes) is not a"
-    " postgresql:// URL, so it is taken for a SQLite path: the cycle runs on a new local"
-    " file whose name holds the password (left on disk, mode 0600) instead of refusing,"
-    " and `ovi run` logs it in full ('… log host=127.0.0.1 user=u password=… dbname=test')"))
 def test_a_key_value_conninfo_is_refused_not_made_a_file_named_with_its_password(
     tmp_path: Path
 ) -> None:

@@ -58,10 +58,6 @@ async def paused_streams(schema: PostgresSchema) -> list[str]:
         return sorted([e.stream async for e in shared.read(types=("AutomationPaused",))])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "processes sharing a mirror copy the same rows into it: one of four `ovi pause` run at"
-    " once in one directory fails with `ovi: error: cannot import the row at position N:"
-    " expected the row at position N, got position …`, and its target is not paused"))
 def test_operators_pausing_at_once_in_one_directory_all_succeed(
     shared_log: PostgresSchema, tmp_path: Path
 ) -> None:
@@ -77,3 +73,19 @@ def test_operators_pausing_at_once_in_one_directory_all_succeed(
             failed[target] = err
     assert failed == {}
     assert asyncio.run(paused_streams(shared_log)) == [f"pause/web-{n}" for n in range(4)]
+
+
+def test_ovi_on_a_mirror_file_as_a_log_of_its_own_refuses_to_write_naming_the_way(
+    shared_log: PostgresSchema, tmp_path: Path
+) -> None:
+    work = tmp_path / "host-a"
+    work.mkdir()
+    _, err = ovi_in(work, shared_log.dsn, "pause", "web-0", "--reason", "incident").communicate(
+        timeout=60)
+    assert (work / "ovi-mirror.db").exists(), err
+    child = ovi_in(work, "ovi-mirror.db", "pause", "web-1", "--reason", "incident")
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 1, out + err
+    assert err.startswith("ovi: error: ovi-mirror.db is this host's mirror of the shared log")
+    assert "--store URL --mirror ovi-mirror.db" in err and "Traceback" not in err
+    assert asyncio.run(paused_streams(shared_log)) == ["pause/web-0"]

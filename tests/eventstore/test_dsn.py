@@ -22,6 +22,9 @@ from tests.eventstore.sample_events import sample_registry
         ("postgresql://ovi@db/ovi?password=hunter2&sslmode=require",
          "postgresql://ovi@db/ovi?password=***&sslmode=require"),
         ("postgresql://db/ovi?sslpassword=k3y&Password=x", "postgresql://db/ovi?sslpassword=***&Password=***"),
+        ("postgresql://ovi:p?ss#w@db/ovi", "postgresql://ovi:***@db/ovi"),  # unescaped ? and #
+        ("postgresql://ovi:pw@db/ovi?application_name=a@b",
+         "postgresql://ovi:***@b"),  # an @ after the query: more is masked, never less
         ("postgresql://ovi@h1:5432,h2:5433/ovi", "postgresql://ovi@h1:5432,h2:5433/ovi"),
         ("postgresql:///ovi?host=/run/postgresql", "postgresql:///ovi?host=/run/postgresql"),
         ("host=db user=ovi password=hunter2 dbname=ovi",
@@ -112,3 +115,22 @@ def test_the_package_exports_both_backends_and_the_helpers() -> None:
     missing = "Nope"
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         getattr(eventstore, missing)
+
+
+def test_secrets_include_the_pieces_of_a_password_a_parser_splits() -> None:
+    settings = connect_settings("postgresql://u:p?Zq9-not-for-eyes@db/ovi", defaults={},
+                                forced={}, environ={})
+    assert sorted(settings.secrets) == ["Zq9-not-for-eyes", "p?Zq9-not-for-eyes"]
+
+
+@pytest.mark.parametrize("spec", [
+    "host=db user=ovi password=hunter2 dbname=ovi", "dbname=ovi", "  HOST = db port=5432"])
+def test_libpq_key_value_form_is_refused_not_taken_for_a_path(spec: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="use a postgresql:// URL") as refused:
+        store_for(spec, sample_registry())
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize("spec", ["ovi.db", "logs/host=a.db", "a b=c.db"])
+def test_paths_with_an_equals_sign_stay_sqlite_paths(spec: str) -> None:
+    assert isinstance(store_for(spec, sample_registry()), SQLiteEventStore)

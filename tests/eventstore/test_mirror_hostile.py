@@ -26,11 +26,6 @@ def host(schema: PostgresSchema, mirror: Path, name: str) -> MirroredStore:
     return MirroredStore(shared, SQLiteEventStore(mirror, sample_registry(), instance_id=name))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "two processes of one host on one mirror file (`ovi run` and an operator's `ovi pause`"
-    " in the same directory, both defaulting to ./ovi-mirror.db) copy the same new rows:"
-    " the slower one's import fails with ImportRejectedError ('expected the row at position"
-    " N+1, got position …') and its command fails"))
 async def test_two_processes_sharing_a_mirror_file_both_catch_up(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
@@ -48,11 +43,6 @@ async def test_two_processes_sharing_a_mirror_file_both_catch_up(
             assert list(heads) == [2_000 * (round_ + 1)] * 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nothing marks a mirror file as a mirror: opened as a SQLite log of its own (`ovi"
-    " apply --store ovi-mirror.db`, by analogy with `replay --store mirror.db`) it takes"
-    " appends — a cycle there claims and acts where no other host sees it — and the"
-    " host's mirror then disagrees with the shared log for good (MirrorMismatchError)"))
 async def test_a_mirror_file_opened_as_a_log_of_its_own_refuses_appends(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:

@@ -493,3 +493,15 @@ async def test_types_must_be_a_collection_not_a_string(tmp_path: Path) -> None:
         with pytest.raises(TypeError, match="collection of type names"):
             async for _ in store.read(types="Ping"):
                 pass
+
+
+@pytest.mark.asyncio
+async def test_a_directory_named_as_the_log_is_refused_and_left_as_it_was(
+    tmp_path: Path
+) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    with pytest.raises(BackendError, match=r"logs: not a file"):
+        await SQLiteEventStore(directory, sample_registry()).open()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755

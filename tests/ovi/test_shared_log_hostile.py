@@ -53,11 +53,6 @@ def advance(*clocks: Clock, minutes: float) -> None:
         clock.advance(minutes=minutes)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the grace period is measured between two hosts' wall clocks: DiffDetected records"
-    " detected_at from the detecting host's clock (Engine's clock, not the store's), and"
-    " another host judges it by its own; a host 5 minutes fast deletes 6 minutes after"
-    " detection under a 10-minute grace period"))
 async def test_a_host_whose_clock_runs_5_minutes_fast_does_not_cut_a_grace_period_short(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
@@ -78,12 +73,6 @@ async def test_a_host_whose_clock_runs_5_minutes_fast_does_not_cut_a_grace_perio
     assert not [call for call in estate.calls if call[0] == "delete"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a row of the mirror edited in place (the whole-estate AutomationPaused turned into"
-    " AutomationResumed, its hash left as it was) is refolded: the mirror is checked"
-    " against the shared log only at its newest row, so a rebuild of the projections"
-    " (an upgrade that changes one) folds the edit, and the next apply creates while the"
-    " shared log says the estate is paused"))
 async def test_a_mirror_row_edited_in_place_is_refused_not_refolded(tmp_path: Path) -> None:
     config = config_text("{type: ec2, name: web, count: 1, size: t3.micro}")
     async with environment(tmp_path, backend="postgres-mirror") as env:
@@ -115,10 +104,6 @@ def tamper(mirror: Path, position: int) -> None:
         db.commit()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the maintenance window is judged by the acting host's wall clock (DecisionContext.now"
-    " is the Engine's clock), not the store's: a host 5 minutes fast deletes at 01:56 by"
-    " the server's clock under a window that opens at 02:00"))
 async def test_a_host_whose_clock_runs_5_minutes_fast_deletes_only_inside_the_window(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
@@ -145,11 +130,6 @@ def twin_instance_id() -> str:
     return f"{socket.gethostname()}/{namespace}:{2**22 + 7}:0a0b0c"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "process_home() is the hostname and the PID namespace inode, nothing that names the"
-    " machine: a live holder on another host with the same hostname (a standby cloned"
-    " from the primary's image) is taken for a gone process of this host, and its claim"
-    " is taken over at once instead of after its expiry"))
 async def test_a_live_claim_of_another_machine_with_the_same_hostname_is_not_taken_over(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:

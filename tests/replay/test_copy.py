@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 import anyio
 import pytest
 
+from eventstore import SQLiteEventStore, StreamBatch
+from ovi.events import CycleStarted, registry
+from ovi.model import CycleMode
+from tests.eventstore.contract_evidence import KEY
 from tests.postgres import PostgresSchema
 from tests.replay.support import Story, replay
 
@@ -68,3 +73,37 @@ async def test_copy_from_a_missing_log_names_it(tmp_path: Path) -> None:
     assert code == 1 and "nope.db: no such event log" in err
     assert not (tmp_path / "to.db").exists()
 
+
+
+async def test_a_keyed_log_stays_keyed_in_its_copies_and_in_a_mirror(
+    postgres_schema: PostgresSchema, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "chain.key"
+    key_file.write_bytes(KEY)
+    keyed = tmp_path / "keyed.db"
+    started = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    async with SQLiteEventStore(keyed, registry(), chain_key=KEY) as log:
+        await log.append_streams(
+            StreamBatch(f"cycle/c-{n}", (CycleStarted(cycle_id=f"c-{n}", mode=CycleMode.PLAN,
+                                                      config_hash="h", started_at=started),))
+            for n in range(3))
+    dsn = postgres_schema.dsn
+    code, _, err = await run("copy", "--from", str(keyed), "--to", dsn)
+    assert code == 1 and "no chain key was given" in err  # a keyed log is copied with its key
+    code, _, err = await run("copy", "--from", str(keyed), "--to", dsn,
+                             "--chain-key-file", str(key_file))
+    assert code == 0, err
+    back = tmp_path / "back.db"
+    code, _, err = await run("copy", "--from", dsn, "--to", str(back),
+                             "--chain-key-file", str(key_file))
+    assert code == 0, err
+    assert rows(back) == rows(keyed)
+    mirror = tmp_path / "mirror.db"
+    for store in (("--store", str(back)), ("--store", dsn, "--mirror", str(mirror))):
+        code, out, err = await run("verify", *store, "--chain-key-file", str(key_file), "--json")
+        assert code == 0, out + err
+        report = json.loads(out)
+        assert report["ok"] and report["keyed"] and report["hashes_checked"], report
+    for copy in (back, mirror):
+        async with SQLiteEventStore(copy, registry(), read_only=True) as log:
+            assert (await log.read_header()).keyed, copy

@@ -66,10 +66,6 @@ def edit_row(path: Path, position: int) -> None:
         db.commit()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a copy from a log whose row past the first batch does not verify stops there with"
-    " `cannot import the row at position N` but leaves the rows before it in the target:"
-    " a truncated log that `verify` passes, and the message does not say it is there"))
 async def test_a_copy_that_fails_on_a_bad_row_leaves_nothing_behind(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
@@ -104,10 +100,6 @@ async def test_two_copies_racing_into_one_empty_log_leave_exactly_one_of_them(
     assert [tuple(r) for r in await pg_rows(postgres_schema)] == rows(winner)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`replay copy --help` says of --to: 'a missing file or schema is created', but a"
-    " postgresql:// --to whose search_path names a missing schema is refused ('no schema"
-    " to keep the event log in')"))
 async def test_copy_to_a_missing_schema_creates_it(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:

@@ -95,7 +95,7 @@ async def test_actions_left_in_doubt_are_resolved_before_ready(tmp_path: Path) -
             ProjectionRunner(earlier, store, ovi_projections()) as views:
         runtime = Runtime(earlier, views)
         hanging = _Hanging()
-        engine = Engine(runtime.store, runtime.views, hanging, clock=lambda: an_hour_ago)
+        engine = Engine(runtime.store, runtime.views, hanging)
         async with anyio.create_task_group() as group:
             async def cycle() -> None:
                 await engine.run_cycle(load_config(config_path), source="ovi.yaml",

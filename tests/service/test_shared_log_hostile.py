@@ -58,11 +58,6 @@ class NewerHostWritesDuringObservation(FakeProvider):
         return await super().observe(scope)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "event types are checked once, when a cycle starts: a type this Ovi does not know,"
-    " appended by a newer host while the cycle observes, is not looked at again before"
-    " the cycle executes (the pause fences cover only pause types it knows), so the"
-    " create runs"))
 async def test_an_unknown_type_appended_during_a_cycle_stops_its_execution(
     postgres_schema: PostgresSchema, tmp_path: Path
 ) -> None:
