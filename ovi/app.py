@@ -16,7 +16,7 @@ import msgspec
 
 from eventstore import StreamBatch
 from ovi._exceptions import OviError
-from ovi.actor import current_actor
+from ovi.actor import check_free_text, current_actor
 from ovi.compat import UnknownEventTypes
 from ovi.config import load_config
 from ovi.engine import CycleResult, Engine
@@ -160,6 +160,7 @@ async def _set_paused(store_path: Location, targets: Sequence[str], *, reason: s
         raise OviError("name the resource ids to act on, or --all for the whole estate")
     await _require_log(store_path)
     actor = current_actor(by)
+    check_free_text("--reason", reason)
     async with open_runtime(store_path, mirror=mirror, chain_key=chain_key) as runtime:
         await runtime.views.catch_up("operations")
         state = await runtime.views.query(pause_state)

@@ -299,6 +299,10 @@ class Executor:
             execution = _execution(decision, Outcome.FAILED, error=str(failure))
         else:
             cloud_id = resource.cloud_id if resource is not None else decision.cloud_id
+            if resource is not None:
+                # The provider answers without Ovi's identity (as it observes):
+                # the outcome names the resource the decision acted on.
+                resource = msgspec.structs.replace(resource, id=decision.resource_id)
             outcome = ActionExecuted(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
                 resource_id=decision.resource_id, cloud_id=cloud_id, token=claim.token,

@@ -22,7 +22,8 @@ from typing import Self, TypeVar
 import aiosqlite
 import msgspec
 
-from eventstore import EncodedRow, EventStore, RecordedEvent
+from eventstore import ChainBreak, EncodedRow, EventStore, LogCorruptedError, RecordedEvent
+from eventstore._chain import ChainVerifier
 from eventstore.sqlite_plumbing import (
     connect,
     create_private_file,
@@ -168,6 +169,8 @@ class ProjectionRunner:
         self._by_name = {p.name: p for p in self.projections}
         # One fold at a time per runner; other runners are detected by checkpoint.
         self._lock = asyncio.Lock()
+        # Where the check of a keyed log's rows stands (see _vouch_for).
+        self._vouched: ChainVerifier | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -317,6 +320,7 @@ class ProjectionRunner:
         # head read after it unless it was folded from another log.
         stored = await self._read_checkpoints()
         head = await self.store.last_position()
+        await self._vouch_for(head)
         at: dict[str, int] = {}
         for projection in projections:
             position = _checkpoint_of(projection, stored)
@@ -358,6 +362,39 @@ class ProjectionRunner:
         if failed:
             raise failed[0]
         return applied
+
+    async def _vouch_for(self, head: int) -> None:
+        """On a keyed log opened with its key, check the HMAC chain of every
+        row up to ``head`` before anything of it is folded: the safety gates
+        read the projections, and a row appended by someone with write access
+        to the log but not the key (say an ApprovalGranted) must not be acted
+        on. Incremental: each row is checked once per runner, so a cycle pays
+        only for the rows appended since the last one.
+
+        :raises LogCorruptedError: at the first row that does not verify.
+        """
+        chain = self.store.chain
+        if not (chain.keyed and chain.checks_hashes):
+            return  # unkeyed: anyone can chain a valid row, a check proves nothing
+        verifier = self._vouched
+        if verifier is None:
+            verifier = self._vouched = ChainVerifier(chain)
+        if verifier.problem is not None:
+            raise LogCorruptedError(verifier.problem.position, verifier.problem.reason)
+        if verifier.last_position >= head:
+            return
+        pages = self.store.read_raw(after=verifier.last_position, until=head)
+        async with aclosing(pages):
+            async for page in pages:
+                if not verifier.feed(page):
+                    break
+        problem = verifier.problem
+        if problem is None and verifier.last_position < head:
+            problem = verifier.problem = ChainBreak(
+                verifier.last_position + 1, f"the log's head is at {head} but its rows end"
+                f" at {verifier.last_position} (rows deleted?)")
+        if problem is not None:
+            raise LogCorruptedError(problem.position, problem.reason)
 
     async def _resume(self, group: Sequence[Projection], at: dict[str, int]) -> None:
         stored = await self._read_checkpoints()

@@ -5,7 +5,7 @@ Tables (and one view)::
     resource_rows(resource_id PK, cloud_id, type, provider, region, scope, owner,
                   "exists", first_seen_rev, observed_rev, disappeared_rev,
                   version, fingerprint)
-    resource_versions(rev PK, resource_id, version, recorded_at, "exists", data_rev,
+    resource_versions((rev, resource_id) PK, version, recorded_at, "exists", data_rev,
                       from_action)
     scope_observations(scope PK, completed_rev)
     known_from_actions(resource_id PK, scope, data_rev)
@@ -87,7 +87,9 @@ class ResourcesProjection(Projection):
     name: ClassVar[str] = "resources"
     # 4: an owner is the ovi:owner tag only (ovi:managed alone no longer means "ovi")
     # 5: Ovi's executed actions are versions too, until the next observation
-    schema_version: ClassVar[int] = 5
+    # 6: versions keyed by (rev, resource): one ObservationCompleted restores
+    #    several resources known from actions at its one revision
+    schema_version: ClassVar[int] = 6
     tables: ClassVar[tuple[str, ...]] = ("resource_rows", "resource_versions",
                                          "scope_observations", "known_from_actions")
     event_types: ClassVar[frozenset[str] | None] = frozenset(
@@ -120,18 +122,21 @@ class ResourcesProjection(Projection):
                 fingerprint     TEXT NOT NULL
             ) WITHOUT ROWID"""
         )
-        # Keyed by the log position: versions are only ever appended, in key
-        # order. The state at a revision scans the versions up to it once.
+        # Keyed by the log position (and the resource: an ObservationCompleted
+        # that restores what was observed makes a version of each resource
+        # known from an action of its scope): versions are only ever appended,
+        # in key order. The state at a revision scans the versions up to it once.
         db.execute(
             """CREATE TABLE resource_versions (
-                rev         INTEGER PRIMARY KEY,
+                rev         INTEGER NOT NULL,
                 resource_id TEXT NOT NULL,
                 version     INTEGER NOT NULL,
                 recorded_at TEXT NOT NULL,
                 "exists"    INTEGER NOT NULL,
                 data_rev    INTEGER NOT NULL,
-                from_action INTEGER NOT NULL DEFAULT 0
-            )"""
+                from_action INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (rev, resource_id)
+            ) WITHOUT ROWID"""
         )
         db.execute(
             """CREATE TABLE known_from_actions (
@@ -323,9 +328,10 @@ def _state(db: sqlite3.Connection, column: str, value: object,
     gone = "" if include_gone else ' WHERE v."exists" = 1'
     rows = db.execute(
         'SELECT e.data, v."exists", v.rev, v.version, v.from_action'
-        " FROM (SELECT max(rev) AS rev FROM resource_versions"
+        " FROM (SELECT max(rev) AS rev, resource_id FROM resource_versions"
         f"       WHERE {column} <= ? GROUP BY resource_id) AS newest"
         " JOIN resource_versions v ON v.rev = newest.rev"
+        " AND v.resource_id = newest.resource_id"
         f" JOIN events e ON e.position = v.data_rev{gone}"
         " ORDER BY v.resource_id",
         (value,),

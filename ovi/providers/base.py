@@ -111,6 +111,10 @@ class Provider(Protocol):
         the rest of the scope is still returned."""
         ...
 
+    # adopt, create and update return the resource as the cloud answered,
+    # with an empty ``id`` too: the provider does not know Ovi's identities,
+    # the executor records the result under the decision's resource id.
+
     def natural_id(self, desired: DesiredResource) -> str | None:
         """The cloud id a create of ``desired`` would take when the cloud names
         resources after it (an S3 bucket's name), so that a resource already

@@ -37,7 +37,7 @@ from ovi.events import (
 from ovi.model import Resource
 from ovi.replay._render import fmt_time
 
-__all__ = ["cycle_of", "describe", "describe_resource", "resource_of", "resource_of_raw",
+__all__ = ["cycle_of", "describe", "describe_resource", "escaped", "resource_of", "resource_of_raw",
            "who"]
 
 _STREAM_PREFIXES = ("resource/", "claim/", "pause/")
@@ -64,13 +64,24 @@ class _Probe(msgspec.Struct):
 _decode_probe = msgspec.json.Decoder(_Probe).decode
 
 
+def escaped(text: str) -> str:
+    """Free text recorded in the log as it prints on one line: a character
+    that would not print as itself (a newline, an escape sequence, a bidi
+    override) is shown escaped, so recorded text cannot fake a line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def who(by: str, actor: Actor | None) -> str:
     """``--by`` and the OS account and host the command ran under (which the
     person could not choose); a log from before they were recorded has only
-    ``--by``."""
+    ``--by``. All escaped (:func:`escaped`)."""
     if actor is None:
-        return f"{by} (OS user not recorded)"
-    return f"{by} (user {actor.user}, uid {actor.uid} on {actor.host})"
+        return f"{escaped(by)} (OS user not recorded)"
+    return (f"{escaped(by)} (user {escaped(actor.user)}, uid {actor.uid} on"
+            f" {escaped(actor.host)})")
 
 
 def probe(data: str) -> _Probe:
@@ -182,7 +193,7 @@ def describe(event: Any) -> str:
         case AutomationPaused() | AutomationResumed():
             verb = "paused" if isinstance(event, AutomationPaused) else "resumed"
             what = "the whole estate" if event.target == PAUSE_ALL else event.target
-            why = f": {event.reason}" if event.reason else ""
+            why = f": {escaped(event.reason)}" if event.reason else ""
             return f"{what} {verb} by {who(event.actor.by, event.actor)}{why}"
         case NotificationSent():
             return (f"announced {event.kind} about {event.resource_id} to"

@@ -19,11 +19,14 @@ async def state_of(store: SQLiteEventStore, at: Revision | datetime | None, *,
                    include_gone: bool = False) -> tuple[int, list[ResourceState]]:
     """The revision meant by ``at`` (default: the head) and the resources then.
 
-    The projection is brought up to date first (see :func:`read_views`).
+    The projection is brought up to date first (see :func:`read_views`); on
+    a read-only store (every audit) it is folded from the log itself into a
+    temporary file, never read from the tables in the log's file, which
+    whoever can write the file can edit without touching a hash.
 
     :raises ReplayError: if ``at`` is a revision beyond the log's head.
     """
-    async with read_views(store, [ResourcesProjection()]) as (views, head):
+    async with read_views(store, [ResourcesProjection()], from_log=True) as (views, head):
         if at is None:
             revision = head
         elif isinstance(at, Revision):

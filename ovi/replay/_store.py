@@ -135,14 +135,17 @@ def _checkpoints(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
 
 
 @asynccontextmanager
-async def read_views(store: SQLiteEventStore,
-                     projections: Sequence[Projection]) -> AsyncIterator[tuple[Views, int]]:
+async def read_views(store: SQLiteEventStore, projections: Sequence[Projection], *,
+                     from_log: bool = False) -> AsyncIterator[tuple[Views, int]]:
     """``projections`` up to date with the log, and the position they are at.
 
     A writable store brings the tables in the log's file up to date (as the
     service does). A read-only one reads them there when they are current
     (same schema version, checkpoint at the head); else it folds them into
     a temporary file that is deleted afterwards, and says so on stderr.
+    ``from_log`` (read-only) folds the whole log into the temporary file
+    whatever the file holds: its projection tables are covered by no hash,
+    so an audit that must show what the log says does not read them.
     """
     if not store.read_only:
         async with ProjectionRunner(store, store.path, projections) as runner:
@@ -153,16 +156,23 @@ async def read_views(store: SQLiteEventStore,
     mode = store.read_mode or "ro"
     with closing(_connect_like(store.path, mode)) as db:
         stored = await anyio.to_thread.run_sync(_checkpoints, db)
-        if all(stored.get(p.name) == (head, p.schema_version) for p in projections):
+        if not from_log and all(stored.get(p.name) == (head, p.schema_version)
+                                for p in projections):
             yield _FileViews(db), head
             return
-    usable = [p for p in projections if p.schema_version == stored.get(p.name, (0, -1))[1]]
+    usable = [p for p in projections if p.schema_version == stored.get(p.name, (0, -1))[1]
+              and not from_log]
     since = min((stored[p.name][0] for p in usable), default=0) if len(usable) == len(
         projections) else 0
     names = ", ".join(p.name for p in projections)
-    sys.stderr.write(f"note: {store.path} is opened read-only and its {names} projection is"
-                     f" behind the log (at {since:,} of {head:,}): folding the"
-                     f" {head - since:,} events since into a temporary copy\n")
+    if from_log:
+        sys.stderr.write(f"note: folding the {head:,} events of {store.path} into a temporary"
+                         f" copy of the {names} projection: the projection tables in the"
+                         " log's file are covered by no hash\n")
+    else:
+        sys.stderr.write(f"note: {store.path} is opened read-only and its {names} projection"
+                         f" is behind the log (at {since:,} of {head:,}): folding the"
+                         f" {head - since:,} events since into a temporary copy\n")
     sys.stderr.flush()
     with tempfile.TemporaryDirectory(prefix="ovi-replay-") as folder:
         copy = Path(folder) / "views.db"

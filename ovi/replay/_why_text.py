@@ -19,7 +19,7 @@ from ovi.events import (
     ResourceObserved,
 )
 from ovi.model import DecisionStatus, DiffType, Provenance
-from ovi.replay._describe import describe_resource, who
+from ovi.replay._describe import describe_resource, escaped, who
 from ovi.replay._render import Output, fmt_time
 from ovi.replay._why import Chain, Step
 
@@ -142,7 +142,8 @@ def _approved(out: Output, chain: Chain) -> None:
         event = step.event
         assert isinstance(event, ApprovalGranted | AdoptionGranted)
         what = (f"adopting {event.identity} " if isinstance(event, AdoptionGranted) else "")
-        by = who(event.by, event.actor).replace(event.by, out.paint(event.by, "bold"), 1)
+        shown = escaped(event.by)
+        by = who(event.by, event.actor).replace(shown, out.paint(shown, "bold"), 1)
         lines.append(f"{what}granted by {by} at {fmt_time(event.at)}"
                      f" (recorded at position {step.position})")
     if not lines:

@@ -49,14 +49,6 @@ def _forge_approval(path: Path, decision_id: str) -> int:
     return int(at)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the writer checks only that the recorded head is the newest row's hash"
-    " (check_head), never that rows it did not write verify under the key: a row"
-    " appended without the key (an ApprovalGranted with a plain SHA-256 hash) is folded"
-    " and acted on, the delete it approves is executed, and the service chains its own"
-    " HMACs after it. A keyed writer should check the HMAC of every row it has not"
-    " written before folding it (incrementally, from the last row it checked), and"
-    " refuse the log (LogCorruptedError) at the first that fails"))
 async def test_a_keyed_service_does_not_act_on_a_row_forged_without_the_key(
     tmp_path: Path
 ) -> None:
@@ -80,15 +72,6 @@ async def test_a_keyed_service_does_not_act_on_a_row_forged_without_the_key(
         assert "i-old" in env.provider.resources, "deleted on an approval nobody gave"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the safety gates read projection tables kept in the log's file, which neither the"
-    " chain nor the key covers: a row inserted into the approvals table (no event"
-    " touched) makes the next apply execute a delete nobody approved, and verify, even"
-    " with the key, says ok about a log in which a delete that waited for a person's"
-    " approval was executed with no ApprovalGranted at all. verify should check that"
-    " every executed action whose decision awaited approval has its approval before"
-    " the write-ahead; and a keyed service should not trust projection rows it cannot"
-    " check (rebuild them from verified events, or keep them in a file of its own)"))
 async def test_a_delete_executed_on_a_forged_projection_row_fails_verify(
     tmp_path: Path
 ) -> None:

@@ -97,7 +97,9 @@ async def test_a_claim_is_renewed_through_a_call_longer_than_its_ttl(tmp_path: P
 async def test_work_waiting_for_a_slot_does_not_start_once_its_claim_is_taken(
     tmp_path: Path
 ) -> None:
-    async with environment(tmp_path) as env:
+    # The thief takes over early, as only an instance of the holder's own
+    # home honestly does (it saw the holder's process gone).
+    async with environment(tmp_path, instance_id="host-a:100:aaaaaa") as env:
         provider = env.provider
         real_create = provider.create
 
@@ -107,9 +109,9 @@ async def test_work_waiting_for_a_slot_does_not_start_once_its_claim_is_taken(
                 # web-1 is written ahead and waits for the one call slot; its
                 # claim is taken over, and a while passes.
                 await env.store.append(claim_stream("web-1"), [ClaimAcquired(
-                    resource_id="web-1", instance_id="thief:1:x", claimed_at=env.clock(),
-                    expires_at=env.clock() + timedelta(minutes=30), token=2,
-                    takeover_of="test")])
+                    resource_id="web-1", instance_id="host-a:1:bbbbbb",
+                    claimed_at=env.clock(), expires_at=env.clock() + timedelta(minutes=30),
+                    token=2, takeover_of="host-a:100:aaaaaa")])
                 env.clock.advance(minutes=4)
             return await real_create(desired, decision_id=decision_id, owner=owner,
                                      attempt=attempt)

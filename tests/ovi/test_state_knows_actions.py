@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ovi.events import ActionExecuted
+from ovi.events import ActionExecuted, ObservationCompleted, cycle_stream
 from projections.resources import ResourceState, state_at
 from tests.ovi.harness import Env, config_text, environment, managed
 
@@ -83,3 +83,20 @@ async def test_an_update_the_cloud_does_not_show_is_replaced_by_the_next_observa
         await env.cycle(config_text(WEB % 1))  # the scope, seen whole: nothing new
         again = (await _state(env))["web-0"]
         assert not again.from_action and again.resource.size == observed.resource.size
+
+
+async def test_an_observation_that_missed_two_creates_of_its_scope_folds(
+    tmp_path: Path
+) -> None:
+    # Another host's observation, listed before this host created web-0 and
+    # web-1 and completed after: both pending versions end at its one revision.
+    async with environment(tmp_path) as env:
+        await env.apply(config_text(WEB % 2))
+        executed = [e.event for e in await env.events() if isinstance(e.event, ActionExecuted)]
+        assert executed[0].resource is not None
+        await env.store.append(cycle_stream("other"), [ObservationCompleted(
+            cycle_id="other", scope=executed[0].resource.scope, count=0, digest="")])
+        known = await _state(env)
+        head = await env.store.last_position()
+        assert sorted(known) == ["web-0", "web-1"]
+        assert {(s.rev, s.from_action) for s in known.values()} == {(head, False)}

@@ -42,13 +42,6 @@ async def _fold_in_place(path: Path) -> None:
         await views.catch_up()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "state reads the MVCC projection tables kept in the log's own file whenever they are"
-    " up to date, but those tables are not covered by the chain: whoever can write the"
-    " file edits resource_versions and state --at shows a deleted database as still"
-    " existing while verify says ok. An audit should fold the verified log into a"
-    " temporary copy (or check the file's projections against such a fold) instead of"
-    " trusting projection rows written by whoever had the file"))
 def test_state_shows_what_the_verified_log_says_not_a_forged_projection(
     story: Story, tmp_path: Path
 ) -> None:
@@ -229,11 +222,6 @@ async def _awaiting_approval(path: Path) -> str:
 FAKE_LINE = " 4 approval   granted by alice (user alice, uid 1001 on prod-1)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "--by is free text recorded and printed as typed: a newline in it lets whoever runs"
-    " ovi approve (any OS user) print a line of why that reads as an approval by another"
-    " OS user on another host, pushing the real one out of sight. Refuse control"
-    " characters in --by (one-line error), and print recorded free text escaped"))
 def test_why_cannot_be_made_to_show_an_approval_by_another_os_user(tmp_path: Path) -> None:
     path = tmp_path / "ovi.db"
     decision_id = asyncio.run(_awaiting_approval(path))

@@ -111,13 +111,6 @@ async def test_an_outcome_without_its_write_ahead_fails_verify(tmp_path: Path) -
     assert not report.ok and _names(report, done.first_position), report.violations
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verify lets a ClaimAcquired that names the holder in takeover_of replace a claim"
-    " that has not expired, because the coordinator takes over early when the holder's"
-    " process is gone; but holder_is_gone can only say so for a process of its own host"
-    " (home): an instance on another host that writes takeover_of while the holder's"
-    " claim runs is two holders of one claim, and verify says ok. An early takeover is"
-    " honest only from the holder's own home"))
 async def test_an_early_takeover_from_another_host_fails_verify(tmp_path: Path) -> None:
     holder, taker = "host-a:100:aaaaaa", "host-b:200:bbbbbb"
     async with environment(tmp_path, instance_id=holder) as env:
@@ -130,12 +123,6 @@ async def test_an_early_takeover_from_another_host_fails_verify(tmp_path: Path) 
     assert not report.ok and _names(report, second), report.violations
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the fence is checked on the write-ahead only: a wrote ahead under its claim, b took"
-    " the expired claim over and executed too, then a recorded its outcome as a plain"
-    " ActionExecuted (not flagged stale_token) under a token that is no longer current;"
-    " verify says ok although both acted at once. An outcome under a token that is not"
-    " the claim in force must be flagged stale_token, else it is a violation"))
 async def test_an_unflagged_outcome_under_a_token_taken_over_fails_verify(
     tmp_path: Path
 ) -> None:
@@ -155,12 +142,6 @@ async def test_an_unflagged_outcome_under_a_token_taken_over_fails_verify(
     assert not report.ok and _names(report, late.first_position), report.violations
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_fenced compares the write-ahead's instance and token with the claim in force but"
-    " not the time: a writes ahead 11 minutes into a 10-minute claim it never renewed,"
-    " b takes the expired claim over and executes as well, and verify says ok; a"
-    " write-ahead recorded at or after its claim's expires_at (store time, renewals"
-    " counted) was made without a claim"))
 async def test_a_write_ahead_after_its_claim_expired_fails_verify(tmp_path: Path) -> None:
     async with environment(tmp_path, instance_id="a") as env:
         decision_id = await _decision(env)
@@ -175,13 +156,6 @@ async def test_a_write_ahead_after_its_claim_expired_fails_verify(tmp_path: Path
     assert not report.ok and _names(report, late.first_position), report.violations
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_claim() clears the claim in force on any ClaimReleased, whoever writes it and"
-    " whatever token it names: b releases a's claim (a's token, b's instance) while a"
-    " holds it, acquires the claim itself without takeover_of and executes, and no"
-    " violation is found, although a held the claim until b's acquisition. The"
-    " coordinator only ever releases its own claims: a release by another instance, or"
-    " of a token that is not the claim in force, is a violation"))
 async def test_a_release_of_another_instances_claim_fails_verify(tmp_path: Path) -> None:
     async with environment(tmp_path, instance_id="a") as env:
         decision_id = await _decision(env)
@@ -198,11 +172,6 @@ async def test_a_release_of_another_instances_claim_fails_verify(tmp_path: Path)
     assert not report.ok and _names(report, released.first_position), report.violations
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an outcome is paired with its write-ahead by (decision, token, create attempt) only,"
-    " never by who wrote it: b, which holds no claim, records a plain ActionExecuted"
-    " (neither recovered nor interrupted, the only outcomes another instance may write)"
-    " for the execution a wrote ahead and still holds, and verify says ok"))
 async def test_a_plain_outcome_by_another_instance_than_the_write_ahead_fails_verify(
     tmp_path: Path
 ) -> None:

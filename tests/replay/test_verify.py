@@ -196,8 +196,10 @@ async def test_claim_histories_renewals_and_an_honest_late_outcome(tmp_path: Pat
         ])
         await env.append_as("a", resource_stream("web-0"), [_executing(decision)])
         await env.store.append(claims, [
-            ClaimAcquired(resource_id="web-0", instance_id="b", claimed_at=now,
-                          expires_at=later, token=3, takeover_of="a"),
+            # at a's expiry: an early takeover is honest only from a's own home
+            ClaimAcquired(resource_id="web-0", instance_id="b", claimed_at=later,
+                          expires_at=later + timedelta(minutes=10), token=3,
+                          takeover_of="a"),
         ])
         await env.store.append(resource_stream("web-0"), [
             # b's recovery resolved a's action; a, late, says what it did: flagged.
