@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
@@ -70,8 +70,13 @@ def parse_anchor(text: str) -> Anchor:
     return _checked(Anchor(position=int(position), hash=hash_.lower()), f"anchor {text!r}")
 
 
-def read_anchors(path: Path) -> list[Anchor]:
+def read_anchors(path: Path, on_torn: Callable[[str], None] | None = None) -> list[Anchor]:
     """Every anchor in an anchor file (blank lines are skipped).
+
+    A *torn* line — the start of an anchor whose write was cut short by a
+    crash or power loss, which :func:`append_anchor` leaves behind on a line of
+    its own — is skipped, and ``on_torn`` (if given) is told where it is: the
+    anchors before and after it still count.
 
     :raises AnchorError: naming the file and line of the first bad one, or
         why the file cannot be read.
@@ -90,10 +95,34 @@ def read_anchors(path: Path) -> list[Anchor]:
         except msgspec.ValidationError as exc:
             raise AnchorError(f"{where}: {exc}") from exc
         except msgspec.DecodeError as exc:
+            torn, anchor_after = _torn(line, str(exc))
+            if torn:
+                if on_torn is not None:
+                    on_torn(f"{where}: a torn anchor (its write was cut short), skipped")
+                if anchor_after is not None:
+                    anchors.append(_checked(anchor_after, where))
+                continue
             raise AnchorError(f"{where}: expected one JSON object with position and hash,"
                               f" got {line[:60].decode(errors='replace')!r}") from exc
         anchors.append(_checked(anchor, where))
     return anchors
+
+
+def _torn(line: bytes, error: str) -> tuple[bool, Anchor | None]:
+    """Whether ``line`` is a torn anchor: the start of one cut short, alone
+    (what :func:`append_anchor` leaves), or followed by a whole anchor glued
+    onto it by a writer that could not read the file's end (returned)."""
+    if not line.lstrip().startswith(b"{"):
+        return False, None
+    if "truncated" in error:
+        return True, None
+    start = line.rfind(b'{"position"')
+    if start > 0:
+        try:
+            return True, _decode_anchor(line[start:])
+        except msgspec.DecodeError:
+            pass
+    return False, None
 
 
 def append_anchor(path: Path, anchors: Iterable[Anchor]) -> None:
@@ -106,8 +135,19 @@ def append_anchor(path: Path, anchors: Iterable[Anchor]) -> None:
     lines = b"".join(_encode(anchor) + b"\n" for anchor in anchors)
     created = not path.exists()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            torn = _ends_mid_line(fd)
+        except PermissionError:
+            # A file the writer may append to but not read (kept by another
+            # user): it cannot look at its end; read_anchors copes with a glued line.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            torn = False
+        try:
+            if torn:
+                # A torn write (crash mid-line): keep it on a line of its own,
+                # or this anchor would be glued onto it and lost with it.
+                lines = b"\n" + lines
             view = memoryview(lines)
             while view:
                 view = view[os.write(fd, view):]
@@ -122,3 +162,9 @@ def append_anchor(path: Path, anchors: Iterable[Anchor]) -> None:
                 os.close(directory)
     except OSError as exc:
         raise AnchorError(f"{path}: cannot append to the anchor file: {exc.strerror}") from exc
+
+
+def _ends_mid_line(fd: int) -> bool:
+    """Whether the file open at ``fd`` is not empty and does not end with a newline."""
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"

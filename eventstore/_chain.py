@@ -47,6 +47,7 @@ __all__ = [
     "check_batches",
     "check_continuation",
     "check_head",
+    "check_header_unchanged",
     "check_name",
     "row_hash",
 ]
@@ -217,13 +218,33 @@ class ChainVerifier:
         self._prev_hash = GENESIS_HASH if chain is None else chain.genesis
         self.problem: ChainBreak | None = None
         self._anchors: dict[int, str] = {}
-        for anchor in anchors:
-            if self._anchors.setdefault(anchor.position, anchor.hash) != anchor.hash:
-                raise ValueError(f"two anchors at position {anchor.position} disagree:"
-                                 f" {self._anchors[anchor.position]} and {anchor.hash}")
         self.anchors_checked = 0
         self._last_good_anchor = 0
         self.anchor_problem: ChainBreak | None = None
+        #: the anchor problem is that no anchor could be checked (no key)
+        self.anchors_unchecked = False
+        for anchor in anchors:
+            known = self._anchors.setdefault(anchor.position, anchor.hash)
+            if known != anchor.hash and self.anchor_problem is None:
+                # Two heads for one position: the log was cut back and written
+                # on, and both histories were anchored; this is the proof.
+                self.anchor_problem = ChainBreak(
+                    anchor.position, f"two anchors disagree about position {anchor.position}"
+                    f" ({known[:16]}… and {anchor.hash[:16]}…): the log's history was"
+                    f" rewritten at or before position {anchor.position}")
+        if self._anchors and chain is not None and not chain.checks_hashes:
+            # A keyed log walked without its key: its hashes are HMACs nobody
+            # here can recompute, so a row edited with its hash left alone still
+            # "matches" its anchor; and whether a log is keyed is said by its
+            # header, which a forger writes too. An anchor then vouches for nothing.
+            position = min(self._anchors)
+            self.anchors_unchecked = self.anchor_problem is None
+            self.anchor_problem = self.anchor_problem or ChainBreak(
+                position, f"the log says it is keyed (key {chain.header.key_id}) and no"
+                " chain key was given: without the key no row hash can be recomputed, so"
+                " the anchors (from position"
+                f" {position}) cannot be checked; give the chain key (and if the log was"
+                " not created keyed, its header was rewritten)")
         # Position 0 is the empty log: its "hash" is the genesis.
         if 0 in self._anchors and self._prev_hash is not None:
             self._anchor(0, self._prev_hash)
@@ -248,6 +269,15 @@ class ChainVerifier:
         for row in rows:
             position, stream, version, type_, recorded_at, instance_id, data, prev, hash_ = row
             expected_position = self.last_position + 1
+            if not _row_types_ok(row):
+                # SQLite keeps whatever type is written into a column (a BLOB in
+                # the TEXT data column reads the same to every reader): no
+                # hash of this code's can match it, so say where, not crash.
+                self.problem = ChainBreak(
+                    position if isinstance(position, int) else expected_position,
+                    "the row's columns are not of their types (integer position and"
+                    f" version, text elsewhere): {_column_types(row)}")
+                return False
             if position != expected_position:
                 missing = (
                     f"position {expected_position}"
@@ -283,7 +313,8 @@ class ChainVerifier:
             self.checked += 1
         return True
 
-    def finish(self, head_position: int, head_hash: str) -> VerifyReport:
+    def finish(self, head_position: int, head_hash: str,
+               storage_problem: str | None = None) -> VerifyReport:
         """Compare the walked chain with the recorded head and build the report."""
         if self.problem is None:
             if head_position > self.last_position:
@@ -316,6 +347,42 @@ class ChainVerifier:
             anchor_problem=self.anchor_problem,
             keyed=self._chain is not None and self._chain.keyed,
             hashes_checked=self._chain is None or self._chain.checks_hashes,
+            storage_problem=storage_problem,
+            anchors_unchecked=self.anchors_unchecked,
+        )
+
+
+def _row_types_ok(row: RawRow) -> bool:
+    position, stream, version, type_, recorded_at, instance_id, data, prev, hash_ = row
+    return (type(position) is int and type(version) is int
+            and all(type(text) is str for text in (stream, type_, recorded_at, instance_id,
+                                                     data, prev, hash_)))
+
+
+def _column_types(row: RawRow) -> str:
+    names = ("position", "stream", "stream_version", "type", "recorded_at", "instance_id",
+             "data", "prev_hash", "hash")
+    return ", ".join(f"{name} is {type(value).__name__}" for name, value in zip(names, row,
+                                                                                  strict=True)
+                     if type(value) is not (int if name in ("position", "stream_version")
+                                            else str))
+
+
+def check_header_unchanged(chain: Chain, text: str | None) -> None:
+    """Refuse to append the first row of a log whose header is no longer the
+    one this store read when it opened the log empty: another writer made it
+    keyed meanwhile (an empty log may still become keyed), and a row hashed the
+    old way would make the log half one kind, half the other. Call it in the
+    append transaction, under the write lock, while the log is empty.
+
+    :raises ChainKeyError: naming the header the log has now.
+    """
+    now = decode_header(text, chain.location)
+    if now != chain.header:
+        raise ChainKeyError(
+            f"{chain.location}: the log's header changed since this store opened it empty"
+            f" (it is now {'keyed, key ' + str(now.key_id) if now.keyed else 'unkeyed'});"
+            " nothing was written: reopen the log (with its chain key if it is keyed)"
         )
 
 

@@ -515,6 +515,7 @@ class EventStore(ABC):
             if not self._open:
                 raise StoreClosedError("the event store was closed")
             waiter = self._appended
+            await self._refresh_reads()
             head = await self.last_position()
             if head > position:
                 async for event in self.read(after=position, until=head, types=types,
@@ -561,7 +562,7 @@ class EventStore(ABC):
                 verifier.problem = ChainBreak(
                     head_now + 1, "rows beyond the recorded head (written outside the store)"
                 )
-        return verifier.finish(head_position, head_hash)
+        return verifier.finish(head_position, head_hash, await self._check_storage())
 
     async def check_served_rows(self) -> None:
         """Raise unless the rows reads are served from are this log's own.
@@ -684,6 +685,19 @@ class EventStore(ABC):
     @abstractmethod
     async def _read_head(self) -> tuple[int, str]:
         """The recorded head: last position and hash."""
+
+    async def _refresh_reads(self) -> None:
+        """Make the next reads see rows appended since the last ones, for a
+        backend whose reads may be a snapshot (SQLite opened ``immutable``);
+        :meth:`follow` calls it before each poll. The default does nothing."""
+        return
+
+    async def _check_storage(self) -> str | None:
+        """What is wrong with the storage under the rows, that the chain walk
+        cannot see (an index that disagrees with its table: reads through it
+        miss rows the walk finds); None when nothing is. The default checks
+        nothing: a backend that can be edited below its SQL says so."""
+        return None
 
     @abstractmethod
     async def _read_header(self) -> str | None:

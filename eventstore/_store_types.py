@@ -59,7 +59,15 @@ class VerifyReport(msgspec.Struct, frozen=True):
     keyed: bool = False
     #: False for a keyed log walked without its key: structure only
     hashes_checked: bool = True
+    #: the storage under the rows is damaged or was tampered with (SQLite:
+    #: ``PRAGMA integrity_check``, an index the store did not create): reads
+    #: through an index may then miss rows the walk found
+    storage_problem: str | None = None
+    #: ``anchor_problem`` is that the anchors could not be checked at all (a
+    #: keyed log walked without its key), not that one no longer matches
+    anchors_unchecked: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.problem is None and self.anchor_problem is None
+        return (self.problem is None and self.anchor_problem is None
+                and self.storage_problem is None)

@@ -34,7 +34,13 @@ from typing import NamedTuple, NoReturn, cast
 
 import asyncpg
 
-from eventstore._chain import chain_group, check_continuation, check_head, check_name
+from eventstore._chain import (
+    chain_group,
+    check_continuation,
+    check_head,
+    check_header_unchanged,
+    check_name,
+)
 from eventstore._dsn import ConnectSettings, connect_settings, is_postgres_dsn, mask_dsn, scrub
 from eventstore._events import EventRegistry
 from eventstore._exceptions import (
@@ -307,6 +313,10 @@ class PostgresEventStore(EventStore):
             try:
                 async with conn.transaction():
                     state = await self._locked_state(conn, streams)
+                    if state.position == 0:
+                        # the log's kind is fixed by its first row: still the one opened?
+                        check_header_unchanged(self.chain, await conn.fetchval(
+                            "SELECT header FROM log_header WHERE id = 1"))
                     now = state.now if self._clock is None else format_timestamp(self._clock())
                     rows, results = chain_group(
                         group, state.versions, (state.position, state.hash),

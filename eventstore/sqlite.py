@@ -31,7 +31,13 @@ from typing import Any, NamedTuple, cast
 
 import aiosqlite
 
-from eventstore._chain import GENESIS_HASH, chain_group, check_continuation, check_head
+from eventstore._chain import (
+    GENESIS_HASH,
+    chain_group,
+    check_continuation,
+    check_head,
+    check_header_unchanged,
+)
 from eventstore._events import EventRegistry
 from eventstore._exceptions import (
     BackendError,
@@ -107,6 +113,8 @@ _ENCODED_COLUMNS = _EVENT_COLUMNS.replace("data", "CAST(data AS BLOB)")
 # SQLite's default limit on host parameters is 32766; stay well below it.
 _MAX_PARAMS = 500
 _SIDE_FILES = ("", "-wal", "-shm")
+#: the one index on ``events`` the store makes: UNIQUE (stream, stream_version)
+_STREAM_INDEX = ("sqlite_autoindex_events_1", None)
 
 
 def _translate(exc: sqlite3.Error, doing: str) -> EventStoreError:
@@ -219,6 +227,7 @@ class SQLiteEventStore(EventStore):
                 self.path, busy_timeout=self._busy_timeout, synchronous=self._synchronous
             )
             await run_in_connection_thread(self._writer, _create_schema)
+            await self._refuse_foreign_indexes()
         except sqlite3.Error as exc:
             await self._close_backend()
             raise _translate(exc, f"cannot open event log {self.path}") from exc
@@ -242,6 +251,58 @@ class SQLiteEventStore(EventStore):
             await self._close_backend()
             raise BackendError(f"the event log has schema version {version}; this Ovi knows"
                                f" up to {SCHEMA_VERSION}")
+        try:
+            await self._refuse_foreign_indexes()
+        except BaseException:
+            await self._close_backend()
+            raise
+
+    async def _refresh_reads(self) -> None:
+        # An immutable connection (a read-only mount, a directory this user
+        # may not write, a log nobody had open) never sees a later append:
+        # open the file afresh, as open() did. A -wal holding rows this user
+        # cannot read is not an error here: they are seen once they reach the
+        # main file (a checkpoint: at the latest when the writer closes).
+        if self.read_mode != "immutable" or self._reader is None:
+            return
+        try:
+            reader, mode = await connect_read_only(self.path, busy_timeout=self._busy_timeout)
+        except sqlite3.Error:
+            return
+        old, self._reader, self.read_mode = self._reader, reader, mode
+        await old.close()
+
+    async def _foreign_indexes(self) -> list[str]:
+        """Indexes on ``events`` other than the store's own: SQLite answers a
+        read through whichever index it likes, so one that lacks rows (a
+        partial index made to look full through ``writable_schema``) hides them
+        from every filtered read, while the chain walk, by position, sees them."""
+        rows = await self._query(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")
+        return [str(name) for name, sql in rows if (name, sql) != _STREAM_INDEX]
+
+    async def _refuse_foreign_indexes(self) -> None:
+        """:raises LogCorruptedError: if ``events`` has an index the store did not create."""
+        foreign = await self._foreign_indexes()
+        if foreign:
+            names = ", ".join(foreign)
+            raise LogCorruptedError(
+                0, f"{self.path}: the events table has an index the store did not create"
+                f" ({names}): an index can hide rows from reads; check the log (PRAGMA"
+                f" integrity_check), then drop it: DROP INDEX {foreign[0]}")
+
+    async def _check_storage(self) -> str | None:
+        foreign = await self._foreign_indexes()
+        if foreign:
+            return (f"the events table has an index the store did not create"
+                    f" ({', '.join(foreign)}): it can hide rows from filtered reads")
+        # Compares every index with its table (quick_check does not): the
+        # only check that finds an index whose pages were swapped for another's.
+        found = [str(row[0]) for row in await self._query("PRAGMA integrity_check(10)")]
+        if found != ["ok"]:
+            return ("PRAGMA integrity_check fails (an index disagrees with its table, or the"
+                    f" file is damaged; reads through an index may miss rows): {'; '.join(found)}")
+        return None
 
     async def _close_backend(self) -> None:
         for conn in (self._writer, self._reader):
@@ -257,11 +318,17 @@ class SQLiteEventStore(EventStore):
     async def _commit_group(self, group: list[tuple[EncodedBatch, ...]]) -> list[GroupResult]:
         instance_id = self.instance_id
         clock = self._clock or utc_now
-        hash_row = self.chain.row_hash
+        chain = self.chain
+        hash_row = chain.row_hash
 
         def body(db: sqlite3.Connection) -> list[GroupResult]:
             _refuse_if_mirror(db, self.path)
             head = _checked_head(db)
+            if head.position == 0:
+                # The log's kind is fixed by its first row: is it still the
+                # kind it was when this store opened it?
+                found = db.execute("SELECT header FROM log_header WHERE id = 1").fetchone()
+                check_header_unchanged(chain, None if found is None else str(found[0]))
             # Read under the write lock: another process's commit cannot come
             # between this reading and these positions.
             recorded_at = stamp_after(format_timestamp(clock()), head.recorded_at)

@@ -22,6 +22,7 @@ __all__ = [
     "create_private_file",
     "immediate_transaction",
     "run_in_connection_thread",
+    "side_files_absent",
 ]
 
 T = TypeVar("T")
@@ -68,6 +69,15 @@ def _file_uri(path: Path) -> str:
     return path.absolute().as_uri()
 
 
+def side_files_absent(path: Path) -> bool:
+    """Whether ``path`` has neither a ``-wal`` nor a ``-shm`` file: its writer
+    closed it (or it is a backup), so the main file is the whole database and
+    nobody is writing it, and a reader allowed to create those files (the
+    log's owner, root) would create them and leave them behind (a read-only
+    connection cannot delete them on close)."""
+    return not any(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-shm"))
+
+
 def _has_rows(wal: Path) -> bool:
     try:
         return wal.stat().st_size > 0
@@ -87,24 +97,29 @@ async def connect_read_only(path: Path, *, busy_timeout: float) -> tuple[aiosqli
     whole database, and it is opened ``immutable`` (no locks, no ``-shm``).
     With such a ``-wal`` (a writer running as another user), there is no
     way to read those rows without write access: refused, saying so.
+    When neither side file exists (no writer has it open) it is opened
+    ``immutable`` at once: a reader that could create them (the owner, root)
+    would otherwise leave them behind. An immutable connection does not see
+    later appends: reopen it to (see :meth:`SQLiteEventStore.follow`).
 
     :raises sqlite3.Error: if it cannot be opened (the caller translates).
     """
     base = _file_uri(path)
-    conn = await aiosqlite.connect(f"{base}?mode=ro", uri=True, isolation_level=None,
-                                   timeout=busy_timeout)
-    try:
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
-        return conn, "ro"
-    except sqlite3.OperationalError as exc:
-        await conn.close()
-        wal = path.with_name(path.name + "-wal")
-        if _has_rows(wal):
-            raise sqlite3.OperationalError(
-                f"{exc}; {wal} holds rows not yet in the main file, and reading them needs"
-                f" write access to {path.parent} (or a readable {wal.name} and"
-                f" {path.name}-shm)") from exc
+    if not side_files_absent(path):
+        conn = await aiosqlite.connect(f"{base}?mode=ro", uri=True, isolation_level=None,
+                                       timeout=busy_timeout)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
+            return conn, "ro"
+        except sqlite3.OperationalError as exc:
+            await conn.close()
+            wal = path.with_name(path.name + "-wal")
+            if _has_rows(wal):
+                raise sqlite3.OperationalError(
+                    f"{exc}; {wal} holds rows not yet in the main file, and reading them"
+                    f" needs write access to {path.parent} (or a readable {wal.name} and"
+                    f" {path.name}-shm)") from exc
     conn = await aiosqlite.connect(f"{base}?immutable=1", uri=True, isolation_level=None,
                                    timeout=busy_timeout)
     try:

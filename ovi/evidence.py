@@ -8,6 +8,7 @@ See docs/eventstore.md ("What the chain proves") for why both exist.
 from __future__ import annotations
 
 import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,10 +33,19 @@ CREDENTIAL_NAME = "ovi-chain-key"
 def load_chain_key(path: Path | None) -> bytes | None:
     """The chain key: the file given, else the systemd credential
     ``$CREDENTIALS_DIRECTORY/ovi-chain-key`` when there is one, else None
-    (an unkeyed log). Surrounding whitespace (a trailing newline) is not part
-    of the key.
+    (an unkeyed log).
 
-    :raises OviError: naming the file, if it cannot be read or is too short.
+    The file's bytes are the key, except that a *text* key (printable ASCII,
+    like a hex or base64 string) loses one trailing newline: a random binary
+    key is taken byte for byte, since stripping whitespace off it would change
+    (and sometimes shorten below the minimum) a key that merely ends in one.
+
+    Whoever reads the key can forge every row of a keyed log, so a key file
+    that other users may read, or that its group may write, is refused (its
+    group may read it: a key owned by root, readable by the service's group).
+
+    :raises OviError: naming the file, if it cannot be read, others may read
+        it, or it is too short.
     """
     if path is None:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -45,12 +55,33 @@ def load_chain_key(path: Path | None) -> bytes | None:
         if not path.exists():
             return None
     try:
-        key = path.read_bytes().strip()
+        with path.open("rb") as file:
+            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+            key = file.read()
     except OSError as exc:
         raise OviError(f"{path}: cannot read the chain key: {exc.strerror}") from exc
+    if mode & _TOO_OPEN:
+        raise OviError(f"{path}: the chain key file has mode {mode:04o}: other users may"
+                       " read it (or its group write it), and whoever reads the key can"
+                       f" forge the log; make it private: chmod 600 {path}")
+    key = _without_text_newline(key)
     if len(key) < MIN_KEY_BYTES:
         raise OviError(f"{path}: a chain key must be at least {MIN_KEY_BYTES} bytes"
                        f" (32 random bytes are best: head -c 32 /dev/urandom), got {len(key)}")
+    return key
+
+
+#: mode bits a chain key file must not have: any for others, write for its group
+_TOO_OPEN = stat.S_IRWXO | stat.S_IWGRP
+_PRINTABLE = frozenset(range(0x20, 0x7F))
+
+
+def _without_text_newline(key: bytes) -> bytes:
+    """``key`` without the one newline (``\\n`` or ``\\r\\n``) an editor or
+    ``echo`` ends a text key with; a key with any other byte is binary, kept whole."""
+    for end in (b"\r\n", b"\n"):
+        if key.endswith(end) and set(key[:-len(end)]) <= _PRINTABLE:
+            return key[:-len(end)]
     return key
 
 

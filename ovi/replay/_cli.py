@@ -189,11 +189,32 @@ async def _stats(args: argparse.Namespace, store: SQLiteEventStore, out: Output)
 async def _verify(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:
     anchors = list(args.anchors)
     for path in args.anchor_files:
-        anchors.extend(read_anchors(path))
+        anchors.extend(_anchor_file(path, store.path))
     note(f"verifying {await store.last_position():,} events…")
     verification = await verify_log(store, anchors=anchors)
     show_verification(out, verification)
     return 0 if verification.ok else 1
+
+
+def _anchor_file(path: Path, log: Path) -> list[Anchor]:
+    """The anchors in ``path``, warning of torn lines and of anchors of another log.
+
+    :raises AnchorError: if it cannot be read, or holds no anchor.
+    """
+    found = read_anchors(path, on_torn=_warn)
+    if not found:
+        # The service appends one after every cycle: an empty file was
+        # emptied or replaced, and checking nothing must not read as "ok".
+        raise AnchorError(f"{path}: holds no anchor (expected one JSON line per cycle)")
+    here = os.path.abspath(log)
+    others = sorted({a.log for a in found if a.log and a.log != here})
+    if others:  # a copy or a moved log is fine, but say whose anchors these are
+        _warn(f"{path}: holds anchors of {', '.join(others[:3])}, checked against {here}")
+    return found
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
 
 
 async def _head(args: argparse.Namespace, store: SQLiteEventStore, out: Output) -> int:

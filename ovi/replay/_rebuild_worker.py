@@ -37,7 +37,10 @@ def named(name: str) -> Projection:
 async def fold_share(log: Path, copy: Path, names: list[str]) -> None:
     """Fold the named projections from position 0 into ``copy``."""
     # The copy is thrown away after the comparison: it needs no durability.
-    async with SQLiteEventStore(log, registry(), instance_id=f"replay:{os.getpid()}") as store, \
+    # The log is only read: read-only needs no chain key (a keyed log is
+    # walked without one), so the key never goes on a worker's command line.
+    async with SQLiteEventStore(log, registry(), instance_id=f"replay:{os.getpid()}",
+                                read_only=True) as store, \
             ProjectionRunner(store, copy, [named(name) for name in names],
                              synchronous="OFF", batch_size=BATCH) as views:
         await views.catch_up()

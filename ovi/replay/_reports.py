@@ -39,8 +39,10 @@ def show_verification(out: Output, v: Verification) -> None:
             "head_hash": v.head_hash,
             "keyed": v.keyed,
             "hashes_checked": v.hashes_checked,
+            "storage": v.storage_problem,
             "anchors": v.anchors,
             "anchors_checked": v.anchors_checked,
+            "anchors_unchecked": v.anchors_unchecked,
             "anchor": msgspec.to_builtins(v.anchor_problem) if v.anchor_problem else None,
             "chain": msgspec.to_builtins(v.chain_problem) if v.chain_problem else None,
             "actions": v.actions,
@@ -61,9 +63,13 @@ def show_verification(out: Output, v: Verification) -> None:
         out.write(f"hash chain   {out.paint('BROKEN', 'red')} at position {chain.position}:"
                   f" {chain.reason}; later events are not checked ({kind})")
     out.write(f"head         position {v.head_position}, hash {v.head_hash}")
+    if v.storage_problem is not None:
+        out.write(f"storage      {out.paint('BROKEN', 'red')}: {v.storage_problem}")
     anchor = v.anchor_problem
     if anchor is not None:
-        out.write(f"anchors      {out.paint('REWRITTEN', 'red')} at position {anchor.position}:"
+        # Without the key of a keyed log no anchor can be checked at all.
+        label = "UNCHECKED" if v.anchors_unchecked else "REWRITTEN"
+        out.write(f"anchors      {out.paint(label, 'red')} at position {anchor.position}:"
                   f" {anchor.reason}")
     elif v.anchors:
         out.write(f"anchors      {out.paint('ok', 'green')}: {v.anchors_checked} of"

@@ -24,6 +24,7 @@ import anyio
 import msgspec
 
 from eventstore import SQLiteEventStore, format_timestamp
+from eventstore.sqlite_plumbing import side_files_absent
 from ovi.events import (
     ResourceDisappeared,
     claim_stream,
@@ -60,7 +61,9 @@ def check_log_file(path: Path) -> None:
         raise ReplayError(f"{path}: is a directory, not an event log")
     if not os.access(path, os.R_OK):
         raise ReplayError(f"{path}: cannot read it (permission denied)")
-    uri = path.absolute().as_uri() + "?mode=ro"
+    # Neither -wal nor -shm: mode=ro would create both (and leave them) for
+    # a reader who may write the directory; the main file is the whole log.
+    uri = path.absolute().as_uri() + ("?immutable=1" if side_files_absent(path) else "?mode=ro")
     try:
         with closing(sqlite3.connect(uri, uri=True)) as db:
             found = db.execute(

@@ -95,6 +95,10 @@ class Verification(msgspec.Struct, kw_only=True):
     #: a keyed log; ``hashes_checked`` False when walked without its key
     keyed: bool = False
     hashes_checked: bool = True
+    #: the file under the rows fails its integrity check (see VerifyReport)
+    storage_problem: str | None = None
+    #: the anchor problem is that none could be checked (keyed, no key)
+    anchors_unchecked: bool = False
     actions: int = 0
     violations: list[Violation] = []
     in_doubt: list[InDoubt] = []
@@ -107,7 +111,7 @@ class Verification(msgspec.Struct, kw_only=True):
 
     @property
     def ok(self) -> bool:
-        return self.first_problem is None
+        return self.first_problem is None and self.storage_problem is None
 
 
 class _Ref(msgspec.Struct, frozen=True):
@@ -134,7 +138,9 @@ async def verify_log(store: EventStore, *, max_violations: int = 50,
                           head_position=report.head_position, head_hash=report.head_hash,
                           anchors=len({a.position for a in anchors}),
                           anchors_checked=report.anchors_checked,
-                          keyed=report.keyed, hashes_checked=report.hashes_checked)
+                          keyed=report.keyed, hashes_checked=report.hashes_checked,
+                          storage_problem=report.storage_problem,
+                          anchors_unchecked=report.anchors_unchecked)
     if report.anchor_problem is not None:
         result.anchor_problem = Violation(report.anchor_problem.position, "anchor",
                                           report.anchor_problem.reason)

@@ -42,12 +42,6 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
     return postgres
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a log is keyed or not from its first event, but the header is only read at open():"
-    " a writer that opened the empty log without the key keeps hashing with plain SHA-256"
-    " after a keyed writer replaced the header (_load_chain's replace=True), and its"
-    " append chains an unkeyed row onto the keyed genesis; _commit_group should re-read"
-    " the header in the append transaction while the log is empty and refuse a mismatch"))
 @pytest.mark.asyncio
 async def test_a_writer_that_opened_the_empty_log_unkeyed_cannot_append_once_it_is_keyed(
     make_store: StoreMaker,
@@ -67,13 +61,6 @@ async def test_a_writer_that_opened_the_empty_log_unkeyed_cannot_append_once_it_
     assert report.ok, report.problem  # the log must never hold a row that does not verify
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "in a keyed log the row hashes are HMACs, so an auditor without the key checks no"
-    " hash at all: a row whose data was edited (hashes left as they were) still matches"
-    " every anchor, and verify(anchors=…) reports ok with the anchors checked. Anchors"
-    " only bind content through a hash anyone can recompute: keep a plain SHA-256 chain"
-    " in every log and put the HMAC in a column of its own (or over the SHA-256 hash),"
-    " or at least never count anchors as checked when the hashes were not"))
 @pytest.mark.asyncio
 async def test_anchors_checked_without_the_key_do_not_vouch_for_an_edited_row(
     tmp_path: Path,
@@ -93,11 +80,6 @@ async def test_anchors_checked_without_the_key_do_not_vouch_for_an_edited_row(
         "the anchors were reported as holding a log whose row 2 was rewritten")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "connect_read_only promises 'no file created beside it', but when the auditor may"
-    " write the log's directory (the log's owner, root) mode=ro still creates -wal and"
-    " -shm files and leaves them behind; open immutable (or with the unix-none VFS and"
-    " locking_mode) when neither side file exists, or remove what the audit created"))
 @pytest.mark.asyncio
 async def test_a_read_only_audit_by_the_owner_creates_no_file_beside_the_log(
     tmp_path: Path,
@@ -117,12 +99,6 @@ def _snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
             for file in sorted(directory.iterdir())}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the data column is TEXT, but SQLite keeps whatever type is written: a row whose"
-    " data is the same bytes as a BLOB is read and shown by every reader, and verify"
-    " dies in row_hash with AttributeError ('bytes' object has no attribute 'encode'),"
-    " a traceback instead of a broken chain at that position; check the column types in"
-    " ChainVerifier.feed (and read_raw) and report the row"))
 @pytest.mark.asyncio
 async def test_verify_reports_a_row_whose_data_is_not_text_at_its_position(
     tmp_path: Path,
@@ -138,12 +114,6 @@ async def test_verify_reports_a_row_whose_data_is_not_text_at_its_position(
     assert report.problem is not None and report.problem.position == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "append_anchor appends after whatever the file ends with: after one torn write (a"
-    " crash or power loss mid-line) the next cycle's anchor is glued onto the partial"
-    " line, and from then on read_anchors refuses the whole file, so every later verify"
-    " --anchors fails on a line no one can fix; start a new line when the file does not"
-    " end with one (and let read_anchors report a torn last line without losing the rest)"))
 def test_an_anchor_file_survives_a_torn_last_line(tmp_path: Path) -> None:
     anchors = tmp_path / "ovi.anchors"
     first = Anchor(position=3, hash="a" * 64)

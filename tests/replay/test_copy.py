@@ -80,6 +80,7 @@ async def test_a_keyed_log_stays_keyed_in_its_copies_and_in_a_mirror(
 ) -> None:
     key_file = tmp_path / "chain.key"
     key_file.write_bytes(KEY)
+    key_file.chmod(0o600)  # a key others may read is refused
     keyed = tmp_path / "keyed.db"
     started = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     async with SQLiteEventStore(keyed, registry(), chain_key=KEY) as log:

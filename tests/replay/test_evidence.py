@@ -116,6 +116,7 @@ def test_anchors_written_by_ovi_apply_catch_a_forged_history(aws: str, tmp_path:
 def test_a_keyed_log_cannot_be_forged_without_its_key(aws: str, tmp_path: Path) -> None:
     key = tmp_path / "chain.key"
     key.write_bytes(os.urandom(32))
+    key.chmod(0o600)  # a key others may read is refused
     config = write_config(tmp_path / "ovi.yaml", WEB)
     code, applied = ovi_json("apply", "--config", str(config), "--chain-key-file", str(key),
                              endpoint=aws, cwd=tmp_path)
@@ -127,6 +128,7 @@ def test_a_keyed_log_cannot_be_forged_without_its_key(aws: str, tmp_path: Path) 
     assert refused.returncode == 1 and "no chain key was given" in refused.stderr
     other = tmp_path / "other.key"
     other.write_bytes(os.urandom(32))
+    other.chmod(0o600)
     wrong = replay("verify", "--chain-key-file", str(other), store=log)
     assert wrong.returncode == 1 and "wrong chain key" in wrong.stderr
 

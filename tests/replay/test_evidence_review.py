@@ -24,6 +24,7 @@ from ovi.events import (
     registry,
     resource_stream,
 )
+from ovi.evidence import load_chain_key
 from ovi.model import Action
 from ovi.providers.fake import FakeProvider
 from ovi.runtime import ovi_projections
@@ -81,12 +82,6 @@ def _hide_from_stream_reads(path: Path, position: int) -> None:
         assert db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verify walks the rows by position (the table itself) while why, timeline and the"
-    " causal checks of a stream read through the (stream, stream_version) index; no row"
-    " and no hash is touched, so neither anchors nor a key help, and verify never runs"
-    " PRAGMA integrity_check, the one check that compares an index with its rows: run it"
-    " as part of verify (and refuse an audit of a file that fails it)"))
 def test_verify_fails_a_log_whose_stream_index_hides_the_delete_that_was_done(
     story: Story, tmp_path: Path
 ) -> None:
@@ -112,11 +107,6 @@ async def _append_as_the_service(path: Path) -> None:
         await store.append("s", [Ping(n=1)])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an anchor file that holds two hashes for one position is the very proof of a"
-    " rewritten history (the log was cut back and the service went on, anchoring the new"
-    " rows too), but ChainVerifier raises ValueError on it and verify --anchors dies with"
-    " a traceback and no verdict: report it as an anchor problem at that position"))
 def test_an_anchor_file_that_saw_history_forked_fails_verify_with_the_position(
     story: Story, tmp_path: Path
 ) -> None:
@@ -161,16 +151,12 @@ def keyed_log(directory: Path) -> tuple[Path, Path]:
     """A keyed log made by real cycles, and its key file."""
     key_file = directory / "chain.key"
     key_file.write_bytes(KEY + b"\n")
+    key_file.chmod(0o600)  # a key others may read is refused
     path = directory / "ovi.db"
     asyncio.run(_keyed_cycles(path))
     return path, key_file
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rebuild folds in worker processes (ovi.replay._rebuild_worker) that open the log"
-    " writable and without the key, so on a keyed log every worker fails with 'the log is"
-    " keyed and no chain key was given' although --chain-key-file was given; the workers"
-    " only read: open the log read_only there (never pass the key on their command line)"))
 def test_rebuild_works_on_a_keyed_log_given_its_key(tmp_path: Path) -> None:
     path, key_file = keyed_log(tmp_path)
     done = replay("rebuild", "--chain-key-file", str(key_file), store=path)
@@ -201,11 +187,6 @@ def _read_only_mount_command(directory: Path, *command: str) -> list[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="a read-only bind mount needs root and unshare")
-@pytest.mark.xfail(strict=True, reason=(
-    "a reader that cannot create the -shm file (read-only mount, or a user who may not"
-    " write the directory) falls back to immutable=1, which tells SQLite the file never"
-    " changes: follow then never shows an event appended after it started, and says"
-    " nothing about it. Refuse follow in that mode (or reopen the file for each poll)"))
 def test_follow_on_a_read_only_mount_shows_events_appended_after_it_started(
     story: Story, tmp_path: Path
 ) -> None:
@@ -256,11 +237,6 @@ def test_why_cannot_be_made_to_show_an_approval_by_another_os_user(tmp_path: Pat
     assert not any(line.startswith(FAKE_LINE) for line in why.stdout.splitlines()), why.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "load_chain_key reads a key file any local user may read without a word, though"
-    " whoever reads the key can forge every row of a keyed log; the log itself is refused"
-    " or tightened when others may read it (eventstore.sqlite._make_private): a key file"
-    " with group or other bits should be refused (or at least warned about), naming it"))
 def test_a_chain_key_readable_by_every_user_is_not_taken_silently(tmp_path: Path) -> None:
     path, key_file = keyed_log(tmp_path)
     key_file.chmod(0o644)
@@ -268,14 +244,6 @@ def test_a_chain_key_readable_by_every_user_is_not_taken_silently(tmp_path: Path
     assert str(key_file) in done.stderr, (done.returncode, done.stdout, done.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a keyed log verified without its key checks no row hash (ChainVerifier.feed takes"
-    " the stored hash as it is), and whether a log is keyed is read from its header,"
-    " which the forger writes too: declaring an UNKEYED log keyed (any key_id) and"
-    " editing a row's data while leaving every hash as it was passes verify --anchors"
-    " with exit 0 ('keyed, but no key given'), defeating anchors on the logs that have"
-    " nothing else. Anchors must bind a hash anyone can recompute (keep a plain SHA-256"
-    " chain in keyed logs too), or verify must fail when it checked anchors but no hash"))
 def test_declaring_an_unkeyed_log_keyed_does_not_get_an_edited_row_past_its_anchors(
     story: Story, tmp_path: Path
 ) -> None:
@@ -314,14 +282,6 @@ async def _unfenced_execution(path: Path) -> int:
     return done.first_position
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verify's causal and fence checks read the log filtered by type; an index on"
-    " events(type, position) that leaves rows out (a partial index whose SQL in"
-    " sqlite_master was made to read as a full one) makes SQLite answer those reads"
-    " without the rows it lacks, while the chain walk (by position) still sees every row"
-    " intact; no row, hash or anchor changes, quick_check says ok, and a fence violation"
-    " disappears from verify. Run PRAGMA integrity_check in verify, and refuse indexes"
-    " on the events table that the store did not create"))
 def test_an_index_added_behind_the_store_cannot_hide_an_unfenced_execution_from_verify(
     story: Story, tmp_path: Path
 ) -> None:
@@ -340,3 +300,33 @@ def test_an_index_added_behind_the_store_cannot_hide_an_unfenced_execution_from_
         assert db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
     hidden = replay("verify", store=path)
     assert hidden.returncode == 1, hidden.stdout
+
+
+def test_a_binary_chain_key_is_taken_byte_for_byte_and_a_text_key_loses_its_newline(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "chain.key"
+    binary = b"\n" + os.urandom(14) + b" \n"  # 16 bytes that strip() would cut to 14
+    key_file.write_bytes(binary)
+    key_file.chmod(0o600)
+    assert load_chain_key(key_file) == binary
+    key_file.write_bytes(b"0123456789abcdef0123\n")
+    assert load_chain_key(key_file) == b"0123456789abcdef0123"
+    key_file.chmod(0o640)  # its group may read it: a key root keeps for the service's group
+    assert load_chain_key(key_file) == b"0123456789abcdef0123"
+
+
+def test_an_empty_anchor_file_fails_verify_and_anchors_of_another_log_are_named(
+    story: Story, tmp_path: Path
+) -> None:
+    path = copy_log(story, tmp_path)
+    empty = tmp_path / "empty.anchors"
+    empty.write_bytes(b"")
+    done = replay("verify", "--anchors", str(empty), store=path)
+    assert done.returncode == 1 and f"{empty}: holds no anchor" in done.stderr
+    assert done.stderr.count("\n") == 1
+    other = tmp_path / "other.anchors"
+    head = asyncio.run(_head(path))
+    append_anchor(other, [Anchor(position=head.position, hash=head.hash, log="/elsewhere.db")])
+    done = replay("verify", "--anchors", str(other), store=path)
+    assert done.returncode == 0 and "holds anchors of /elsewhere.db" in done.stderr

@@ -31,6 +31,7 @@ def test_ovi_run_appends_each_cycles_head_to_the_anchor_file_and_its_log_line(
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "ovi-chain-key").write_bytes(os.urandom(32) + b"\n")
+    (credentials / "ovi-chain-key").chmod(0o400)  # as systemd leaves a credential
     anchors = tmp_path / "anchors" / "ovi.anchors"
     anchors.parent.mkdir()
     with service(tmp_path, aws, "--config", str(config), "--interval", "1s",
