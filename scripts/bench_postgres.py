@@ -1,5 +1,6 @@
-"""The postgres group: the PostgreSQL log read back, and a host's mirror
-catching up with it, each against a raw-driver baseline.
+"""The postgres group: appends to the PostgreSQL log (batched, and 50
+producers' group commit), the log read back, and a host's mirror catching up
+with it, each against a raw-driver baseline.
 
 The server is ``$OVI_BENCH_POSTGRES_DSN`` (else ``$OVI_TEST_POSTGRES_DSN``);
 every run works in a schema of its own, dropped afterwards. The log is built
@@ -9,18 +10,20 @@ the store and its baseline alternating. docs/benchmarks.md describes them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from eventstore import MirroredStore, SQLiteEventStore
+from eventstore import MirroredStore, SQLiteEventStore, format_timestamp
 from eventstore.postgres import PostgresEventStore
 from scripts.bench_sqlite_workloads import (
     BATCH,
@@ -54,6 +57,25 @@ CATCH_UP = FigureSpec(
     note="an empty mirror copying the whole log (MirroredStore.pull)")
 
 
+APPEND = FigureSpec(
+    "pg_batched_append", Unit.EVENTS_PER_S, Target(min_value=30_000, min_ratio=0.5),
+    baseline="raw asyncpg: copy_records_to_table of the same rows, 1,000 per transaction, "
+             "into a table of the same columns and unique index, no chain, no head row")
+GROUP_COMMIT = FigureSpec(
+    "pg_group_commit", Unit.EVENTS_PER_S, Target(min_value=5_000),
+    baseline="raw asyncpg: one flusher task copying whatever the 50 producers queued, one "
+             "transaction per flush, same table, no chain",
+    note="ratio is informational; the target is absolute")
+PRODUCERS = 50
+
+_RAW_TABLE = """CREATE TABLE raw_events (
+    position BIGINT PRIMARY KEY, stream TEXT COLLATE "C" NOT NULL,
+    stream_version BIGINT NOT NULL, type TEXT COLLATE "C" NOT NULL,
+    recorded_at TEXT COLLATE "C" NOT NULL, instance_id TEXT NOT NULL, data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL, UNIQUE (stream, stream_version))"""
+_DUMMY_HASH = "0" * 64
+
+
 def server_dsn() -> str | None:
     return os.environ.get("OVI_BENCH_POSTGRES_DSN") or os.environ.get("OVI_TEST_POSTGRES_DSN")
 
@@ -74,6 +96,143 @@ def events_for(quick: bool) -> int:
 
 def shared(at: At) -> PostgresEventStore:
     return PostgresEventStore(at.dsn, registry(), schema=at.schema, instance_id=INSTANCE)
+
+
+def appends_for(quick: bool) -> int:
+    return 20_000 if quick else 100_000
+
+
+async def in_new_schema(at: At, label: str, rep: int,
+                        work: Callable[[str], Awaitable[float]]) -> float:
+    """``work`` in a schema of its own (so every repetition starts from an
+    empty log), dropped afterwards."""
+    schema = f"{at.schema}_{label}{rep}"
+    conn = await asyncpg.connect(at.dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            return await work(schema)
+        finally:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def store_append(at: At, schema: str, total: int) -> float:
+    events = [make_event(i) for i in range(total)]
+    async with PostgresEventStore(at.dsn, registry(), schema=schema,
+                                  instance_id=INSTANCE) as store:
+        start = time.perf_counter()
+        for first in range(0, total, BATCH):
+            await store.append(f"s-{first // BATCH}", events[first:first + BATCH],
+                               expected_version=0)
+        return total / (time.perf_counter() - start)
+
+
+async def raw_append(at: At, schema: str, total: int) -> float:
+    encode = msgspec.json.Encoder().encode
+    events = [make_event(i) for i in range(total)]
+    conn = await asyncpg.connect(at.dsn, server_settings={"search_path": schema})
+    try:
+        await conn.execute(_RAW_TABLE)
+        start = time.perf_counter()
+        for first in range(0, total, BATCH):
+            stamp = format_timestamp(datetime.now(UTC))
+            rows = [(first + j + 1, f"s-{first // BATCH}", j + 1, "ResourceSeen", stamp,
+                     INSTANCE, encode(event).decode(), _DUMMY_HASH, _DUMMY_HASH)
+                    for j, event in enumerate(events[first:first + BATCH])]
+            async with conn.transaction():
+                await conn.copy_records_to_table("raw_events", records=rows)
+        return total / (time.perf_counter() - start)
+    finally:
+        await conn.close()
+
+
+async def store_group(at: At, schema: str, total: int) -> float:
+    each = total // PRODUCERS
+    async with PostgresEventStore(at.dsn, registry(), schema=schema,
+                                  instance_id=INSTANCE) as store:
+
+        async def produce(p: int) -> None:
+            for i in range(each):
+                await store.append(f"producer-{p}", [make_event(p * each + i)],
+                                   expected_version=i)
+
+        start = time.perf_counter()
+        async with asyncio.TaskGroup() as tasks:
+            for p in range(PRODUCERS):
+                tasks.create_task(produce(p))
+        return each * PRODUCERS / (time.perf_counter() - start)
+
+
+async def raw_group(at: At, schema: str, total: int) -> float:
+    """The simplest group commit on plain asyncpg: producers queue rows, one
+    flusher copies whatever is queued in one transaction."""
+    each = total // PRODUCERS
+    encode = msgspec.json.Encoder().encode
+    conn = await asyncpg.connect(at.dsn, server_settings={"search_path": schema})
+    await conn.execute(_RAW_TABLE)
+    queue: list[tuple[str, str, asyncio.Future[None]]] = []
+    versions: dict[str, int] = {}
+    position = 0
+    flusher: asyncio.Task[None] | None = None
+
+    async def flush() -> None:
+        nonlocal position, queue
+        while queue:
+            group, queue = queue, []
+            stamp = format_timestamp(datetime.now(UTC))
+            rows = []
+            for stream, data, _ in group:
+                position += 1
+                versions[stream] = versions.get(stream, 0) + 1
+                rows.append((position, stream, versions[stream], "ResourceSeen", stamp,
+                             INSTANCE, data, _DUMMY_HASH, _DUMMY_HASH))
+            async with conn.transaction():
+                await conn.copy_records_to_table("raw_events", records=rows)
+            for *_, future in group:
+                future.set_result(None)
+
+    async def produce(p: int) -> None:
+        nonlocal flusher
+        for i in range(each):
+            future = asyncio.get_running_loop().create_future()
+            queue.append((f"producer-{p}", encode(make_event(p * each + i)).decode(), future))
+            if flusher is None or flusher.done():
+                flusher = asyncio.ensure_future(flush())
+            await future
+
+    try:
+        start = time.perf_counter()
+        async with asyncio.TaskGroup() as tasks:
+            for p in range(PRODUCERS):
+                tasks.create_task(produce(p))
+        return each * PRODUCERS / (time.perf_counter() - start)
+    finally:
+        await conn.close()
+
+
+def paired(at: At, total: int, store: Callable[[At, str, int], Awaitable[float]],
+           raw: Callable[[At, str, int], Awaitable[float]]) -> list[Workload]:
+    return [
+        Workload("store", lambda rep: in_new_schema(at, "s", rep, lambda s: store(at, s, total)),
+                 "events/s"),
+        Workload("raw asyncpg", lambda rep: in_new_schema(
+            at, "r", rep, lambda s: raw(at, s, total)), "events/s")]
+
+
+async def append_task(ctx: Context, at: At) -> Figure:
+    total = appends_for(ctx.quick)
+    ctx.say(f"PostgreSQL batched append: {total:,} events, {BATCH:,} per append")
+    rates, raw_rates = await alternate(ctx.say, paired(at, total, store_append, raw_append))
+    return APPEND.from_runs(rates, raw_rates)
+
+
+async def group_commit_task(ctx: Context, at: At) -> Figure:
+    total = 5_000 if ctx.quick else 20_000
+    ctx.say(f"PostgreSQL group commit: {PRODUCERS} producers, {total:,} single-event appends")
+    rates, raw_rates = await alternate(ctx.say, paired(at, total, store_group, raw_group))
+    return GROUP_COMMIT.from_runs(rates, raw_rates)
 
 
 async def build_task(ctx: Context, at: At) -> Built:
@@ -189,6 +348,8 @@ async def catch_up_task(ctx: Context, at: At) -> Figure:
 
 TASKS: Mapping[str, Task[Any]] = {
     "build": Task(At, build_task),
+    APPEND.name: Task(At, append_task),
+    GROUP_COMMIT.name: Task(At, group_commit_task),
     READ.name: Task(At, read_task),
     CATCH_UP.name: Task(At, catch_up_task),
 }
@@ -206,7 +367,7 @@ class PostgresGroup:
     """See the module docstring."""
 
     name = "postgres"
-    specs = (READ, CATCH_UP)
+    specs = (APPEND, GROUP_COMMIT, READ, CATCH_UP)
     tasks = TASKS
 
     def workload(self, quick: bool) -> dict[str, Detail]:
