@@ -29,8 +29,10 @@ from scripts.bench_sqlite_workloads import (
     BATCH,
     INSTANCE,
     RAW_SCHEMA,
+    RawRowTuple,
     ResourceSeen,
     make_event,
+    raw_group_commit,
     registry,
 )
 from scripts.benchkit import (
@@ -166,48 +168,17 @@ async def store_group(at: At, schema: str, total: int) -> float:
 
 
 async def raw_group(at: At, schema: str, total: int) -> float:
-    """The simplest group commit on plain asyncpg: producers queue rows, one
-    flusher copies whatever is queued in one transaction."""
+    """:func:`raw_group_commit` on plain asyncpg: one copy per transaction."""
     each = total // PRODUCERS
-    encode = msgspec.json.Encoder().encode
     conn = await asyncpg.connect(at.dsn, server_settings={"search_path": schema})
-    await conn.execute(_RAW_TABLE)
-    queue: list[tuple[str, str, asyncio.Future[None]]] = []
-    versions: dict[str, int] = {}
-    position = 0
-    flusher: asyncio.Task[None] | None = None
 
-    async def flush() -> None:
-        nonlocal position, queue
-        while queue:
-            group, queue = queue, []
-            stamp = format_timestamp(datetime.now(UTC))
-            rows = []
-            for stream, data, _ in group:
-                position += 1
-                versions[stream] = versions.get(stream, 0) + 1
-                rows.append((position, stream, versions[stream], "ResourceSeen", stamp,
-                             INSTANCE, data, _DUMMY_HASH, _DUMMY_HASH))
-            async with conn.transaction():
-                await conn.copy_records_to_table("raw_events", records=rows)
-            for *_, future in group:
-                future.set_result(None)
-
-    async def produce(p: int) -> None:
-        nonlocal flusher
-        for i in range(each):
-            future = asyncio.get_running_loop().create_future()
-            queue.append((f"producer-{p}", encode(make_event(p * each + i)).decode(), future))
-            if flusher is None or flusher.done():
-                flusher = asyncio.ensure_future(flush())
-            await future
+    async def write(rows: list[RawRowTuple]) -> None:
+        async with conn.transaction():
+            await conn.copy_records_to_table("raw_events", records=rows)
 
     try:
-        start = time.perf_counter()
-        async with asyncio.TaskGroup() as tasks:
-            for p in range(PRODUCERS):
-                tasks.create_task(produce(p))
-        return each * PRODUCERS / (time.perf_counter() - start)
+        await conn.execute(_RAW_TABLE)
+        return each * PRODUCERS / await raw_group_commit(PRODUCERS, each, write)
     finally:
         await conn.close()
 

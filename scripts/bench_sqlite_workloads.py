@@ -15,6 +15,7 @@ import asyncio
 import resource
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -175,15 +176,16 @@ async def store_group(work: Path, producers: int, each: int) -> float:
         return time.perf_counter() - start
 
 
-async def raw_aiosqlite_group(work: Path, producers: int, each: int) -> float:
-    """The simplest group commit on plain aiosqlite: producers queue rows, one
-    flusher writes whatever is queued with executemany + commit."""
+RawRowTuple = tuple[int, str, int, str, str, str, str, str, str]
+
+
+async def raw_group_commit(producers: int, each: int,
+                           write: Callable[[list[RawRowTuple]], Awaitable[None]]) -> float:
+    """The simplest group commit, on any driver: ``producers`` queue rows and
+    one flusher hands whatever is queued to ``write`` (one transaction), then
+    wakes their producers; returns the seconds all producers took. The raw
+    baseline of the group-commit figures (SQLite and PostgreSQL)."""
     encode = msgspec.json.Encoder().encode
-    db = await aiosqlite.connect(work / "raw.db")
-    await db.execute("PRAGMA journal_mode = WAL")
-    await db.execute("PRAGMA synchronous = FULL")
-    await db.execute(RAW_SCHEMA)
-    await db.commit()
     queue: list[tuple[str, str, asyncio.Future[None]]] = []
     versions: dict[str, int] = {}
     position = 0
@@ -194,14 +196,13 @@ async def raw_aiosqlite_group(work: Path, producers: int, each: int) -> float:
         while queue:
             group, queue = queue, []
             recorded_at = now_text()
-            rows = []
+            rows: list[RawRowTuple] = []
             for stream, data, _ in group:
                 position += 1
                 versions[stream] = versions.get(stream, 0) + 1
                 rows.append((position, stream, versions[stream], "ResourceSeen", recorded_at,
                              INSTANCE, data, DUMMY_HASH, DUMMY_HASH))
-            await db.executemany(RAW_INSERT, rows)
-            await db.commit()
+            await write(rows)
             for *_, future in group:
                 future.set_result(None)
 
@@ -219,9 +220,25 @@ async def raw_aiosqlite_group(work: Path, producers: int, each: int) -> float:
     async with asyncio.TaskGroup() as tasks:
         for p in range(producers):
             tasks.create_task(produce(p))
-    elapsed = time.perf_counter() - start
-    await db.close()
-    return elapsed
+    return time.perf_counter() - start
+
+
+async def raw_aiosqlite_group(work: Path, producers: int, each: int) -> float:
+    """:func:`raw_group_commit` on plain aiosqlite: executemany + commit."""
+    db = await aiosqlite.connect(work / "raw.db")
+    await db.execute("PRAGMA journal_mode = WAL")
+    await db.execute("PRAGMA synchronous = FULL")
+    await db.execute(RAW_SCHEMA)
+    await db.commit()
+
+    async def write(rows: list[RawRowTuple]) -> None:
+        await db.executemany(RAW_INSERT, rows)
+        await db.commit()
+
+    try:
+        return await raw_group_commit(producers, each, write)
+    finally:
+        await db.close()
 
 
 async def build_log(path: Path, total: int, per_append: int) -> None:
