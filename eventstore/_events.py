@@ -128,12 +128,17 @@ class EventRegistry:
         types = self._types
         encode = self._encoder.encode
         encoded: list[tuple[str, str]] = []
+        # A batch is mostly of one class: its registration is looked up once.
+        checked: type | None = None
+        name = ""
         try:
             for event in events:
                 cls = type(event)
-                name = cls.__name__
-                if types.get(name) is not cls:
-                    break
+                if cls is not checked:
+                    name = cls.__name__
+                    if types.get(name) is not cls:
+                        break
+                    checked = cls
                 encoded.append((name, encode(event).decode()))
             else:
                 return tuple(encoded)

@@ -406,7 +406,7 @@ class EventStore(ABC):
         registry = self.registry
         # Straight to the type's msgspec decoder (it takes the column's str as
         # is); registry.decode only for what that can't handle.
-        decoders = registry._decoders
+        decoders = {name: decoder.decode for name, decoder in registry._decoders.items()}
         fallback = registry.decode
         last_text = ""
         last_time = datetime.min
@@ -417,12 +417,12 @@ class EventStore(ABC):
             for position, stream_, version, type_, recorded_at, instance_id, data, hash_ in page:
                 if recorded_at != last_text:
                     last_text, last_time = recorded_at, parse_timestamp(recorded_at)
-                decoder = decoders.get(type_)
-                if decoder is None:
+                decode = decoders.get(type_)
+                if decode is None:
                     event = fallback(type_, data)
                 else:
                     try:
-                        event = decoder.decode(data)
+                        event = decode(data)
                     except msgspec.DecodeError:
                         event = fallback(type_, data)
                 yield RecordedEvent(

@@ -46,6 +46,7 @@ from eventstore._exceptions import (
     LogCorruptedError,
     StoreClosedError,
 )
+from eventstore._known_versions import KnownVersions
 from eventstore._store import (
     EventStore,
     GroupResult,
@@ -94,6 +95,10 @@ CREATE TABLE IF NOT EXISTS log_header (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     header TEXT    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS log_mirror (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    source TEXT    NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
@@ -101,11 +106,6 @@ BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-#: made only in a shared log's mirror (:meth:`SQLiteEventStore.mark_as_mirror`)
-_MIRROR_TABLE = """CREATE TABLE IF NOT EXISTS log_mirror (
-    id     INTEGER PRIMARY KEY CHECK (id = 1),
-    source TEXT    NOT NULL
-)"""
 _INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _COLUMNS = "position, stream, stream_version, type, recorded_at, instance_id, data, prev_hash, hash"
 _EVENT_COLUMNS = "position, stream, stream_version, type, recorded_at, instance_id, data, hash"
@@ -164,11 +164,17 @@ def _make_private(path: Path) -> None:
         )
 
 
+#: what a commit left: the head, and the versions of the streams it touched
+_Committed = tuple[tuple[int, str], dict[str, int]]
+
+
 class _Head(NamedTuple):
     position: int
     hash: str
     #: ``recorded_at`` of the newest row; None for an empty log
     recorded_at: str | None
+    #: the shared log this file mirrors (:meth:`SQLiteEventStore.mark_as_mirror`), if any
+    mirror_of: str | None
 
 
 class SQLiteEventStore(EventStore):
@@ -198,6 +204,7 @@ class SQLiteEventStore(EventStore):
         self._synchronous = synchronous
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._known_versions = KnownVersions()
         #: how a read-only store opened the file: "ro", or "immutable" (see
         #: :func:`~eventstore.sqlite_plumbing.connect_read_only`)
         self.read_mode: str | None = None
@@ -321,9 +328,9 @@ class SQLiteEventStore(EventStore):
         chain = self.chain
         hash_row = chain.row_hash
 
-        def body(db: sqlite3.Connection) -> list[GroupResult]:
-            _refuse_if_mirror(db, self.path)
+        def body(db: sqlite3.Connection) -> tuple[list[GroupResult], _Committed]:
             head = _checked_head(db)
+            _refuse_if_mirror(head, self.path)
             if head.position == 0:
                 # The log's kind is fixed by its first row: is it still the
                 # kind it was when this store opened it?
@@ -332,18 +339,24 @@ class SQLiteEventStore(EventStore):
             # Read under the write lock: another process's commit cannot come
             # between this reading and these positions.
             recorded_at = stamp_after(format_timestamp(clock()), head.recorded_at)
-            versions = _stream_versions(db, {b.stream for request in group for b in request})
-            rows, results = chain_group(
-                group, versions, (head.position, head.hash), recorded_at, instance_id,
-                hash_row,
-            )
+            start = (head.position, head.hash)
+            versions, unknown = known.split(
+                start, {b.stream for request in group for b in request})
+            if unknown:
+                versions.update(_stream_versions(db, unknown))
+            rows, results = chain_group(group, versions, start, recorded_at, instance_id,
+                                        hash_row)
             _write_rows(db, rows)
+            return results, ((rows[-1][0], rows[-1][8]) if rows else start, versions)
+
+        def commit(db: sqlite3.Connection) -> list[GroupResult]:
+            results, (head, versions) = immediate_transaction(db, body)
+            known.committed(head, versions)  # only once COMMIT returned
             return results
 
+        known = self._known_versions
         try:
-            return await run_in_connection_thread(
-                self._conn(self._writer), lambda db: immediate_transaction(db, body)
-            )
+            return await run_in_connection_thread(self._conn(self._writer), commit)
         except sqlite3.Error as exc:
             raise _translate(exc, f"append to {self.path} failed, nothing written") from exc
 
@@ -351,6 +364,7 @@ class SQLiteEventStore(EventStore):
         hash_row = self.chain.row_hash
 
         def body(db: sqlite3.Connection) -> dict[str, int]:
+            self._known_versions.forget()
             head = _checked_head(db)
             versions = _stream_versions(db, {row[1] for row in rows})
             problem = check_continuation(rows, (head.position, head.hash), versions, hash_row)
@@ -377,7 +391,6 @@ class SQLiteEventStore(EventStore):
         """
         def mark(db: sqlite3.Connection) -> None:
             def body(db: sqlite3.Connection) -> None:
-                db.execute(_MIRROR_TABLE)
                 db.execute("INSERT INTO log_mirror (id, source) VALUES (1, ?) ON CONFLICT (id)"
                            " DO UPDATE SET source = excluded.source"
                            " WHERE source IS NOT excluded.source", (source,))
@@ -505,18 +518,12 @@ def _create_schema(db: sqlite3.Connection) -> None:
     immediate_transaction(db, body)
 
 
-def _refuse_if_mirror(db: sqlite3.Connection, path: Path) -> None:
-    """Refuse an append to a file marked as a shared log's mirror (under the
-    write lock, so a mark made by another process since this one opened the
-    file counts too)."""
-    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'log_mirror'"
-                  ).fetchone() is None:
-        return
-    row = db.execute("SELECT source FROM log_mirror WHERE id = 1").fetchone()
-    if row is None:
+def _refuse_if_mirror(head: _Head, path: Path) -> None:
+    """Refuse an append to a file marked as a shared log's mirror."""
+    if head.mirror_of is None:
         return
     raise BackendError(
-        f"{path} is this host's mirror of the shared log {row[0]}: it takes only rows"
+        f"{path} is this host's mirror of the shared log {head.mirror_of}: it takes only rows"
         f" copied from it, nothing written; to write to the shared log use --store URL"
         f" --mirror {path} (the log's postgresql:// URL); replay commands may read the"
         " file as it is")
@@ -530,16 +537,20 @@ def _write_rows(db: sqlite3.Connection, rows: list[RawRow]) -> None:
 
 
 def _checked_head(db: sqlite3.Connection) -> _Head:
-    """The head, after checking it still matches the newest row."""
+    """The head, after checking it still matches the newest row, and whether
+    the file is a mirror: one statement, run under the write lock at every
+    commit (so a mark made by another process since this one opened the file
+    counts too)."""
     row = db.execute(
-        "SELECT h.position, h.hash, (SELECT max(position) FROM events), e.hash, e.recorded_at"
+        "SELECT h.position, h.hash, (SELECT max(position) FROM events), e.hash, e.recorded_at,"
+        " (SELECT source FROM log_mirror WHERE id = 1)"
         " FROM log_head AS h LEFT JOIN events AS e ON e.position = h.position WHERE h.id = 1"
     ).fetchone()
     if row is None:
         raise LogCorruptedError(0, "the log_head row is missing")
-    position, hash_, newest, hash_at_head, recorded_at = row
+    position, hash_, newest, hash_at_head, recorded_at, mirror_of = row
     check_head(position, hash_, newest, hash_at_head)
-    return _Head(int(position), str(hash_), recorded_at)
+    return _Head(int(position), str(hash_), recorded_at, mirror_of)
 
 
 def _stream_versions(db: sqlite3.Connection, streams: set[str]) -> dict[str, int]:

@@ -25,6 +25,7 @@ from eventstore import (
     EventRegistry,
     EventStore,
     SQLiteEventStore,
+    WrongExpectedVersion,
     format_timestamp,
     row_hash,
 )
@@ -449,6 +450,29 @@ async def test_two_processes_append_to_one_file(log_path: Path) -> None:
             assert {e.instance_id for e in events} == {tag}
         shared = await read_all(store, stream="shared")
         assert [e.stream_version for e in shared] == list(range(1, races + 1))
+
+
+@pytest.mark.asyncio
+async def test_versions_a_store_remembers_do_not_outlive_another_writers_commit(
+    log_path: Path,
+) -> None:
+    # A store skips reading the versions of streams it committed last while the
+    # log's head is still the one its commit left; another store's commit moves
+    # the head, and the versions are read again (so its expectation is checked
+    # against what the other writer wrote, not what this one remembers).
+    async with open_store(log_path) as one, open_store(log_path) as other:
+        await one.append("s", [Ping(n=1)], expected_version=0)
+        await one.append("s", [Ping(n=2)], expected_version=1)  # remembered: version 2
+        await other.append("s", [Ping(n=3)], expected_version=2)
+        with pytest.raises(WrongExpectedVersion) as refused:
+            await one.append("s", [Ping(n=4)], expected_version=2)
+        assert refused.value.actual == 3
+        await other.append("t", [Ping(n=5)])  # another stream moves the head too
+        await one.append("s", [Ping(n=6)], expected_version=3)
+        with pytest.raises(WrongExpectedVersion):
+            await other.append("s", [Ping(n=7)], expected_version=3)
+        assert [e.stream_version for e in await read_all(one, stream="s")] == [1, 2, 3, 4]
+        await assert_intact(one, 5)
 
 
 @pytest.mark.asyncio
