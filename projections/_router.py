@@ -58,7 +58,8 @@ class Router:
         names = self._names
         added = used = 0
         last_text, last_time = self._last_text, self._last_time
-        for used, (position, stream, version, type_, recorded_at, instance_id, data,
+        event: Any
+        for used, (position, stream, version, type_, recorded_at, instance_id, data,  # noqa: B007
                    hash_) in enumerate(rows, 1):
             known = routes.get(type_)
             if known is None:
