@@ -48,6 +48,10 @@ class Projection(ABC):
     #: does not fit the view stops the fold with
     #: :class:`~projections.ProjectionApplyError`.
     event_views: ClassVar[Mapping[str, type[Any]]] = {}
+    #: the shape of every other event folded (``None``: the full event): a
+    #: projection that reads only the row's columns (stream, version, type,
+    #: time) of whatever it folds sets ``bytes`` and has nothing decoded
+    default_event_view: ClassVar[type[Any] | None] = None
 
     @abstractmethod
     def create(self, db: sqlite3.Connection) -> None:

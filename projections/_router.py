@@ -32,11 +32,11 @@ class Router:
     def __init__(self, registry: EventRegistry, group: Sequence[Projection]) -> None:
         self._registry = registry
         self._group = tuple(group)
-        self._routes: dict[str, Route] = {}
+        self._routes: dict[str, tuple[Route, str]] = {}  # and the type's shared name
         self._batches: list[list[RecordedEvent]] = [[] for _ in self._group]
         self._views: dict[type[Any], Decode] = {}
         self._full: dict[str, Decode] = {}
-        self._names: dict[str, str] = {}  # type names and instance ids seen
+        self._names: dict[str, str] = {}  # instance ids seen
         self._last_text = ""
         self._last_time = datetime.min
         wanted: set[str] = set()
@@ -51,31 +51,38 @@ class Router:
     def route(self, rows: Sequence[EncodedRow], limit: int) -> tuple[int, int]:
         """Decode and sort rows until ``limit`` events were added to the
         batches; returns (events added, rows used)."""
+        # Per row: one lookup for the type's route and its shared name, and
+        # the decoding inline (this loop is most of a fold's own work).
         routes = self._routes
         batches = self._batches
         names = self._names
         added = used = 0
         last_text, last_time = self._last_text, self._last_time
-        for position, stream, version, type_, recorded_at, instance_id, data, hash_ in rows:
-            used += 1
-            route = routes.get(type_)
-            if route is None:
-                route = routes[type_] = self._route_for(type_)
-                names[type_] = type_
+        event: Any
+        for used, (position, stream, version, type_, recorded_at, instance_id, data,  # noqa: B007
+                   hash_) in enumerate(rows, 1):
+            known = routes.get(type_)
+            if known is None:
+                known = routes[type_] = (self._route_for(type_), type_)
+            route, type_ = known
             if not route:
                 continue
             if recorded_at != last_text:
                 last_text, last_time = recorded_at, parse_timestamp(recorded_at)
             # A batch holds its events: share the few distinct type names and
             # instance ids instead of keeping a copy per event.
-            type_ = names[type_]
             instance = names.get(instance_id)
             if instance is None:
                 instance = names[instance_id] = instance_id
             if len(route) == 1:  # the usual case: one projection folds this type
                 index, decode = route[0]
-                event = data if decode is None else self._decode(decode, index, position,
-                                                                 type_, data)
+                if decode is None:
+                    event = data
+                else:
+                    try:
+                        event = decode(data)
+                    except msgspec.DecodeError as exc:
+                        raise self._view_error(index, position, type_, exc) from exc
                 batches[index].append(RecordedEvent(
                     position, stream, version, type_, last_time, instance, event, hash_))
             else:
@@ -84,8 +91,10 @@ class Router:
                     if decode is None:
                         event = data
                     elif (event := decoded.get(decode)) is None:
-                        event = decoded[decode] = self._decode(decode, index, position, type_,
-                                                               data)
+                        try:
+                            event = decoded[decode] = decode(data)
+                        except msgspec.DecodeError as exc:
+                            raise self._view_error(index, position, type_, exc) from exc
                     batches[index].append(RecordedEvent(
                         position, stream, version, type_, last_time, instance, event, hash_))
             added += 1
@@ -105,7 +114,7 @@ class Router:
             types = projection.event_types
             if types is not None and type_ not in types:
                 continue
-            view = projection.event_views.get(type_)
+            view = projection.event_views.get(type_, projection.default_event_view)
             if view is None:
                 route.append((index, self._full_decoder(type_)))
             elif view is bytes:
@@ -123,14 +132,11 @@ class Router:
             full = self._full[type_] = self._registry.decoder(type_)
         return full
 
-    def _decode(self, decode: Decode, index: int, position: int, type_: str,
-                data: bytes) -> Any:
-        try:
-            return decode(data)
-        except msgspec.DecodeError as exc:
-            # Only a view can fail (the full decoder falls back to UnknownEvent):
-            # folding on without the event would leave the projection wrong.
-            raise ProjectionApplyError(
-                self._group[index].name, position, position,
-                f"the {type_} event does not match the projection's view of it: {exc}",
-            ) from exc
+    def _view_error(self, index: int, position: int, type_: str,
+                    exc: msgspec.DecodeError) -> ProjectionApplyError:
+        # Only a view can fail (the full decoder falls back to UnknownEvent):
+        # folding on without the event would leave the projection wrong.
+        return ProjectionApplyError(
+            self._group[index].name, position, position,
+            f"the {type_} event does not match the projection's view of it: {exc}",
+        )

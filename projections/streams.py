@@ -51,6 +51,9 @@ class StreamsProjection(Projection):
     name: ClassVar[str] = "streams"
     schema_version: ClassVar[int] = 1
     tables: ClassVar[tuple[str, ...]] = ("streams",)
+    # Only the rows' columns are folded: no event is decoded (a third of a
+    # rebuild's time was decoding events nothing read).
+    default_event_view: ClassVar[type[Any] | None] = bytes
 
     def create(self, db: sqlite3.Connection) -> None:
         db.execute(_CREATE)

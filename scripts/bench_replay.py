@@ -10,7 +10,14 @@ with ``--quick``), then runs the replay tool on it in child processes:
 - ``replay_rebuild_1m``: ``rebuild --json``: events/s of the from-scratch
   replay of every projection;
 - ``replay_state_at_1m``: ``state --at REV`` for a mid-log revision, wall
-  time of the whole command (projections already caught up).
+  time of the whole command (projections already caught up);
+- ``fold_after_schema_bump_1m``: what a service pays on upgrade. With the
+  log file's projections caught up, every projection's stored schema
+  version is set to the one before (as if the file was last folded by the
+  previous release), and a fresh process opens a
+  :class:`~projections.ProjectionRunner` over them (which resets them) and
+  catches up: events/s of the log, the open and the catch-up timed (the
+  process's start-up and imports not).
 
 All of it runs in a child task (``replay:figures``), a small fresh parent
 for those commands: Linux counts a forked child's pre-exec pages in its
@@ -21,15 +28,18 @@ exits non-zero gives a failed figure.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import uvloop
 
 from eventstore import Event, SQLiteEventStore, StreamBatch
 from ovi.events import (
@@ -62,11 +72,15 @@ from ovi.model import (
     Scope,
     resource_fingerprint,
 )
+from ovi.runtime import ovi_projections
+from projections import CHECKPOINTS_TABLE, ProjectionRunner
 from scripts.benchkit import Context, Detail, Figure, FigureSpec, Target, Task, Unit
 
 LOG_RSS = FigureSpec("replay_log_1m_peak_rss", Unit.MB, Target(max_value=200))
 REBUILD = FigureSpec("replay_rebuild_1m", Unit.EVENTS_PER_S, Target(min_value=200_000))
 STATE_AT = FigureSpec("replay_state_at_1m", Unit.SECONDS, Target(max_value=2.0))
+FOLD_AFTER_BUMP = FigureSpec("fold_after_schema_bump_1m", Unit.EVENTS_PER_S,
+                             Target(min_value=200_000))
 
 ROOT = Path(__file__).resolve().parent.parent
 ESTATE = 10_000
@@ -256,6 +270,55 @@ def measure_state_at(path: Path, revision: int) -> Figure:
         "by_time_seconds": at_time.seconds})
 
 
+class FoldReport(msgspec.Struct, frozen=True):
+    """What ``python -m scripts.bench_replay fold-after-bump LOG`` prints."""
+
+    events: int
+    seconds: float
+    reset: list[str]
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def bump_schema_versions(path: Path) -> list[str]:
+    """Set every projection checkpoint's schema version in the log's file to
+    the one before: what the file holds after the previous release."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute(f"UPDATE {CHECKPOINTS_TABLE} SET schema_version = schema_version - 1")
+        return [name for (name,) in db.execute(f"SELECT name FROM {CHECKPOINTS_TABLE}")]
+
+
+async def fold_after_bump(path: Path) -> FoldReport:
+    """Open the service's projections over the log (resetting the bumped
+    ones) and catch them up, in this process: the upgrade's refold."""
+    async with SQLiteEventStore(path, registry(), instance_id="bench:fold") as store:
+        started = time.perf_counter()
+        async with ProjectionRunner(store, path, ovi_projections()) as runner:
+            await runner.catch_up()
+            seconds = time.perf_counter() - started
+            return FoldReport(events=await store.last_position(), seconds=round(seconds, 3),
+                              reset=list(runner.reset_on_open))
+
+
+def measure_fold_after_bump(path: Path) -> Figure:
+    """``fold_after_schema_bump_1m`` in a fresh process (its peak RSS too)."""
+    bumped = bump_schema_versions(path)
+    command = [sys.executable, "-m", "scripts.bench_replay", "fold-after-bump", str(path)]
+    run = run_measured(command, keep=True)
+    try:
+        report = msgspec.json.decode(run.last_line, type=FoldReport)
+    except msgspec.DecodeError as exc:
+        return FOLD_AFTER_BUMP.failed(run.problem(command) or f"printed no report: {exc}")
+    error = run.problem(command)
+    if error is None and sorted(report.reset) != sorted(bumped):
+        error = f"reset {report.reset}, expected every bumped projection {bumped}"
+    return FOLD_AFTER_BUMP.figure(round(report.events_per_s), error=error, details={
+        "events": report.events, "fold_seconds": report.seconds, "projections": bumped,
+        "command_seconds": run.seconds, "peak_rss_mb": run.peak_rss_mb, "exit": run.exit})
+
+
 class Figures(msgspec.Struct, frozen=True):
     """What the child task returns."""
 
@@ -271,10 +334,10 @@ def events_for(quick: bool) -> int:
 
 
 def measure(path: Path, built: LogBuilt) -> list[Figure]:
-    """The three commands on the log at ``path``, one at a time; the log
+    """The four measurements on the log at ``path``, one at a time; the log
     removed afterwards."""
     figures = [measure_log_rss(path), measure_rebuild(path),
-               measure_state_at(path, built.events // 2)]
+               measure_state_at(path, built.events // 2), measure_fold_after_bump(path)]
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     return [msgspec.structs.replace(f, details={**f.details, "log_events": built.events})
@@ -293,7 +356,7 @@ class ReplayGroup:
     """See the module docstring."""
 
     name = "replay"
-    specs = (LOG_RSS, REBUILD, STATE_AT)
+    specs = (LOG_RSS, REBUILD, STATE_AT, FOLD_AFTER_BUMP)
     tasks: Mapping[str, Task[Any]] = {"figures": Task(Events, figures_task)}
 
     def workload(self, quick: bool) -> dict[str, Detail]:
@@ -302,8 +365,24 @@ class ReplayGroup:
 
     async def run(self, ctx: Context) -> list[Figure]:
         events = events_for(ctx.quick)
-        ctx.say(f"replay: log / rebuild / state --at on a {events:,}-event log")
+        ctx.say(f"replay: log / rebuild / state --at / fold after a schema bump on a"
+                f" {events:,}-event log")
         return (await ctx.child("figures", Events(events), Figures)).figures
 
 
 GROUP = ReplayGroup()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m scripts.bench_replay fold-after-bump LOG``: the refold
+    :func:`measure_fold_after_bump` times, its report as JSON on stdout."""
+    if len(argv) != 2 or argv[0] != "fold-after-bump":
+        sys.stderr.write("usage: python -m scripts.bench_replay fold-after-bump LOG\n")
+        return 2
+    report = uvloop.run(fold_after_bump(Path(argv[1])))
+    sys.stdout.buffer.write(msgspec.json.encode(report) + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

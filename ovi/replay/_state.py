@@ -22,19 +22,25 @@ async def state_of(store: SQLiteEventStore, at: Revision | datetime | None, *,
     The projection is brought up to date first (see :func:`read_views`); on
     a read-only store (every audit) it is folded from the log itself into a
     temporary file, never read from the tables in the log's file, which
-    whoever can write the file can edit without touching a hash.
+    whoever can write the file can edit without touching a hash. That fold
+    stops at the revision asked: the state then is the fold of the events up
+    to it, and the events after it cannot change it.
 
     :raises ReplayError: if ``at`` is a revision beyond the log's head.
     """
-    async with read_views(store, [ResourcesProjection()], from_log=True) as (views, head):
+    head = await store.last_position()
+    if at is None:
+        revision = head
+    elif isinstance(at, Revision):
+        if at > head:
+            raise ReplayError(f"revision {at} is beyond the log's head ({head})")
+        revision = int(at)
+    else:
+        revision = await revision_at_time(store, at, head)
+    async with read_views(store, [ResourcesProjection()], from_log=True,
+                          until=revision) as (views, folded):
         if at is None:
-            revision = head
-        elif isinstance(at, Revision):
-            if at > head:
-                raise ReplayError(f"revision {at} is beyond the log's head ({head})")
-            revision = int(at)
-        else:
-            revision = await revision_at_time(store, at, head)
+            revision = folded  # a writable store folded what was appended meanwhile too
         resources = await views.query(lambda db: state_at(db, revision,
                                                           include_gone=include_gone))
     return revision, resources

@@ -136,7 +136,8 @@ def _checkpoints(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
 
 @asynccontextmanager
 async def read_views(store: SQLiteEventStore, projections: Sequence[Projection], *,
-                     from_log: bool = False) -> AsyncIterator[tuple[Views, int]]:
+                     from_log: bool = False,
+                     until: int | None = None) -> AsyncIterator[tuple[Views, int]]:
     """``projections`` up to date with the log, and the position they are at.
 
     A writable store brings the tables in the log's file up to date (as the
@@ -145,7 +146,10 @@ async def read_views(store: SQLiteEventStore, projections: Sequence[Projection],
     a temporary file that is deleted afterwards, and says so on stderr.
     ``from_log`` (read-only) folds the whole log into the temporary file
     whatever the file holds: its projection tables are covered by no hash,
-    so an audit that must show what the log says does not read them.
+    so an audit that must show what the log says does not read them;
+    ``until`` (with ``from_log``) folds only the events up to that position,
+    all that a question about that revision needs, and is the position
+    yielded.
     """
     if not store.read_only:
         async with ProjectionRunner(store, store.path, projections) as runner:
@@ -153,6 +157,8 @@ async def read_views(store: SQLiteEventStore, projections: Sequence[Projection],
             yield runner, (await runner.checkpoint(projections[0].name)).position
         return
     head = await store.last_position()
+    if from_log and until is not None:
+        head = min(until, head)
     mode = store.read_mode or "ro"
     with closing(_connect_like(store.path, mode)) as db:
         stored = await anyio.to_thread.run_sync(_checkpoints, db)
@@ -166,9 +172,9 @@ async def read_views(store: SQLiteEventStore, projections: Sequence[Projection],
         projections) else 0
     names = ", ".join(p.name for p in projections)
     if from_log:
-        sys.stderr.write(f"note: folding the {head:,} events of {store.path} into a temporary"
-                         f" copy of the {names} projection: the projection tables in the"
-                         " log's file are covered by no hash\n")
+        sys.stderr.write(f"note: folding the events of {store.path} up to revision"
+                         f" {head:,} into a temporary copy of the {names} projection: the"
+                         " projection tables in the log's file are covered by no hash\n")
     else:
         sys.stderr.write(f"note: {store.path} is opened read-only and its {names} projection"
                          f" is behind the log (at {since:,} of {head:,}): folding the"
@@ -186,7 +192,7 @@ async def read_views(store: SQLiteEventStore, projections: Sequence[Projection],
                              " folding the whole log instead\n")
             copy.unlink(missing_ok=True)
         async with ProjectionRunner(store, copy, projections, synchronous="OFF") as runner:
-            await runner.catch_up()
+            await runner.catch_up(until=head)
         # Some queries join the log's events (the resources projection indexes
         # the log rather than copying it): the log is attached, read-only.
         with closing(sqlite3.connect(copy.as_uri(), uri=True, check_same_thread=False)) as db:
