@@ -141,7 +141,7 @@ class ProjectionRunner:
         :data:`DEFAULT_BATCH_SIZE`). Projections aggregate a batch in memory,
         so a bigger one writes a row touched by many events once, at the cost
         of holding the batch (the refold of the bench's 1M-event log peaks at
-        ~137 MB RSS with 50,000, 76 MB with 20,000, which took 1.6× the CPU).
+        ~137 MB RSS with 50,000, 76 MB with 20,000, which took 1.6 times the CPU).
     :param synchronous: SQLite ``synchronous`` pragma. ``NORMAL`` suffices:
         a commit lost to power failure loses rows and checkpoint together, and
         they are re-applied from the log.
