@@ -91,6 +91,31 @@ async def test_catch_up_folds_only_what_was_appended_since(
     assert rows["ledger"] == [(1, "a", "Opened"), (2, "a", "Deposited"), (3, "b", "Withdrawn")]
 
 
+@pytest.mark.asyncio
+async def test_catch_up_until_stops_there_and_goes_on_to_what_one_fold_gives(
+    tmp_path: Path, log_backend: str
+) -> None:
+    # replay state --at N folds a temporary copy only up to N: the rows must be
+    # those of the events up to N, and folding on must give the full fold's.
+    async with opened_log(tmp_path / "log.db", log_backend) as store:
+        head = await fill(store)
+        async with ProjectionRunner(store, tmp_path / "all.db", all_projections(),
+                                    batch_size=5) as whole:
+            await whole.catch_up()
+            full = await snapshot(whole)
+        async with ProjectionRunner(store, tmp_path / "part.db", all_projections(),
+                                    batch_size=5) as part:
+            await part.catch_up(until=7)
+            assert await checkpoints(part) == dict.fromkeys(
+                ["streams", "balances", "ledger", "never"], 7)
+            assert [row[0] for row in (await snapshot(part))["ledger"]] == list(range(1, 8))
+            assert await part.catch_up(until=3) == 0  # already past it: left where it is
+            await part.catch_up(until=head + 100)  # beyond the head: stops at the head
+            assert await snapshot(part) == full
+            with pytest.raises(ValueError, match="until"):
+                await part.catch_up(until=-1)
+
+
 class Exploding(Projection):
     """Writes a row per event, and raises on any deposit of a negative amount."""
 
