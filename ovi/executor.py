@@ -231,7 +231,8 @@ class Executor:
         # The outcome is recorded after both slots are freed, so the next
         # action's call overlaps this one's commit.
         async with ahead:
-            if not await self.coordinator.usable(claim):
+            checked_at = await self.coordinator.now()
+            if not await self.coordinator.usable(claim, now=checked_at):
                 # Waited so long for a slot that the claim ran out, or it could
                 # not be renewed: another instance may hold it now. Leave it
                 # to a later cycle.
@@ -246,7 +247,7 @@ class Executor:
                 # streams are where this cycle read them (nobody paused since).
                 await self.coordinator.append_fenced(claim, [StreamBatch(stream, (
                     self._executing(decision, claim, cycle_id, progress.attempt),)),
-                    *self._fences(decision)])
+                    *self._fences(decision)], checked_at=checked_at)
             except WrongExpectedVersion as exc:
                 if exc.stream.startswith(PAUSE_STREAM):
                     # Paused (or resumed) by someone after this cycle read the pauses.
