@@ -227,7 +227,8 @@ class Executor:
         unkept: SkipReason | None = None
         drained = False
         outcome: ActionExecuted | ActionFailed
-        progress = _Progress(await self._create_attempt(decision, previous))
+        progress = _Progress(await self._create_attempt(decision, previous),
+                             first_ever=_first_ever(decision, previous, claim))
         # The outcome is recorded after both slots are freed, so the next
         # action's call overlaps this one's commit.
         async with ahead:
@@ -353,8 +354,7 @@ class Executor:
         stream = resource_stream(decision.resource_id)
         try:
             return await call_with_retries(
-                lambda: self._call(decision, owner, progress.attempt), self.retry,
-                progress.calls)
+                lambda: self._call(decision, owner, progress), self.retry, progress.calls)
         except CreatedResourceGone as gone:
             if not await self.coordinator.usable(claim):
                 raise
@@ -372,7 +372,7 @@ class Executor:
         progress.attempt += 1
         progress.calls = Attempted()
         return await call_with_retries(
-            lambda: self._call(decision, owner, progress.attempt), self.retry, progress.calls)
+            lambda: self._call(decision, owner, progress), self.retry, progress.calls)
 
     async def _record_outcome(self, stream: str, outcome: ActionExecuted | ActionFailed,
                               claim: Claim) -> None:
@@ -388,11 +388,13 @@ class Executor:
         except EventStoreError:
             pass  # the claim expires on its own
 
-    async def _call(self, decision: Decision, owner: str, attempt: int) -> Resource | None:
+    async def _call(self, decision: Decision, owner: str,
+                    progress: _Progress) -> Resource | None:
         diff = decision.diff
         if decision.action == Action.CREATE and diff.desired is not None:
             return await self.provider.create(diff.desired, decision_id=decision.decision_id,
-                                              owner=owner, attempt=attempt)
+                                              owner=owner, attempt=progress.attempt,
+                                              token_unused=progress.token_unused)
         if decision.action == Action.ADOPT and diff.desired is not None and diff.observed:
             return await self.provider.adopt(diff.desired, diff.observed,
                                              decision_id=decision.decision_id, owner=owner)
@@ -415,10 +417,36 @@ def _no_fences(decision: Decision) -> Sequence[StreamBatch]:
 
 class _Progress(msgspec.Struct):
     """Where one action's provider calls stand: the create attempt open (its
-    write-ahead recorded) and the calls made for it."""
+    write-ahead recorded) and the calls made for it. ``first_ever``: the
+    write-ahead just recorded is the decision's first (see :func:`_first_ever`)."""
 
     attempt: int
+    first_ever: bool = False
     calls: Attempted = msgspec.field(default_factory=Attempted)
+
+    @property
+    def token_unused(self) -> bool:
+        """No call was ever made for this decision: its first write-ahead, the
+        first attempt, and the call under way (counted before it is made) is
+        the first. A retry (a lost answer may have made the resource) is not."""
+        return self.first_ever and self.attempt == 1 and self.calls.count == 1
+
+
+def _first_ever(decision: Decision, previous: DecisionOutcome | None, claim: Claim) -> bool:
+    """Whether the write-ahead this action records is the first of its
+    decision, so that no provider call was ever made for it.
+
+    Every provider call is preceded by a durable write-ahead under a claim.
+    ``previous`` (read at the start of the execution) shows none for the
+    decision; one recorded since then was made under a claim that ended
+    before ours began. Ended by a takeover (or never given back): the claim
+    is ``inherited``, and this is not answered yes. Released: the release
+    was recorded with the outcome, which the staleness check finds when it
+    came after the observation, and which came before the observation
+    (whose listing then saw what the call made) otherwise.
+    """
+    return (decision.action is Action.CREATE and not claim.inherited
+            and (previous is None or previous.outcome is None))
 
 
 _LOST = {SkipReason.CLAIM_LOST: "taken over", SkipReason.CLAIM_EXPIRED: "running out"}

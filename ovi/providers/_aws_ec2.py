@@ -70,7 +70,7 @@ class EC2Instances:
         return _resource(live[0], region) if live else None
 
     async def create(self, desired: DesiredResource, decision_id: str, owner: str,
-                     attempt: int = 1) -> Resource:
+                     attempt: int = 1, *, token_unused: bool = False) -> Resource:
         """Launch one instance with every tag at launch, ``ClientToken`` the
         attempt's token; a retry of the same decision returns the instance it
         already launched.
@@ -80,20 +80,27 @@ class EC2Instances:
             answers with the first call's instance even once terminated), or
             the token was used with other parameters (an AMI parameter that
             moved) and this decision has no live instance.
+
+        With ``token_unused`` (no call was ever made for this decision, see
+        :meth:`~ovi.providers.base.Provider.create`) it neither looks for the
+        decision's instance first nor checks the answer's instance after:
+        the answer is the instance this call launched.
         """
         region, target = desired.region, desired.id
-        # Real AWS dedupes on ClientToken; moto (and a token that expired after
-        # 24 h) does not, so look for this decision's instance first.
-        pages = await self._calls.pages(
-            "ec2", region, "describe_instances", target,
-            Filters=[
-                {"Name": f"tag:{DECISION_TAG}", "Values": [decision_id]},
-                {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
-            ],
-        )
-        existing = sorted((i for p in pages for i in _instances(p)), key=lambda i: i["InstanceId"])
-        if existing:
-            return _resource(existing[0], region)
+        if not token_unused:
+            # Real AWS dedupes on ClientToken; moto (and a token that expired
+            # after 24 h) does not, so look for this decision's instance first.
+            pages = await self._calls.pages(
+                "ec2", region, "describe_instances", target,
+                Filters=[
+                    {"Name": f"tag:{DECISION_TAG}", "Values": [decision_id]},
+                    {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
+                ],
+            )
+            existing = sorted((i for p in pages for i in _instances(p)),
+                              key=lambda i: i["InstanceId"])
+            if existing:
+                return _resource(existing[0], region)
         image = await self._image(desired, region)
         tags = creation_tags(desired, decision_id, owner)
         token = create_token(decision_id, attempt)
@@ -113,7 +120,7 @@ class EC2Instances:
                 f" nothing decision {decision_id} made is alive", operation=exc.operation,
                 code=exc.code) from exc
         item = result["Instances"][0]
-        if await self._dead(region, item, target):
+        if not token_unused and await self._dead(region, item, target):
             instance_id = item["InstanceId"]
             raise CreatedResourceGone(
                 f"ec2:RunInstances {target} in {region}: ClientToken {token} answers with"

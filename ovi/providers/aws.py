@@ -131,13 +131,14 @@ class AWSProvider:
                                                      owner or self.owner)
 
     async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
-                     attempt: int = 1) -> Resource:
+                     attempt: int = 1, token_unused: bool = False) -> Resource:
         """Create ``desired`` with ``ovi:id``, ``ovi:managed``, ``ovi:owner``,
         ``ovi:decision`` and its declared tags in the create call itself. A
         retry with the same ``decision_id`` returns what the first attempt
         created instead of creating it twice. ``attempt`` makes the EC2
         ``ClientToken`` (:func:`~ovi.providers.base.create_token`); a DB
         instance or bucket is known by its name, which needs no token.
+        ``token_unused``: see :meth:`Provider.create`.
 
         :raises CreatedResourceGone: if the attempt's token answers with an
             instance that is gone.
@@ -146,7 +147,8 @@ class AWSProvider:
         self._check_provider(desired.provider, f"create {desired.id}")
         owner = owner or self.owner
         if desired.type is ResourceType.EC2:
-            return await self._ec2.create(desired, decision_id, owner, attempt)
+            return await self._ec2.create(desired, decision_id, owner, attempt,
+                                          token_unused=token_unused)
         return await self._kinds[desired.type].create(desired, decision_id, owner)
 
     async def update(

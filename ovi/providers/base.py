@@ -131,12 +131,19 @@ class Provider(Protocol):
         ...
 
     async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
-                     attempt: int = 1) -> Resource:
+                     attempt: int = 1, token_unused: bool = False) -> Resource:
         """Create ``desired`` tagged with ``ovi:id``, ``ovi:managed``, ``ovi:owner``,
         ``ovi:decision`` and its declared tags. Idempotent per (``decision_id``,
         ``attempt``): the idempotency token is ``create_token(decision_id,
         attempt)``, and a live resource this decision made (any attempt) is
         returned instead of creating another.
+
+        ``token_unused`` is the executor's word that no call was ever made for
+        this decision: the log holds no write-ahead of it but the one just
+        recorded, under a claim nobody held unreleased before, and this is the
+        first call of the first attempt. Nothing can answer to the token or
+        carry the decision's tag then, so a provider may skip looking (EC2: a
+        listing before the launch and one after it, two of its three calls).
 
         :raises CreatedResourceGone: if the token answers with a resource an
             earlier call made that is gone: only a new attempt can create it.

@@ -128,11 +128,16 @@ class FakeProvider:
         return await self._state(listed)
 
     async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
-                     attempt: int = 1) -> Resource:
+                     attempt: int = 1, token_unused: bool = False) -> Resource:
         await self._call("create", desired.id)
         token = create_token(decision_id, attempt)
 
         def create(estate: Estate) -> Resource:
+            if token_unused and (decision_id in self._by_decision or token in self.tokens):
+                # The executor said no call was ever made for this decision: a
+                # real provider would then have made it twice. A bug, loudly.
+                raise AssertionError(f"create {desired.id}: called with token_unused, but"
+                                     f" decision {decision_id} already made a resource")
             existing = self._made_by(estate, decision_id)
             if existing is not None:
                 return existing

@@ -32,12 +32,12 @@ class PausingProvider(SharedFakeProvider):
         self.where = where
 
     async def create(self, desired: DesiredResource, *, decision_id: str, owner: str,
-                     attempt: int = 1) -> Resource:
+                     attempt: int = 1, token_unused: bool = False) -> Resource:
         if self.pause and self.where == "before":
             print(f"creating {desired.id}", flush=True)  # noqa: T201
             await anyio.sleep(self.pause)
         resource = await super().create(desired, decision_id=decision_id, owner=owner,
-                                        attempt=attempt)
+                                        attempt=attempt, token_unused=token_unused)
         if self.pause and self.where == "after":
             print(f"created {desired.id}", flush=True)  # noqa: T201
             await anyio.sleep(self.pause)

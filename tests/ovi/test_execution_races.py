@@ -146,11 +146,11 @@ async def test_a_pause_recorded_while_a_create_runs_stops_its_next_attempt(
         real_create = env.provider.create
 
         async def paused_meanwhile(desired: DesiredResource, *, decision_id: str, owner: str,
-                                   attempt: int = 1) -> Resource:
+                                   attempt: int = 1, token_unused: bool = False) -> Resource:
             if attempt == 1:  # `ovi pause web-0` lands while attempt 1 is in flight
                 await pause_automation(tmp_path / "ovi.db", ["web-0"], reason="INC-1")
             return await real_create(desired, decision_id=decision_id, owner=owner,
-                                     attempt=attempt)
+                                     attempt=attempt, token_unused=token_unused)
 
         env.provider.create = paused_meanwhile  # type: ignore[method-assign]
         result = await env.apply(config)

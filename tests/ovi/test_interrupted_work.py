@@ -104,7 +104,8 @@ async def test_work_waiting_for_a_slot_does_not_start_once_its_claim_is_taken(
         real_create = provider.create
 
         async def create_while_web1_waits(desired: DesiredResource, *, decision_id: str,
-                                          owner: str, attempt: int = 1) -> Resource:
+                                          owner: str, attempt: int = 1,
+                                          token_unused: bool = False) -> Resource:
             if desired.id == "web-0":
                 # web-1 is written ahead and waits for the one call slot; its
                 # claim is taken over, and a while passes.
@@ -114,7 +115,7 @@ async def test_work_waiting_for_a_slot_does_not_start_once_its_claim_is_taken(
                     token=2, takeover_of="host-a:100:aaaaaa")])
                 env.clock.advance(minutes=4)
             return await real_create(desired, decision_id=decision_id, owner=owner,
-                                     attempt=attempt)
+                                     attempt=attempt, token_unused=token_unused)
 
         provider.create = create_while_web1_waits  # type: ignore[method-assign]
         result = await env.apply(config_text(WEB % (2, "t3.micro")), max_concurrency=1)
@@ -251,9 +252,10 @@ async def test_a_lost_create_response_is_retried_with_the_same_token(tmp_path: P
         lost = [THROTTLED]
 
         async def create_then_lose_the_answer(desired: DesiredResource, *, decision_id: str,
-                                              owner: str, attempt: int = 1) -> Resource:
+                                              owner: str, attempt: int = 1,
+                                              token_unused: bool = False) -> Resource:
             made = await real_create(desired, decision_id=decision_id, owner=owner,
-                                     attempt=attempt)
+                                     attempt=attempt, token_unused=token_unused)
             if lost:
                 raise lost.pop()
             return made

@@ -77,7 +77,7 @@ class _Hanging(FakeProvider):
         self.entered = anyio.Event()
 
     async def create(self, desired: DesiredResource, *, decision_id: str,
-                     owner: str, attempt: int = 1) -> Resource:
+                     owner: str, attempt: int = 1, token_unused: bool = False) -> Resource:
         self.entered.set()  # the write-ahead is durable by now
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
