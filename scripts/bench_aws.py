@@ -40,7 +40,7 @@ from scripts.benchkit import (
     alternate,
 )
 
-CONVERGE = FigureSpec("converge_50_ec2", Unit.SECONDS, Target(max_ratio=1.5),
+CONVERGE = FigureSpec("converge_50_ec2", Unit.SECONDS, Target(max_ratio=1.1),
                       baseline="bare aiobotocore: paginated DescribeInstances + 50 RunInstances")
 PLAN_WRITES = FigureSpec("plan_in_sync_write_calls", Unit.CALLS, Target(max_value=0))
 
