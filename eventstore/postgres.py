@@ -469,9 +469,9 @@ class PostgresEventStore(EventStore):
 
     async def _now(self) -> str:
         if self._clock is not None:
-            now = format_timestamp(self._clock())
+            # read after the query, as the server's clock_timestamp() is
             (row,) = await self._fetch(f"SELECT {_NEWEST_STAMP}")
-            return stamp_after(now, row[0])
+            return stamp_after(format_timestamp(self._clock()), row[0])
         (row,) = await self._fetch(f"SELECT {_SERVER_NOW}, {_NEWEST_STAMP}")
         return stamp_after(row[0], row[1])
 

@@ -481,8 +481,11 @@ class SQLiteEventStore(EventStore):
         return int(rows[0][0] or 0)
 
     async def _now(self) -> str:
-        now = format_timestamp((self._clock or utc_now)())
         rows = await self._query("SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1")
+        # The clock is read once the query has run, not before it waited in
+        # the reader's queue: a reading is never older than the wait (callers
+        # that share one, see Coordinator.now, asked before it was taken).
+        now = format_timestamp((self._clock or utc_now)())
         return stamp_after(now, str(rows[0][0]) if rows else None)
 
     async def _event_types(self, after: int) -> list[str]:
