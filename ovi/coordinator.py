@@ -63,17 +63,12 @@ class Claim:
     way keeps it, and a heartbeat that fails once must not let it run out.
     """
 
-    __slots__ = ("_lock", "confirmed_at", "expires_at", "inherited", "lost", "released",
-                 "resource_id", "taken_over", "token", "version")
+    __slots__ = ("_lock", "confirmed_at", "expires_at", "lost", "released", "resource_id",
+                 "taken_over", "token", "version")
 
     def __init__(self, resource_id: str, token: int, expires_at: datetime, *,
-                 confirmed_at: datetime, version: int | None = None,
-                 inherited: bool = False) -> None:
+                 confirmed_at: datetime, version: int | None = None) -> None:
         self.resource_id = resource_id
-        #: the claim before this one on the resource was never released (a
-        #: takeover, or a claim of this instance's that it could not give
-        #: back): work under it may have been cut off, its outcome unrecorded
-        self.inherited = inherited
         self.token = token
         self.version = token if version is None else version
         self.expires_at = expires_at
@@ -221,8 +216,7 @@ class Coordinator:
             version = state.version if state is not None else 0
             takeover = (state.instance_id if state is not None and not state.released
                         and state.instance_id != self.instance_id else None)
-            claim = Claim(resource_id, version + 1, now + self.ttl, confirmed_at=now,
-                          inherited=state is not None and not state.released)
+            claim = Claim(resource_id, version + 1, now + self.ttl, confirmed_at=now)
             event = ClaimAcquired(resource_id=resource_id, instance_id=self.instance_id,
                                   claimed_at=now, expires_at=claim.expires_at,
                                   token=claim.token, takeover_of=takeover)

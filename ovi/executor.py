@@ -170,7 +170,7 @@ class Executor:
         async def worker() -> None:
             for decision in queue:
                 done = await self._run(decision, claims.held[decision.resource_id], cycle_id,
-                                       owner, ahead, calls, outcomes.get(decision.decision_id))
+                                       owner, ahead, calls)
                 results.append(done)
 
         # Enough workers to fill both limiters and record outcomes meanwhile,
@@ -219,16 +219,14 @@ class Executor:
         await self.store.append_streams(StreamBatch(s, tuple(e)) for s, e in events.items())
 
     async def _run(self, decision: Decision, claim: Claim, cycle_id: str, owner: str,
-                   ahead: anyio.CapacityLimiter, calls: anyio.CapacityLimiter,
-                   previous: DecisionOutcome | None) -> Execution:
+                   ahead: anyio.CapacityLimiter, calls: anyio.CapacityLimiter) -> Execution:
         stream = resource_stream(decision.resource_id)
         resource: Resource | None = None
         failure: ProviderError | EventStoreError | None = None
         unkept: SkipReason | None = None
         drained = False
         outcome: ActionExecuted | ActionFailed
-        progress = _Progress(await self._create_attempt(decision, previous),
-                             first_ever=_first_ever(decision, previous, claim))
+        progress = await self._progress(decision)
         # The outcome is recorded after both slots are freed, so the next
         # action's call overlaps this one's commit.
         async with ahead:
@@ -328,19 +326,27 @@ class Executor:
             resource_id=decision.resource_id, cloud_id=decision.cloud_id, token=claim.token,
             was_running=_was_running(decision), create_attempt=attempt)
 
-    async def _create_attempt(self, decision: Decision, previous: DecisionOutcome | None) -> int:
-        """The attempt a create runs as: the last one the log recorded for
-        this decision (its token may have made the resource, which must not be
-        made twice), 1 for a decision that never ran."""
-        if decision.action is not Action.CREATE or previous is None or previous.outcome is None:
-            return 1
-        attempt = 1
+    async def _progress(self, decision: Decision) -> _Progress:
+        """Where a create starts, from the write-aheads of its decision in the
+        log itself, read under our claim: the attempt is the last one recorded
+        (its token may have made the resource, which must not be made twice),
+        1 for a decision never written ahead, which is then ``first_ever``.
+
+        The log, not the projection read at the start of the execution: every
+        provider call follows a durable write-ahead made under a claim, and no
+        other instance can write ahead under ours, so every write-ahead of the
+        decision, by anyone, ever, is in the resource's stream by now (a
+        projection caught up before another instance's write-ahead, its
+        claim taken over and released since, would miss it)."""
+        if decision.action is not Action.CREATE:
+            return _Progress(1)
+        attempt = 0
         async for recorded in self.store.read(stream=resource_stream(decision.resource_id),
                                               types=("ActionExecuting",)):
             event = recorded.event
             if isinstance(event, ActionExecuting) and event.decision_id == decision.decision_id:
                 attempt = max(attempt, event.create_attempt)
-        return attempt
+        return _Progress(max(attempt, 1), first_ever=attempt == 0)
 
     async def _call_attempts(self, decision: Decision, claim: Claim, cycle_id: str,
                              owner: str, progress: _Progress) -> Resource | None:
@@ -418,7 +424,8 @@ def _no_fences(decision: Decision) -> Sequence[StreamBatch]:
 class _Progress(msgspec.Struct):
     """Where one action's provider calls stand: the create attempt open (its
     write-ahead recorded) and the calls made for it. ``first_ever``: the
-    write-ahead just recorded is the decision's first (see :func:`_first_ever`)."""
+    write-ahead this action records is the decision's first (see
+    :meth:`Executor._progress`)."""
 
     attempt: int
     first_ever: bool = False
@@ -430,23 +437,6 @@ class _Progress(msgspec.Struct):
         first attempt, and the call under way (counted before it is made) is
         the first. A retry (a lost answer may have made the resource) is not."""
         return self.first_ever and self.attempt == 1 and self.calls.count == 1
-
-
-def _first_ever(decision: Decision, previous: DecisionOutcome | None, claim: Claim) -> bool:
-    """Whether the write-ahead this action records is the first of its
-    decision, so that no provider call was ever made for it.
-
-    Every provider call is preceded by a durable write-ahead under a claim.
-    ``previous`` (read at the start of the execution) shows none for the
-    decision; one recorded since then was made under a claim that ended
-    before ours began. Ended by a takeover (or never given back): the claim
-    is ``inherited``, and this is not answered yes. Released: the release
-    was recorded with the outcome, which the staleness check finds when it
-    came after the observation, and which came before the observation
-    (whose listing then saw what the call made) otherwise.
-    """
-    return (decision.action is Action.CREATE and not claim.inherited
-            and (previous is None or previous.outcome is None))
 
 
 _LOST = {SkipReason.CLAIM_LOST: "taken over", SkipReason.CLAIM_EXPIRED: "running out"}
