@@ -388,11 +388,11 @@ def _column_types(row: RawRow) -> str:
 
 
 def check_header_unchanged(chain: Chain, text: str | None) -> None:
-    """Refuse to append the first row of a log whose header is no longer the
-    one this store read when it opened the log empty: another writer made it
-    keyed meanwhile (an empty log may still become keyed), and a row hashed the
-    old way would make the log half one kind, half the other. Call it in the
-    append transaction, under the write lock, while the log is empty.
+    """Refuse to append to a log whose header is no longer the one this store
+    read when it opened the log: another writer made it keyed while it was
+    still empty (and may have appended since), and a row hashed the old way
+    would make the log half one kind, half the other. Call it in every append
+    transaction, under the write lock.
 
     :raises ChainKeyError: naming the header the log has now.
     """

@@ -313,10 +313,10 @@ class PostgresEventStore(EventStore):
             try:
                 async with conn.transaction():
                     state = await self._locked_state(conn, streams)
-                    if state.position == 0:
-                        # the log's kind is fixed by its first row: still the one opened?
-                        check_header_unchanged(self.chain, await conn.fetchval(
-                            "SELECT header FROM log_header WHERE id = 1"))
+                    # still the kind of log it was when opened? (at every commit: another
+                    # writer may have made it keyed while empty and appended since)
+                    check_header_unchanged(self.chain, await conn.fetchval(
+                        "SELECT header FROM log_header WHERE id = 1"))
                     now = state.now if self._clock is None else format_timestamp(self._clock())
                     rows, results = chain_group(
                         group, state.versions, (state.position, state.hash),

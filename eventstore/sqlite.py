@@ -175,6 +175,8 @@ class _Head(NamedTuple):
     recorded_at: str | None
     #: the shared log this file mirrors (:meth:`SQLiteEventStore.mark_as_mirror`), if any
     mirror_of: str | None
+    #: the log's header (keyed or not), None if it has none
+    header: str | None
 
 
 class SQLiteEventStore(EventStore):
@@ -331,11 +333,10 @@ class SQLiteEventStore(EventStore):
         def body(db: sqlite3.Connection) -> tuple[list[GroupResult], _Committed]:
             head = _checked_head(db)
             _refuse_if_mirror(head, self.path)
-            if head.position == 0:
-                # The log's kind is fixed by its first row: is it still the
-                # kind it was when this store opened it?
-                found = db.execute("SELECT header FROM log_header WHERE id = 1").fetchone()
-                check_header_unchanged(chain, None if found is None else str(found[0]))
+            # Is the log still the kind it was when this store opened it? At
+            # every commit, not only the first row's: another writer may have
+            # made it keyed while it was empty and appended since.
+            check_header_unchanged(chain, head.header)
             # Read under the write lock: another process's commit cannot come
             # between this reading and these positions.
             recorded_at = stamp_after(format_timestamp(clock()), head.recorded_at)
@@ -540,20 +541,22 @@ def _write_rows(db: sqlite3.Connection, rows: list[RawRow]) -> None:
 
 
 def _checked_head(db: sqlite3.Connection) -> _Head:
-    """The head, after checking it still matches the newest row, and whether
-    the file is a mirror: one statement, run under the write lock at every
-    commit (so a mark made by another process since this one opened the file
-    counts too)."""
+    """The head, after checking it still matches the newest row, whether the
+    file is a mirror, and its header: one statement, run under the write lock
+    at every commit (so a mark or header written by another process since
+    this one opened the file counts too)."""
     row = db.execute(
         "SELECT h.position, h.hash, (SELECT max(position) FROM events), e.hash, e.recorded_at,"
-        " (SELECT source FROM log_mirror WHERE id = 1)"
+        " (SELECT source FROM log_mirror WHERE id = 1),"
+        " (SELECT header FROM log_header WHERE id = 1)"
         " FROM log_head AS h LEFT JOIN events AS e ON e.position = h.position WHERE h.id = 1"
     ).fetchone()
     if row is None:
         raise LogCorruptedError(0, "the log_head row is missing")
-    position, hash_, newest, hash_at_head, recorded_at, mirror_of = row
+    position, hash_, newest, hash_at_head, recorded_at, mirror_of, header = row
     check_head(position, hash_, newest, hash_at_head)
-    return _Head(int(position), str(hash_), recorded_at, mirror_of)
+    return _Head(int(position), str(hash_), recorded_at, mirror_of,
+                 None if header is None else str(header))
 
 
 def _stream_versions(db: sqlite3.Connection, streams: set[str]) -> dict[str, int]:

@@ -14,6 +14,7 @@ import pytest
 
 from eventstore import (
     Anchor,
+    ChainKeyError,
     EventStore,
     PostgresEventStore,
     SQLiteEventStore,
@@ -59,6 +60,25 @@ async def test_a_writer_that_opened_the_empty_log_unkeyed_cannot_append_once_it_
     finally:
         await unkeyed.aclose()
     assert report.ok, report.problem  # the log must never hold a row that does not verify
+
+
+@pytest.mark.asyncio
+async def test_a_writer_that_opened_the_empty_log_unkeyed_cannot_append_after_keyed_rows(
+    make_store: StoreMaker,
+) -> None:
+    # A later review: the header was checked only while the log was empty,
+    # so once the keyed writer had appended, the unkeyed one's append passed.
+    unkeyed = await make_store(instance_id="a").open()
+    try:
+        async with make_store(instance_id="b", chain_key=KEY) as keyed:
+            await keyed.append("s", [Ping(n=1)])
+            with pytest.raises(ChainKeyError, match="header changed"):
+                await unkeyed.append("s", [Ping(n=2)], expected_version=1)
+            report = await keyed.verify()
+            assert await keyed.last_position() == 1
+    finally:
+        await unkeyed.aclose()
+    assert report.ok, report.problem
 
 
 @pytest.mark.asyncio
