@@ -155,8 +155,9 @@ class Coordinator:
         Callers that ask while a reading is under way share it: a reading is
         a query (on SQLite one more job queued for the reader's thread), and
         a thousand actions asking one by one queued ~5,000 of them, ~4 ms
-        each. A shared reading is older than the ask by at most one query's
-        time, milliseconds against a :attr:`margin` of minutes; and an older
+        each. The store samples its clock once the query has run, so a shared
+        reading is older than an ask only by the hop back to the event loop,
+        milliseconds against a :attr:`margin` of minutes; and an older
         reading only ever errs towards caution (a claim looks held, a renewal
         expires sooner), except in :meth:`usable`, which the margin covers.
         """
