@@ -55,6 +55,7 @@ __all__ = [
 GENESIS_HASH = "0" * 64
 
 _encode = msgspec.json.encode
+_sha256 = hashlib.sha256
 # format_timestamp's output: fixed width, so that text order is time order.
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
@@ -187,12 +188,10 @@ def row_hash(
     data: str,
 ) -> str:
     """Hash of one row chained onto ``prev_hash``."""
-    header = _encode((position, stream, stream_version, type_, recorded_at, instance_id))
-    digest = hashlib.sha256(prev_hash.encode())
-    digest.update(header)
-    digest.update(b"\n")
-    digest.update(data.encode())
-    return digest.hexdigest()
+    # One buffer hashed in one call: ~0.15 µs a row less than four updates.
+    return _sha256(prev_hash.encode()
+                   + _encode((position, stream, stream_version, type_, recorded_at, instance_id))
+                   + b"\n" + data.encode()).hexdigest()
 
 
 def _hasher(header: LogHeader, key: bytes | None, location: str) -> RowHasher:
@@ -214,11 +213,10 @@ def _hasher(header: LogHeader, key: bytes | None, location: str) -> RowHasher:
     def keyed_row_hash(prev_hash: str, position: int, stream: str, stream_version: int,
                        type_: str, recorded_at: str, instance_id: str, data: str) -> str:
         digest = keyed.copy()
-        digest.update(prev_hash.encode())
-        digest.update(_encode((position, stream, stream_version, type_, recorded_at,
-                               instance_id)))
-        digest.update(b"\n")
-        digest.update(data.encode())
+        digest.update(prev_hash.encode()
+                      + _encode((position, stream, stream_version, type_, recorded_at,
+                                 instance_id))
+                      + b"\n" + data.encode())
         return digest.hexdigest()
 
     return keyed_row_hash

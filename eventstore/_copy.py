@@ -12,6 +12,7 @@ never refolded over the difference.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from eventstore._exceptions import ImportRejectedError, MirrorMismatchError
@@ -73,32 +74,40 @@ async def copy_new_rows(
     # from the source: a mirror catching up does both at once (~1.4 times as fast).
     importing: asyncio.Future[int] | None = None
     copied = 0
-    try:
-        async for page in source.read_raw(after=after):
-            if not checked:
-                checked = True
-                _check_same(newest, page[0], source, target)
-                page = page[1:]
-            pending.extend(page)
-            if len(pending) >= batch:
-                if importing is not None:
-                    copied += await importing
-                importing = asyncio.ensure_future(_import(target, pending, progress))
-                pending = []
-        if importing is not None:
-            copied += await importing
-            importing = None
-    finally:
-        if importing is not None:  # the read failed: let the batch in flight end
-            await asyncio.gather(importing, return_exceptions=True)
-    if not checked:
-        assert newest is not None
-        raise MirrorMismatchError(
-            newest[0], f"{target.location} has this position, but {source.location} ends"
-            f" at {await source.last_position()} (a log restored from an older backup, or"
-            " another log)")
-    if pending:
-        copied += await _import(target, pending, progress)
+    batches = 0
+    async with contextlib.AsyncExitStack() as bulk:
+        try:
+            async for page in source.read_raw(after=after):
+                if not checked:
+                    checked = True
+                    _check_same(newest, page[0], source, target)
+                    page = page[1:]
+                pending.extend(page)
+                if len(pending) >= batch:
+                    if importing is not None:
+                        copied += await importing
+                    if batches == 1:
+                        # More than one batch: a long copy, which the target
+                        # may write faster (a mirror's pull of a few rows
+                        # does not pay for setting that up).
+                        await bulk.enter_async_context(target.bulk_import())
+                    importing = asyncio.ensure_future(_import(target, pending, progress))
+                    batches += 1
+                    pending = []
+            if importing is not None:
+                copied += await importing
+                importing = None
+        finally:
+            if importing is not None:  # the read failed: let the batch in flight end
+                await asyncio.gather(importing, return_exceptions=True)
+        if not checked:
+            assert newest is not None
+            raise MirrorMismatchError(
+                newest[0], f"{target.location} has this position, but {source.location} ends"
+                f" at {await source.last_position()} (a log restored from an older backup, or"
+                " another log)")
+        if pending:
+            copied += await _import(target, pending, progress)
     return copied
 
 
