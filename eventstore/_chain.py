@@ -45,10 +45,13 @@ __all__ = [
     "LogHeader",
     "chain_group",
     "check_batches",
+    "check_chained",
     "check_continuation",
     "check_head",
     "check_header_unchanged",
+    "check_joins",
     "check_name",
+    "check_versions",
     "row_hash",
 ]
 
@@ -498,13 +501,32 @@ def check_continuation(
     exactly: the next positions after ``head``, each ``prev_hash`` the previous
     row's hash (the head's for the first), each hash verifying, each stream's
     versions going on from ``versions`` (the current version of every stream
-    the rows touch), timestamps in the log's format. Returns the first row
-    that does not, and why; ``None`` when they all do. ``hash_row`` is the
+    the rows touch), timestamps in the log's format. Returns the first
+    problem found, and why; ``None`` when they all do. ``hash_row`` is the
     target log's (:meth:`Chain.row_hash`): rows of a log keyed otherwise fail.
+
+    A copy made by a helper process (:mod:`eventstore._import_worker`) runs
+    :func:`check_chained` without the versions where the rows were read, and
+    :func:`check_joins` and :func:`check_versions` where they are written,
+    under the target's write lock.
     """
+    return check_chained(rows, head, hash_row, versions)
+
+
+def check_chained(
+    rows: Sequence[RawRow], head: tuple[int, str] | None, hash_row: RowHasher | None = None,
+    versions: Mapping[str, int] | None = None,
+) -> ChainBreak | None:
+    """What :func:`check_continuation` checks: the rows' shape, positions,
+    links, hashes, times and names, and with ``versions`` their stream
+    versions (checked before a row's hash: an edited version is named as
+    such). With ``head`` None the first row's position and ``prev_hash`` are
+    taken as they are (whoever writes the rows checks them against its head:
+    :func:`check_joins`, and the versions: :func:`check_versions`)."""
     hash_row = hash_row or row_hash
-    position, prev = head
-    current = dict(versions)
+    position, prev = head if head is not None else (0, "")
+    current = None if versions is None else dict(versions)
+    joined = head is not None
     # Names already checked: a page of a mirror's copy has few distinct streams
     # and writers (the checks and a generator per row were ~15% of an import).
     names_ok: set[str] = set()
@@ -520,6 +542,9 @@ def check_continuation(
                 and type(prev_hash) is str and type(hash_) is str):
             return ChainBreak(position + 1, "expected integer positions and versions, text"
                               " elsewhere (a RawRow)")
+        if not joined:
+            joined = True
+            position, prev = at - 1, prev_hash
         if at != position + 1:
             return ChainBreak(
                 position + 1, f"expected the row at position {position + 1}, got position {at}"
@@ -539,15 +564,44 @@ def check_continuation(
             except ValueError as exc:
                 return ChainBreak(at, str(exc))
             names_ok.add(name)
-        expected_version = current.get(stream, 0) + 1
-        if version != expected_version:
-            return ChainBreak(
-                at, f"stream {stream!r} is at version {expected_version - 1}, the row has"
-                f" version {version}"
-            )
+        if current is not None:
+            expected_version = current.get(stream, 0) + 1
+            if version != expected_version:
+                return _version_break(at, stream, expected_version, version)
+            current[stream] = version
         if hash_row(prev_hash, at, stream, version, type_, recorded_at, instance_id,
                     data) != hash_:
             return ChainBreak(at, "its hash does not match the row")
-        current[stream] = version
         position, prev = at, hash_
+    return None
+
+
+def _version_break(at: int, stream: str, expected: int, version: int) -> ChainBreak:
+    return ChainBreak(at, f"stream {stream!r} is at version {expected - 1}, the row has"
+                      f" version {version}")
+
+
+def check_joins(first: RawRow, head: tuple[int, str]) -> ChainBreak | None:
+    """Whether ``first`` (a row :func:`check_chained` accepted) is the next
+    row after ``head``: its position and ``prev_hash``."""
+    position, prev = head
+    if first[0] != position + 1:
+        return ChainBreak(
+            position + 1, f"expected the row at position {position + 1}, got position {first[0]}")
+    if first[7] != prev:
+        return ChainBreak(first[0], "its prev_hash is not the hash of the log's previous row")
+    return None
+
+
+def check_versions(rows: Sequence[RawRow], versions: Mapping[str, int]) -> ChainBreak | None:
+    """Whether each row's stream version goes on from ``versions`` (the current
+    version of every stream the rows touch) and from the rows before it; the
+    first row that does not, and why. ``rows`` passed :func:`check_chained`."""
+    current = dict(versions)
+    for row in rows:
+        at, stream, version = row[0], row[1], row[2]
+        expected_version = current.get(stream, 0) + 1
+        if version != expected_version:
+            return _version_break(at, stream, expected_version, version)
+        current[stream] = version
     return None

@@ -12,6 +12,7 @@ never refolded over the difference.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Callable
 
@@ -70,9 +71,10 @@ async def copy_new_rows(
     after = 0 if newest is None else newest[0] - 1
     pending: list[RawRow] = []
     checked = newest is None
-    # One batch is imported (on the target's thread) while the next is read
-    # from the source: a mirror catching up does both at once (~1.4 times as fast).
-    importing: asyncio.Future[int] | None = None
+    # Batches are imported while the next are read from the source: a mirror
+    # catching up does both at once. In flight: the oldest first.
+    in_flight: collections.deque[asyncio.Future[int]] = collections.deque()
+    depth = 1
     copied = 0
     batches = 0
     async with contextlib.AsyncExitStack() as bulk:
@@ -84,22 +86,23 @@ async def copy_new_rows(
                     page = page[1:]
                 pending.extend(page)
                 if len(pending) >= batch:
-                    if importing is not None:
-                        copied += await importing
+                    while len(in_flight) >= depth:
+                        copied += await in_flight.popleft()
                     if batches == 1:
                         # More than one batch: a long copy, which the target
                         # may write faster (a mirror's pull of a few rows
                         # does not pay for setting that up).
-                        await bulk.enter_async_context(target.bulk_import())
-                    importing = asyncio.ensure_future(_import(target, pending, progress))
+                        depth = await bulk.enter_async_context(target.bulk_import())
+                    before = in_flight[-1] if in_flight else None
+                    in_flight.append(asyncio.ensure_future(
+                        _import(target, pending, progress, before)))
                     batches += 1
                     pending = []
-            if importing is not None:
-                copied += await importing
-                importing = None
+            while in_flight:
+                copied += await in_flight.popleft()
         finally:
-            if importing is not None:  # the read failed: let the batch in flight end
-                await asyncio.gather(importing, return_exceptions=True)
+            if in_flight:  # a read or import failed: let the batches in flight end
+                await asyncio.gather(*in_flight, return_exceptions=True)
         if not checked:
             assert newest is not None
             raise MirrorMismatchError(
@@ -126,9 +129,13 @@ def _check_same(
 
 
 async def _import(
-    target: EventStore, rows: list[RawRow], progress: Callable[[int], None] | None
+    target: EventStore, rows: list[RawRow], progress: Callable[[int], None] | None,
+    before: asyncio.Future[int] | None = None,
 ) -> int:
-    """Import ``rows``; returns how many this call wrote.
+    """Import ``rows``; returns how many this call wrote. ``before`` is the
+    import of the batch before, if it was still in flight when this one was
+    sent: a rejection may then only say that batch was not in yet (or failed,
+    which the copy raises first), so it is tried again once that one ended.
 
     Another process may copy into the same target at the same time (the
     service and an operator's command of one host share ``./ovi-mirror.db``):
@@ -143,6 +150,10 @@ async def _import(
         try:
             await target.import_rows(rows)
         except ImportRejectedError:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+                before = None
+                continue
             head = await target.last_position()
             if head < rows[0][0]:
                 raise  # nobody copied ahead of us: the row itself is bad

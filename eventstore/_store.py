@@ -362,12 +362,13 @@ class EventStore(ABC):
         self._appended.set()
         self._appended = asyncio.Event()
 
-    def bulk_import(self) -> AbstractAsyncContextManager[None]:
+    def bulk_import(self) -> AbstractAsyncContextManager[int]:
         """A block of many :meth:`import_rows` calls (a long copy), which a
         backend may write faster, with the same checks and one transaction
-        per call (SQLite: a bigger page cache and rarer checkpoints). By
-        default nothing changes."""
-        return contextlib.nullcontext()
+        per call (SQLite: by a helper process). It gives how many calls may
+        be in flight at once, each after the one before (by default 1, and
+        nothing changes)."""
+        return contextlib.nullcontext(1)
 
     async def import_rows(self, rows: Sequence[RawRow]) -> Appended | None:
         """Append rows copied from another log *verbatim* — same positions,

@@ -35,6 +35,7 @@ import aiosqlite
 from eventstore._chain import (
     GENESIS_HASH,
     chain_group,
+    check_chained,
     check_continuation,
     check_head,
     check_header_unchanged,
@@ -47,6 +48,7 @@ from eventstore._exceptions import (
     LogCorruptedError,
     StoreClosedError,
 )
+from eventstore._import_worker import ImportWorker
 from eventstore._known_versions import KnownVersions
 from eventstore._store import (
     EventStore,
@@ -208,6 +210,8 @@ class SQLiteEventStore(EventStore):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._known_versions = KnownVersions()
+        #: the helper process writing imports, inside :meth:`bulk_import`
+        self._import_worker: ImportWorker | None = None
         #: how a read-only store opened the file: "ro", or "immutable" (see
         #: :func:`~eventstore.sqlite_plumbing.connect_read_only`)
         self.read_mode: str | None = None
@@ -364,6 +368,15 @@ class SQLiteEventStore(EventStore):
 
     async def _import_rows(self, rows: list[RawRow]) -> dict[str, int]:
         hash_row = self.chain.row_hash
+        worker = self._import_worker
+        if worker is not None:
+            # The chain is checked here (with the key, which stays in this
+            # process); the helper checks the rest under the write lock.
+            problem = check_chained(rows, None, hash_row)
+            if problem is not None:
+                raise ImportRejectedError(problem.position, problem.reason)
+            await worker.import_rows(rows)
+            return {row[1]: row[2] for row in rows}
         chain = self.chain
 
         def body(db: sqlite3.Connection) -> dict[str, int]:
@@ -387,22 +400,30 @@ class SQLiteEventStore(EventStore):
             raise _translate(exc, f"import into {self.path} failed, nothing written") from exc
 
     @contextlib.asynccontextmanager
-    async def bulk_import(self) -> AsyncIterator[None]:
-        """Within the block the writer's connection is set for a long copy
-        (:data:`_BULK_PRAGMAS`); each :meth:`import_rows` is still one
-        transaction, checked alike. Its settings come back afterwards."""
+    async def bulk_import(self) -> AsyncIterator[int]:
+        """Within the block, :meth:`import_rows` is written by a helper process
+        (:mod:`eventstore._import_worker`), so a long copy uses a second core;
+        each call is still one transaction, checked alike, and two may be in
+        flight. If the helper cannot be started, imports stay here (said)."""
         self._writable()
-        writer = self._conn(self._writer)
+        if self._import_worker is not None:
+            yield _IN_FLIGHT
+            return
         try:
-            before = await run_in_connection_thread(writer, _set_pragmas(_BULK_PRAGMAS))
-        except sqlite3.Error as exc:
-            raise _translate(exc, f"cannot prepare {self.path} for a copy") from exc
+            worker = await ImportWorker.start(
+                self.path, header=self.chain.header, busy_timeout=self._busy_timeout,
+                synchronous=self._synchronous)
+        except OSError as exc:
+            _log.warning("%s: cannot start a helper process to copy with (%s); copying in"
+                         " this process", self.path, exc)
+            yield 1
+            return
+        self._import_worker = worker
         try:
-            yield
+            yield _IN_FLIGHT
         finally:
-            if self._writer is writer:  # not closed meanwhile
-                with contextlib.suppress(sqlite3.Error):
-                    await run_in_connection_thread(writer, _set_pragmas(before))
+            self._import_worker = None
+            await worker.close()
 
     async def mark_as_mirror(self, source: str) -> None:
         """Mark this file as the mirror of the shared log at ``source`` (a
@@ -556,25 +577,9 @@ def _refuse_if_mirror(head: _Head, path: Path) -> None:
         " file as it is")
 
 
-#: a long copy's writer: a 32 MiB page cache (not 2 MiB) keeps the
-#: (stream, stream_version) index's pages in memory, and a WAL checkpointed
-#: every 10,000 pages (not 1,000) rewrites its hot pages into the main file a
-#: tenth as often: together ~1.4x the rows per second into the file
-#: (docs/benchmarks.md). A service's own appends keep SQLite's defaults.
-_BULK_PRAGMAS = {"cache_size": -32768, "wal_autocheckpoint": 10_000}
-
-
-def _set_pragmas(values: dict[str, int]) -> Callable[[sqlite3.Connection], dict[str, int]]:
-    """Set ``values`` (pragma name: integer) on a connection; the function
-    returns what they were."""
-    def set_(db: sqlite3.Connection) -> dict[str, int]:
-        before = {}
-        for name, value in values.items():
-            before[name] = int(db.execute(f"PRAGMA {name}").fetchone()[0])
-            db.execute(f"PRAGMA {name} = {int(value)}")
-        return before
-
-    return set_
+#: batches of a long copy in flight at once: one written by the helper while
+#: the next is read and checked here
+_IN_FLIGHT = 2
 
 
 def _write_rows(db: sqlite3.Connection, rows: list[RawRow]) -> None:

@@ -25,7 +25,7 @@ import msgspec
 
 from eventstore import MirroredStore, SQLiteEventStore, format_timestamp
 from eventstore.postgres import PostgresEventStore
-from eventstore.sqlite import _BULK_PRAGMAS
+from eventstore.sqlite_plumbing import BULK_PRAGMAS
 from scripts.bench_sqlite_workloads import (
     BATCH,
     INSTANCE,
@@ -277,7 +277,7 @@ async def raw_catch_up(at: At, rep: int) -> float:
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
     # the settings the store's long copy writes with: the two differ in the work only
-    for name, value in _BULK_PRAGMAS.items():
+    for name, value in BULK_PRAGMAS.items():
         db.execute(f"PRAGMA {name} = {value}")
     db.execute(RAW_SCHEMA)
     conn = await asyncpg.connect(at.dsn, server_settings={"search_path": at.schema})
