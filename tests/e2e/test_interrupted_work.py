@@ -239,3 +239,67 @@ def test_a_db_delete_retried_after_a_lost_response_is_recorded_done(
     assert client("rds", aws.moto).describe_db_instances()["DBInstances"] == []
     assert aws.logged("ActionFailed") == []
     aws.verify()
+
+
+def _one_web_instance(aws: AWS) -> dict[str, Any]:
+    instances = aws.instances()
+    assert len(instances) == 1, [i["InstanceId"] for i in instances]
+    assert tags_of(instances[0])["ovi:id"] == "web-0"
+    return instances[0]
+
+
+@pytest.mark.parametrize("honoured", [True, False], ids=["aws-tokens", "tokens-ignored"])
+def test_a_first_create_whose_answer_is_lost_makes_one_instance(
+    aws: AWS, tmp_path: Path, honoured: bool
+) -> None:
+    """The first call of a create skips looking for the instance (nothing was
+    ever called for its decision); the call after a lost answer looks, so even
+    an endpoint that ignores ClientToken (moto) gets no second instance."""
+    aws.proxy.honour_client_tokens = honoured
+    config = write_config(tmp_path / "ovi.yaml", WEB % "t3.micro")
+    lost = aws.proxy.add(Fault("ec2:RunInstances", code="InternalError", status=500,
+                               when=When.AFTER))
+    code, applied = aws.apply(config)
+    assert code == 0, applied
+    assert lost.hits == 1
+    _one_web_instance(aws)
+    (decision,) = {e["decision_id"] for e in aws.logged("ActionExecuting")}
+    tokens = [r.param("ClientToken") for r in aws.proxy.calls("ec2:RunInstances")]
+    assert tokens and set(tokens) == {decision}
+    assert [(e["action"], e["outcome"]) for e in applied["executions"]] == [
+        ("create", "executed")]
+    assert aws.plan(config)[0] == 0
+    aws.verify()
+
+
+def test_a_throttled_first_create_is_retried_and_makes_one_instance(
+    aws: AWS, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "ovi.yaml", WEB % "t3.micro")
+    throttled = aws.proxy.add(Fault("ec2:RunInstances", code="RequestLimitExceeded",
+                                    status=503, times=2))
+    code, applied = aws.apply(config)
+    assert code == 0, applied
+    assert throttled.hits == 2
+    _one_web_instance(aws)
+    assert aws.calls("ec2:RunInstances") == 3
+    assert aws.plan(config)[0] == 0
+    aws.verify()
+
+
+def test_botocores_own_retry_of_a_lost_create_answer_reuses_the_token(
+    aws: AWS, tmp_path: Path
+) -> None:
+    """With botocore's retries on (as in production), a lost RunInstances answer
+    is retried inside the one call with the same ClientToken: AWS answers it
+    from memory, and there is one instance."""
+    aws.env = aws.env | {"AWS_MAX_ATTEMPTS": "3"}
+    config = write_config(tmp_path / "ovi.yaml", WEB % "t3.micro")
+    aws.proxy.add(Fault("ec2:RunInstances", code="InternalError", status=500,
+                        when=When.AFTER))
+    code, applied = aws.apply(config)
+    assert code == 0, applied
+    _one_web_instance(aws)
+    tokens = [r.param("ClientToken") for r in aws.proxy.calls("ec2:RunInstances")]
+    assert len(tokens) == 2 and len(set(tokens)) == 1
+    aws.verify()
