@@ -20,6 +20,7 @@ and one they may only read is tightened to 0600 (said once, through the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -279,10 +280,20 @@ class SQLiteEventStore(EventStore):
         # main file (a checkpoint: at the latest when the writer closes).
         if self.read_mode != "immutable" or self._reader is None:
             return
+        opening = asyncio.ensure_future(
+            connect_read_only(self.path, busy_timeout=self._busy_timeout))
         try:
-            reader, mode = await connect_read_only(self.path, busy_timeout=self._busy_timeout)
+            reader, mode = await asyncio.shield(opening)
         except sqlite3.Error:
             return
+        except asyncio.CancelledError:
+            # (a follower stopped by ^C) Let the open end and close what it
+            # opened: a connection left to its thread would call back into
+            # an event loop that is gone, and print a traceback at exit.
+            with contextlib.suppress(Exception):
+                opened, _ = await opening
+                await opened.close()
+            raise
         old, self._reader, self.read_mode = self._reader, reader, mode
         await old.close()
 
