@@ -25,6 +25,7 @@ from eventstore import (
     mask_dsn,
     store_for,
 )
+from ovi._fold_workers import fold_in_workers
 from ovi.events import registry
 from projections import Projection, ProjectionRunner
 from projections.claims import ClaimsProjection
@@ -102,5 +103,8 @@ async def open_runtime(store: Location, *, mirror: Path | None = None,
     log = store_for(store, registry(), instance_id=instance_id, chain_key=chain_key,
                     mirror=file if is_shared(store) else None)
     assert not is_shared(store) or isinstance(log, MirroredStore)
-    async with log, ProjectionRunner(log, file, ovi_projections()) as views:
+    # A refold of the whole log (a projection's tables changed on upgrade)
+    # runs in worker processes, one per core, reading the same file.
+    async with log, ProjectionRunner(log, file, ovi_projections(),
+                                     fold_apart=fold_in_workers(file)) as views:
         yield Runtime(log, views)

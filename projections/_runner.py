@@ -11,8 +11,10 @@ cancellations or other runners on the same file do.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -37,15 +39,22 @@ from projections._exceptions import (
     RunnerClosedError,
     UnknownProjectionError,
 )
+from projections._fold_apart import FoldApart, FoldApartFailed, adopt_folds, split_shares
 from projections._projection import Projection
 from projections._router import Router
 
-__all__ = ["CHECKPOINTS_TABLE", "DEFAULT_BATCH_SIZE", "Checkpoint", "ProjectionRunner"]
+__all__ = ["CHECKPOINTS_TABLE", "DEFAULT_BATCH_SIZE", "FOLD_APART_FROM", "Checkpoint",
+           "ProjectionRunner"]
+
+_log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 CHECKPOINTS_TABLE = "projection_checkpoints"
 DEFAULT_BATCH_SIZE = 50_000
+#: a fold from position 0 of at least this many events goes to ``fold_apart``
+#: workers, when given: below it a worker's start-up (~0.3 s) is not repaid
+FOLD_APART_FROM = 100_000
 # Never owned by a projection: the checkpoints, and the SQLite log's own tables
 # (projections usually share the log's file, and DROP TABLE ignores triggers).
 _RESERVED_TABLES = frozenset({CHECKPOINTS_TABLE, "events", "log_head", "log_header"})
@@ -145,6 +154,12 @@ class ProjectionRunner:
     :param synchronous: SQLite ``synchronous`` pragma. ``NORMAL`` suffices:
         a commit lost to power failure loses rows and checkpoint together, and
         they are re-applied from the log.
+    :param fold_apart: folds shares of the projections in other processes
+        (:mod:`projections._fold_apart`): a fold from position 0 of at least
+        ``fold_apart_from`` events (:data:`FOLD_APART_FROM`), on a machine of
+        several cores, is then folded side by side into scratch files next
+        to ``db_path`` and copied in, in one transaction. If that fails, the
+        fold runs in this process (said in a warning).
     """
 
     def __init__(
@@ -156,6 +171,8 @@ class ProjectionRunner:
         batch_size: int | None = None,
         busy_timeout: float = 10.0,
         synchronous: str = "NORMAL",
+        fold_apart: FoldApart | None = None,
+        fold_apart_from: int = FOLD_APART_FROM,
     ) -> None:
         self.store = store
         self.path = Path(db_path)
@@ -166,6 +183,8 @@ class ProjectionRunner:
         self.reset_on_open: tuple[str, ...] = ()
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous
+        self._fold_apart = fold_apart
+        self._fold_apart_from = fold_apart_from
         self._conn: aiosqlite.Connection | None = None
         self._by_name = {p.name: p for p in self.projections}
         # One fold at a time per runner; other runners are detected by checkpoint.
@@ -356,7 +375,8 @@ class ProjectionRunner:
             stop = min((at[p.name] for p in behind if at[p.name] > start), default=end)
             progress = _Progress()
             try:
-                await self._fold_pass(group, start, stop, progress)
+                if not (start == 0 and await self._fold_in_workers(group, stop, progress)):
+                    await self._fold_pass(group, start, stop, progress)
                 for projection in group:
                     at[projection.name] = stop
             except _CheckpointMoved:
@@ -443,6 +463,50 @@ class ProjectionRunner:
             # The last batch carries the checkpoints to the head, past events of other types.
             await self._commit(group, checkpoint, router.take(), head, progress)
 
+    async def _fold_in_workers(
+        self, group: Sequence[Projection], until: int, progress: _Progress
+    ) -> bool:
+        """Fold ``group`` from position 0 to ``until`` with :attr:`_fold_apart`
+        and take the result in; False when that is not worth it or failed
+        (nothing written: the caller folds in process).
+
+        :raises _CheckpointMoved: if another runner folded or reset one of
+            these projections meanwhile (nothing written).
+        """
+        fold_apart = self._fold_apart
+        shares = split_shares(group, os.cpu_count() or 1)
+        if fold_apart is None or until < self._fold_apart_from or len(shares) < 2:
+            return False
+        names = ", ".join(repr(p.name) for p in group)
+
+        def take(db: sqlite3.Connection, projection: Projection, position: int) -> None:
+            row = db.execute(_SELECT_CHECKPOINT, (projection.name,)).fetchone()
+            if row is None or tuple(row) != (0, projection.schema_version):
+                raise _CheckpointMoved
+            _reset(db, projection)
+            db.execute(_MOVE_CHECKPOINT, (position, projection.name))
+
+        # Next to the runner's file: the same disk, the same permissions.
+        with tempfile.TemporaryDirectory(prefix=f".{self.path.name}.fold-",
+                                         dir=self.path.parent) as scratch:
+            files = [(Path(scratch) / f"share-{i}.db", share) for i, share in enumerate(shares)]
+            try:
+                folded = await fold_apart(until, [(f, tuple(p.name for p in share))
+                                                  for f, share in files])
+            except FoldApartFailed as exc:
+                _log.warning("%s: folding %s in worker processes failed (%s); folding them"
+                             " in this process", self.path, names, exc)
+                return False
+            taken = await self._run(lambda db: adopt_folds(
+                db, files, checkpoint=_attached_checkpoint, take=take, until=until),
+                f"taking in the folds of {names}")
+        if taken:
+            progress.applied += folded
+        else:
+            _log.warning("%s: the worker processes did not fold %s up to %d; folding them"
+                         " in this process", self.path, names, until)
+        return taken
+
     async def _commit(
         self,
         group: Sequence[Projection],
@@ -478,6 +542,17 @@ class ProjectionRunner:
             return await run_in_connection_thread(conn, fn)
         except sqlite3.Error as exc:
             raise ProjectionDatabaseError(f"{self.path}: {doing}: {exc}") from exc
+
+
+def _attached_checkpoint(
+    db: sqlite3.Connection, schema: str, name: str
+) -> tuple[int, int] | None:
+    try:
+        row = db.execute(f"SELECT position, schema_version FROM {schema}.{CHECKPOINTS_TABLE}"
+                         " WHERE name = ?", (name,)).fetchone()
+    except sqlite3.OperationalError:  # no checkpoints table: nothing was folded
+        return None
+    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def _reset(db: sqlite3.Connection, projection: Projection) -> None:

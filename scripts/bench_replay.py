@@ -72,8 +72,8 @@ from ovi.model import (
     Scope,
     resource_fingerprint,
 )
-from ovi.runtime import ovi_projections
-from projections import CHECKPOINTS_TABLE, ProjectionRunner
+from ovi.runtime import open_runtime
+from projections import CHECKPOINTS_TABLE
 from scripts.benchkit import Context, Detail, Figure, FigureSpec, Target, Task, Unit
 
 LOG_RSS = FigureSpec("replay_log_1m_peak_rss", Unit.MB, Target(max_value=200))
@@ -291,15 +291,14 @@ def bump_schema_versions(path: Path) -> list[str]:
 
 
 async def fold_after_bump(path: Path) -> FoldReport:
-    """Open the service's projections over the log (resetting the bumped
-    ones) and catch them up, in this process: the upgrade's refold."""
-    async with SQLiteEventStore(path, registry(), instance_id="bench:fold") as store:
-        started = time.perf_counter()
-        async with ProjectionRunner(store, path, ovi_projections()) as runner:
-            await runner.catch_up()
-            seconds = time.perf_counter() - started
-            return FoldReport(events=await store.last_position(), seconds=round(seconds, 3),
-                              reset=list(runner.reset_on_open))
+    """Open the log as the service does (resetting the bumped projections)
+    and catch them up, from this process: the upgrade's refold."""
+    started = time.perf_counter()
+    async with open_runtime(path, instance_id="bench:fold") as runtime:
+        await runtime.views.catch_up()
+        seconds = time.perf_counter() - started
+        return FoldReport(events=await runtime.store.last_position(), seconds=round(seconds, 3),
+                          reset=list(runtime.views.reset_on_open))
 
 
 def measure_fold_after_bump(path: Path) -> Figure:

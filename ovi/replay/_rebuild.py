@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack, closing
@@ -14,17 +13,16 @@ from pathlib import Path
 import anyio
 import msgspec
 
-import ovi
 from eventstore import SQLiteEventStore
+from ovi._fold_workers import fold_in_workers
 from ovi.replay._errors import ReplayError
 from ovi.replay._store import open_views
 from ovi.runtime import ovi_projections
 from projections import Projection, ProjectionRunner
+from projections._fold_apart import FoldApartFailed
 
 __all__ = ["RebuildReport", "TableCheck", "rebuild_and_compare", "rebuild_in_place"]
 
-#: where this ovi was imported from: the workers import it from there too
-_ROOT = str(Path(ovi.__file__).resolve().parent.parent)
 #: compaction drops old versions from the store's copy on purpose
 _COMPACTABLE = "resource_versions"
 
@@ -81,8 +79,9 @@ async def rebuild_and_compare(store: SQLiteEventStore, *, workdir: Path | None =
             # log would otherwise look every page up in a WAL full of the
             # catch-up's writes.
             await mine.query(lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        until = await store.last_position()
         started = time.perf_counter()
-        await _fold_apart(store.path, list(zip(files, shares, strict=True)))
+        await _fold_apart(store.path, until, list(zip(files, shares, strict=True)))
         seconds = time.perf_counter() - started
         # Another process may append meanwhile: compare at one position.
         async with AsyncExitStack() as stack:
@@ -103,26 +102,15 @@ async def rebuild_and_compare(store: SQLiteEventStore, *, workdir: Path | None =
                          workers=len(shares))
 
 
-async def _fold_apart(log: Path, shares: list[tuple[Path, list[Projection]]]) -> None:
-    """Fold each share of the projections from position 0 into its file, each
-    in a worker process of its own."""
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": _ROOT if not path else f"{_ROOT}{os.pathsep}{path}"}
-    problems: list[str] = []
-
-    async def work(copy: Path, share: list[Projection]) -> None:
-        done = await anyio.run_process(
-            [sys.executable, "-m", "ovi.replay._rebuild_worker", str(log), str(copy),
-             *(p.name for p in share)], env=env, check=False)
-        if done.returncode != 0:
-            said = done.stderr.decode(errors="replace").strip().splitlines()
-            problems.append(said[-1] if said else f"worker exited {done.returncode}")
-
-    async with anyio.create_task_group() as workers:
-        for copy, share in shares:
-            workers.start_soon(work, copy, share)
-    if problems:
-        raise ReplayError(f"rebuild failed: {problems[0]}")
+async def _fold_apart(log: Path, until: int,
+                      shares: list[tuple[Path, list[Projection]]]) -> None:
+    """Fold each share of the projections from position 0 up to ``until``
+    into its file, each in a worker process of its own."""
+    try:
+        await fold_in_workers(log)(until, [(copy, tuple(p.name for p in share))
+                                           for copy, share in shares])
+    except FoldApartFailed as exc:
+        raise ReplayError(f"rebuild failed: {exc}") from exc
 
 
 async def rebuild_in_place(store: SQLiteEventStore) -> float:

@@ -33,7 +33,7 @@ async def build(path: Path, events: int) -> None:
 
 
 def workers_of(log: Path) -> list[str]:
-    found = subprocess.run(["pgrep", "-f", f"_rebuild_worker {log}"], capture_output=True,
+    found = subprocess.run(["pgrep", "-f", f"_fold_workers {log}"], capture_output=True,
                            text=True, check=False)
     return found.stdout.split()
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from ovi._fold_workers import main as worker_main
 from ovi.replay._errors import ReplayError
 from ovi.replay._rebuild import _fold_apart, rebuild_and_compare
-from ovi.replay._rebuild_worker import main as worker_main
 from ovi.replay._store import open_log
 from projections.resources import ResourcesProjection
 from tests.replay.support import Story, copy_log, json_object, replay
@@ -104,12 +104,13 @@ async def test_a_failing_worker_fails_the_rebuild_saying_why(story: Story,
                                                              tmp_path: Path) -> None:
     path = copy_log(story, tmp_path)
     with pytest.raises(ReplayError) as caught:
-        await _fold_apart(path, [(tmp_path / "a.db", [ResourcesProjection()]),
-                                 (tmp_path / "b.db", [Unknown()])])
+        await _fold_apart(path, 1, [(tmp_path / "a.db", [ResourcesProjection()]),
+                                    (tmp_path / "b.db", [Unknown()])])
     assert str(caught.value) == "rebuild failed: ValueError: no projection named 'unknown'"
 
 
 def test_the_worker_module_refuses_bad_usage(tmp_path: Path) -> None:
     assert worker_main(["only-a-log"]) == 2
     log, copy = str(tmp_path / "log.db"), str(tmp_path / "copy.db")
-    assert worker_main([log, copy, "no-such-projection"]) == 1
+    assert worker_main([log, copy, "no-such-projection"]) == 2  # no UNTIL
+    assert worker_main([log, copy, "1", "no-such-projection"]) == 1
