@@ -72,6 +72,7 @@ def main() -> int:
     decode_rows = msgspec.msgpack.Decoder(list[RowTuple]).decode
     encode = msgspec.msgpack.Encoder().encode
     db = _open(config)
+    write_frame(stdout, encode(Reply("ok")))  # opened: the parent may send batches
     try:
         while (frame := read_frame(stdin)) is not None:
             rows = decode_rows(frame)

@@ -17,14 +17,19 @@ the other core:
   its rows and the first row follows it, the stream versions go on from
   the file's — then writes the batch in the same transaction.
 
-The helper takes batches in the order they are sent and answers each; a
+The helper answers its configuration once it has opened the file (a helper
+that cannot start, say an interpreter without this package's dependencies,
+is then known before any batch is sent: the copy stays in this process). It
+takes batches in the order they are sent and answers each; a
 batch may be sent while the one before is being written (so the helper
 never waits for this process's reading). A batch that does not follow the
 file's head is refused whole, so a batch sent after a refused one is refused
 too, and nothing is ever written out of order. A helper that dies mid-batch
 loses only its open transaction (SQLite rolls it back): the file stays a
 prefix of the copied log. The helper ends when its input closes (this
-process closed it, or died) or when it is killed.
+process closed it, or died) or when it is killed. A helper that does not
+answer a batch within the store's busy timeout and a minute (stopped, or
+stuck) is killed, and the copy fails saying so.
 
 Frames on both pipes are a 4-byte little-endian length and a msgpack body.
 """
@@ -35,16 +40,15 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import IO
 
 import msgspec
 
 from eventstore._chain import LogHeader
+from eventstore._child_python import child_command, child_environment
 from eventstore._exceptions import (
     BackendError,
     ChainKeyError,
@@ -53,15 +57,23 @@ from eventstore._exceptions import (
 )
 from eventstore._store_types import RawRow
 
-__all__ = ["Config", "ImportWorker", "Reply", "RowTuple", "read_frame", "write_frame"]
+__all__ = ["Config", "HelperUnavailable", "ImportWorker", "Reply", "RowTuple", "read_frame",
+           "write_frame"]
 
 _log = logging.getLogger("eventstore")
 _LENGTH = struct.Struct("<I")
-#: where this package is imported from: the helper imports it from there too,
-#: even when it was not installed (a checkout on sys.path)
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 #: how long a helper told to stop may take to end its batch and checkpoint
 _STOP_TIMEOUT = 30.0
+#: how long a helper may take to open the file and say so
+_START_TIMEOUT = 60.0
+#: on top of the busy timeout (waiting for another writer's lock), how long
+#: a helper may take to answer a batch before it is taken for stuck
+ANSWER_MARGIN = 60.0
+
+
+class HelperUnavailable(OSError):
+    """The helper process could not be started, or ended before it had
+    opened the file: nothing was sent to it."""
 
 RowTuple = tuple[int, str, int, str, str, str, str, str, str]
 
@@ -95,9 +107,15 @@ class ImportWorker:
     """
 
     def __init__(self, process: subprocess.Popen[bytes], path: Path,
-                 replies: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+                 replies: asyncio.StreamReader, transport: asyncio.BaseTransport, *,
+                 answer_timeout: float) -> None:
         self._process = process
         self._path = path
+        self._answer_timeout = answer_timeout
+        #: whether the helper said it opened the file
+        self._started = False
+        #: whether :meth:`close` told it to end
+        self._closing = False
         self._replies = replies
         self._transport = transport
         self._send_lock = asyncio.Lock()
@@ -112,28 +130,47 @@ class ImportWorker:
     @classmethod
     async def start(cls, path: Path, *, header: LogHeader, busy_timeout: float,
                     synchronous: str) -> ImportWorker:
-        """Start a helper writing to the SQLite log at ``path``.
+        """Start a helper writing to the SQLite log at ``path`` (absolute),
+        and wait until it has opened the file.
 
-        :raises OSError: if the process cannot be started.
+        :raises HelperUnavailable: if the process cannot be started, or ends
+            (or does not answer) before it has opened the file.
         """
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            part for part in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if part)
-        process = await asyncio.to_thread(
-            subprocess.Popen, [sys.executable, "-m", "eventstore._import_helper"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            # On the loop's thread (a few milliseconds): started from a thread,
+            # a copy cancelled meanwhile would leave the helper unowned.
+            process = subprocess.Popen(
+                child_command("eventstore._import_helper"), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_environment())
+        except OSError as exc:
+            raise HelperUnavailable(str(exc)) from exc
+        transport: asyncio.BaseTransport | None = None
+        worker: ImportWorker | None = None
         try:
             assert process.stdout is not None
             loop = asyncio.get_running_loop()
             replies = asyncio.StreamReader()
             transport, _ = await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(replies), process.stdout)
+            worker = cls(process, path, replies, transport,
+                         answer_timeout=busy_timeout + ANSWER_MARGIN)
+            ready: asyncio.Future[Reply] = loop.create_future()
+            worker._waiting.append(ready)
             config = Config(str(path), busy_timeout, synchronous, header.encode())
-            worker = cls(process, path, replies, transport)
-            await worker._write(msgspec.msgpack.encode(config))
+            try:
+                await worker._write(msgspec.msgpack.encode(config))
+                await asyncio.wait_for(ready, _START_TIMEOUT)
+            except (OSError, BackendError, TimeoutError) as exc:
+                worker._stop("did not start")
+                await asyncio.gather(worker._reader, return_exceptions=True)
+                raise HelperUnavailable(worker._broken or str(exc)) from exc
+            worker._started = True
         except BaseException:
             process.kill()
             process.wait()
+            if worker is not None:
+                worker._reader.cancel()
+            _close_pipes(process, transport)
             raise
         return worker
 
@@ -158,7 +195,7 @@ class ImportWorker:
                 if not waiting.done():
                     waiting.set_result(reply)
         except asyncio.IncompleteReadError as exc:
-            if exc.partial or self._waiting:  # not the end of a helper told to stop
+            if exc.partial or self._waiting or not self._closing:  # not told to stop
                 self._broken = self._broken or await self._ended(exc)
         except (ConnectionError, msgspec.DecodeError) as exc:
             self._broken = self._broken or await self._ended(exc)
@@ -196,7 +233,12 @@ class ImportWorker:
                 self._stop("was stopped")
                 raise
         try:
-            reply = await answer
+            reply = await asyncio.wait_for(answer, self._answer_timeout)
+        except TimeoutError:
+            self._stop(f"did not answer within {self._answer_timeout:.0f} s (stopped, or"
+                       " stuck?) and was killed")
+            raise BackendError(f"{self._broken}; the rows of its last batch were not written,"
+                               " or were written whole") from None
         except asyncio.CancelledError:
             # Cancelled with a batch in the helper: the copy is being given
             # up. Whether the batch committed is for the next copy to see (it
@@ -223,9 +265,11 @@ class ImportWorker:
         self._stop("ended")
         said = await asyncio.to_thread(self._last_words)
         last = said.splitlines()[-1] if said else str(exc) or type(exc).__name__
-        return (f"the helper process writing {self._path} ended (exit code"
-                f" {self._process.returncode}): {last}; the rows of its last batch were not"
-                " written, or were written whole")
+        ended = (f"the helper process writing {self._path} ended (exit code"
+                 f" {self._process.returncode}): {last}")
+        if not self._started:
+            return ended
+        return f"{ended}; the rows of its last batch were not written, or were written whole"
 
     def _last_words(self) -> str:
         self._process.wait()
@@ -236,11 +280,18 @@ class ImportWorker:
         """Let the helper end (it checkpoints the log's WAL and exits); kill
         it if it takes longer than it should or if this is cancelled."""
         process = self._process
+        self._closing = True
         try:
             if process.stdin is not None:
                 with contextlib.suppress(OSError):  # a helper already gone
                     await asyncio.to_thread(process.stdin.close)
-            await asyncio.to_thread(process.wait, _STOP_TIMEOUT)
+            try:
+                await asyncio.to_thread(process.wait, _STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                # Its batches were all answered: only the checkpoint is cut short.
+                self._stop(f"did not end within {_STOP_TIMEOUT:.0f} s and was killed")
+                _log.warning("%s: %s", self._path, self._broken)
+                await asyncio.to_thread(process.wait)
         except BaseException:
             self._stop("was stopped")
             process.wait()
@@ -248,12 +299,23 @@ class ImportWorker:
         finally:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-            self._transport.close()
-            if process.stderr is not None:
-                process.stderr.close()
+            _close_pipes(process, self._transport)
         if process.returncode != 0 and self._broken is None:
             _log.warning("%s: the import helper ended with exit code %s", self._path,
                          process.returncode)
+
+
+def _close_pipes(process: subprocess.Popen[bytes],
+                 transport: asyncio.BaseTransport | None) -> None:
+    """Close this end of the helper's pipes (its answers': the transport)."""
+    if transport is not None:
+        transport.close()
+    elif process.stdout is not None:
+        process.stdout.close()
+    for pipe in (process.stdin, process.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):  # a write cut short by the helper's end
+                pipe.close()
 
 
 def read_frame(stream: IO[bytes]) -> bytes | None:

@@ -206,6 +206,9 @@ class SQLiteEventStore(EventStore):
         super().__init__(registry, instance_id=instance_id, clock=clock, chain_key=chain_key,
                          read_only=read_only)
         self.path = Path(path)
+        #: the file this store opened, wherever the working directory moves
+        #: afterwards (a helper process opens it again by this name)
+        self._opened_path = self.path.absolute()
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous
         self._writer: aiosqlite.Connection | None = None
@@ -213,6 +216,8 @@ class SQLiteEventStore(EventStore):
         self._known_versions = KnownVersions()
         #: the helper process writing imports, inside :meth:`bulk_import`
         self._import_worker: ImportWorker | None = None
+        self._import_users = 0
+        self._import_starting = asyncio.Lock()
         #: how a read-only store opened the file: "ro", or "immutable" (see
         #: :func:`~eventstore.sqlite_plumbing.connect_read_only`)
         self.read_mode: str | None = None
@@ -225,6 +230,7 @@ class SQLiteEventStore(EventStore):
         if self.read_only:
             await self._open_read_only()
             return
+        self._opened_path = self.path.absolute()
         if self.path.exists() and not self.path.is_file():
             # Checked first: making "the log" private would chmod a directory.
             raise BackendError(f"cannot open event log {self.path}: not a file (a directory?);"
@@ -386,6 +392,7 @@ class SQLiteEventStore(EventStore):
             problem = check_chained(rows, None, hash_row)
             if problem is not None:
                 raise ImportRejectedError(problem.position, problem.reason)
+            self._known_versions.forget()
             await worker.import_rows(rows)
             return {row[1]: row[2] for row in rows}
         chain = self.chain
@@ -417,24 +424,32 @@ class SQLiteEventStore(EventStore):
         each call is still one transaction, checked alike, and two may be in
         flight. If the helper cannot be started, imports stay here (said)."""
         self._writable()
-        if self._import_worker is not None:
-            yield _IN_FLIGHT
-            return
-        try:
-            worker = await ImportWorker.start(
-                self.path, header=self.chain.header, busy_timeout=self._busy_timeout,
-                synchronous=self._synchronous)
-        except OSError as exc:
-            _log.warning("%s: cannot start a helper process to copy with (%s); copying in"
-                         " this process", self.path, exc)
+        # Two copies through this store share one helper: the first starts it
+        # (the other waits meanwhile), the last to end stops it.
+        async with self._import_starting:
+            worker = self._import_worker
+            if worker is None:
+                try:
+                    worker = await ImportWorker.start(
+                        self._opened_path, header=self.chain.header,
+                        busy_timeout=self._busy_timeout, synchronous=self._synchronous)
+                except OSError as exc:
+                    _log.warning("%s: cannot start a helper process to copy with (%s);"
+                                 " copying in this process", self.path, exc)
+                    worker = None
+                self._import_worker = worker
+            if worker is not None:
+                self._import_users += 1
+        if worker is None:
             yield 1
             return
-        self._import_worker = worker
         try:
             yield _IN_FLIGHT
         finally:
-            self._import_worker = None
-            await worker.close()
+            self._import_users -= 1
+            if self._import_users == 0:
+                self._import_worker = None
+                await worker.close()
 
     async def mark_as_mirror(self, source: str) -> None:
         """Mark this file as the mirror of the shared log at ``source`` (a

@@ -8,7 +8,9 @@ the named projections from position 0 up to UNTIL into the file COPY,
 reading the log at LOG, prints the number of events folded and exits 0; on
 failure it prints what went wrong as its last line on stderr and exits 1. A
 fresh interpreter running this module, rather than a multiprocessing child,
-which would import the caller's main module again.
+which would import the caller's main module again; started as
+:mod:`eventstore._child_python` says (never the working directory's code,
+none of the parent's secrets).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import anyio
 
 import ovi
 from eventstore import SQLiteEventStore
+from eventstore._child_python import child_command, child_environment
 from ovi.events import registry
 from projections import Projection, ProjectionRunner
 from projections._fold_apart import FoldApart, FoldApartFailed
@@ -38,17 +41,17 @@ _ROOT = str(Path(ovi.__file__).resolve().parent.parent)
 def fold_in_workers(log: Path) -> FoldApart:
     """A :data:`FoldApart` whose workers read the SQLite log at ``log`` (the
     log's own file, or a shared log's mirror)."""
+    log = log.absolute()  # the file meant now, wherever the working directory moves
 
     async def fold_apart(until: int, shares: Sequence[tuple[Path, tuple[str, ...]]]) -> int:
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": _ROOT if not path else f"{_ROOT}{os.pathsep}{path}"}
+        env = child_environment(_ROOT)  # nothing secret: a worker only reads the file
         problems: list[str] = []
         folded: list[int] = []
 
         async def work(copy: Path, names: tuple[str, ...]) -> None:
             done = await anyio.run_process(
-                [sys.executable, "-m", "ovi._fold_workers", str(log), str(copy), str(until),
-                 *names], env=env, check=False)
+                child_command("ovi._fold_workers", str(log), str(copy), str(until), *names),
+                env=env, check=False)
             said = done.stdout.decode(errors="replace").split()
             if done.returncode != 0 or not said or not said[-1].isdigit():
                 lines = done.stderr.decode(errors="replace").strip().splitlines()

@@ -488,7 +488,7 @@ class ProjectionRunner:
 
         # Next to the runner's file: the same disk, the same permissions.
         with tempfile.TemporaryDirectory(prefix=f".{self.path.name}.fold-",
-                                         dir=self.path.parent) as scratch:
+                                         dir=self.path.absolute().parent) as scratch:
             files = [(Path(scratch) / f"share-{i}.db", share) for i, share in enumerate(shares)]
             try:
                 folded = await fold_apart(until, [(f, tuple(p.name for p in share))
