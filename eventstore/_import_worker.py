@@ -64,8 +64,6 @@ _log = logging.getLogger("eventstore")
 _LENGTH = struct.Struct("<I")
 #: how long a helper told to stop may take to end its batch and checkpoint
 _STOP_TIMEOUT = 30.0
-#: how long a helper may take to open the file and say so
-_START_TIMEOUT = 60.0
 #: on top of the busy timeout (waiting for another writer's lock), how long
 #: a helper may take to answer a batch before it is taken for stuck
 ANSWER_MARGIN = 60.0
@@ -112,8 +110,12 @@ class ImportWorker:
         self._process = process
         self._path = path
         self._answer_timeout = answer_timeout
-        #: whether the helper said it opened the file
+        #: answered when the helper has opened the file
+        self._ready: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        #: whether it said so
         self._started = False
+        #: whether the store said it copies in process, this helper being unavailable
+        self.fallback_said = False
         #: whether :meth:`close` told it to end
         self._closing = False
         self._replies = replies
@@ -130,20 +132,25 @@ class ImportWorker:
     @classmethod
     async def start(cls, path: Path, *, header: LogHeader, busy_timeout: float,
                     synchronous: str) -> ImportWorker:
-        """Start a helper writing to the SQLite log at ``path`` (absolute),
-        and wait until it has opened the file.
+        """Start a helper writing to the SQLite log at ``path`` (absolute).
 
-        :raises HelperUnavailable: if the process cannot be started, or ends
-            (or does not answer) before it has opened the file.
+        :raises HelperUnavailable: if the process cannot be started.
         """
+        spawn = asyncio.ensure_future(asyncio.to_thread(
+            subprocess.Popen, child_command("eventstore._import_helper"), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_environment()))
         try:
-            # On the loop's thread (a few milliseconds): started from a thread,
-            # a copy cancelled meanwhile would leave the helper unowned.
-            process = subprocess.Popen(
-                child_command("eventstore._import_helper"), stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_environment())
+            process = await asyncio.shield(spawn)
         except OSError as exc:
             raise HelperUnavailable(str(exc)) from exc
+        except asyncio.CancelledError:
+            # The thread starts the helper all the same: it must not be left unowned.
+            with contextlib.suppress(OSError):
+                started = await spawn
+                started.kill()
+                started.wait()
+                _close_pipes(started, None)
+            raise
         transport: asyncio.BaseTransport | None = None
         worker: ImportWorker | None = None
         try:
@@ -154,17 +161,16 @@ class ImportWorker:
                 lambda: asyncio.StreamReaderProtocol(replies), process.stdout)
             worker = cls(process, path, replies, transport,
                          answer_timeout=busy_timeout + ANSWER_MARGIN)
-            ready: asyncio.Future[Reply] = loop.create_future()
-            worker._waiting.append(ready)
+            # Its answer is the first awaited: batches are sent meanwhile (the
+            # helper's start, ~0.1 s, overlaps the copy's reading).
+            worker._waiting.append(worker._ready)
             config = Config(str(path), busy_timeout, synchronous, header.encode())
             try:
                 await worker._write(msgspec.msgpack.encode(config))
-                await asyncio.wait_for(ready, _START_TIMEOUT)
-            except (OSError, BackendError, TimeoutError) as exc:
+            except OSError as exc:
                 worker._stop("did not start")
                 await asyncio.gather(worker._reader, return_exceptions=True)
                 raise HelperUnavailable(worker._broken or str(exc)) from exc
-            worker._started = True
         except BaseException:
             process.kill()
             process.wait()
@@ -192,6 +198,8 @@ class ImportWorker:
                 head = await self._replies.readexactly(_LENGTH.size)
                 reply = self._decode(await self._replies.readexactly(_LENGTH.unpack(head)[0]))
                 waiting = self._waiting.popleft()
+                if waiting is self._ready:
+                    self._started = True
                 if not waiting.done():
                     waiting.set_result(reply)
         except asyncio.IncompleteReadError as exc:
@@ -202,9 +210,15 @@ class ImportWorker:
         finally:
             while self._waiting:
                 waiting = self._waiting.popleft()
-                if not waiting.done():
-                    waiting.set_exception(BackendError(
-                        self._broken or f"the helper process writing {self._path} was stopped"))
+                if waiting is self._ready:
+                    waiting.cancel()  # awaited by nobody: the batches' answers say it
+                elif not waiting.done():
+                    waiting.set_exception(self._failure())
+
+    def _failure(self) -> BackendError | HelperUnavailable:
+        why = self._broken or f"the helper process writing {self._path} was stopped"
+        # Before it opened the file, nothing sent to it can have been written.
+        return BackendError(why) if self._started else HelperUnavailable(why)
 
     async def import_rows(self, rows: list[RawRow]) -> None:
         """Have the helper write ``rows`` (checked by
@@ -216,11 +230,13 @@ class ImportWorker:
         :raises LogCorruptedError: if the log's head does not match its rows.
         :raises ChainKeyError: if the log's header changed.
         :raises BackendError: if the database fails, or the helper ended.
+        :raises HelperUnavailable: if the helper ended before it had opened
+            the file (nothing of these rows was written).
         """
         body = self._encode(rows)
         async with self._send_lock:
             if self._broken is not None:
-                raise BackendError(self._broken)
+                raise self._failure()
             answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
             self._waiting.append(answer)
             try:
@@ -228,7 +244,7 @@ class ImportWorker:
             except OSError as exc:  # a broken pipe: the helper is gone
                 answer.cancel()
                 await asyncio.shield(self._reader)
-                raise BackendError(self._broken or str(exc)) from exc
+                raise self._failure() from exc
             except BaseException:
                 self._stop("was stopped")
                 raise
@@ -237,6 +253,9 @@ class ImportWorker:
         except TimeoutError:
             self._stop(f"did not answer within {self._answer_timeout:.0f} s (stopped, or"
                        " stuck?) and was killed")
+            failure = self._failure()
+            if isinstance(failure, HelperUnavailable):
+                raise failure from None
             raise BackendError(f"{self._broken}; the rows of its last batch were not written,"
                                " or were written whole") from None
         except asyncio.CancelledError:

@@ -49,7 +49,7 @@ from eventstore._exceptions import (
     LogCorruptedError,
     StoreClosedError,
 )
-from eventstore._import_worker import ImportWorker
+from eventstore._import_worker import HelperUnavailable, ImportWorker
 from eventstore._known_versions import KnownVersions
 from eventstore._store import (
     EventStore,
@@ -393,8 +393,15 @@ class SQLiteEventStore(EventStore):
             if problem is not None:
                 raise ImportRejectedError(problem.position, problem.reason)
             self._known_versions.forget()
-            await worker.import_rows(rows)
-            return {row[1]: row[2] for row in rows}
+            try:
+                await worker.import_rows(rows)
+                return {row[1]: row[2] for row in rows}
+            except HelperUnavailable as exc:
+                # It never opened the file: nothing of these rows was written.
+                if not worker.fallback_said:
+                    worker.fallback_said = True
+                    _log.warning("%s: cannot start a helper process to copy with (%s);"
+                                 " copying in this process", self.path, exc)
         chain = self.chain
 
         def body(db: sqlite3.Connection) -> dict[str, int]:

@@ -47,6 +47,17 @@ def watch_imports(store: SQLiteEventStore) -> list[bool]:
     return seen
 
 
+async def helper_ready(store: SQLiteEventStore) -> None:
+    """Wait until ``store``'s import helper has said it opened the file."""
+    async with asyncio.timeout(30):
+        for _ in range(3_000):  # the copy starts it from its second batch
+            worker = store._import_worker
+            if worker is not None:
+                await asyncio.shield(worker._ready)
+                return
+            await asyncio.sleep(0.01)
+
+
 def helpers() -> list[int]:
     """This process's import helpers still running."""
     found = []
@@ -170,6 +181,7 @@ async def test_a_helper_killed_mid_copy_fails_the_copy_clearly_and_the_next_copy
                 nonlocal calls
                 calls += 1
                 if calls == 3:
+                    await helper_ready(target)  # else the copy rightly goes on in process
                     for pid in helpers():
                         os.kill(pid, signal.SIGKILL)
                 return await original(rows)
