@@ -6,7 +6,8 @@ tables), and what ``python -m ovi.replay rebuild`` folds its copies with.
 A worker is ``python -m ovi._fold_workers LOG COPY UNTIL NAME…``: it folds
 the named projections from position 0 up to UNTIL into the file COPY,
 reading the log at LOG, prints the number of events folded and exits 0; on
-failure it prints what went wrong as its last line on stderr and exits 1. A
+failure it prints what went wrong as its last line on stderr and exits 1; it
+exits at once (3) when its stdin ends, i.e. when its parent died. A
 fresh interpreter running this module, rather than a multiprocessing child,
 which would import the caller's main module again; started as
 :mod:`eventstore._child_python` says (never the working directory's code,
@@ -15,8 +16,11 @@ none of the parent's secrets).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,9 +53,11 @@ def fold_in_workers(log: Path) -> FoldApart:
         folded: list[int] = []
 
         async def work(copy: Path, names: tuple[str, ...]) -> None:
+            # stdin stays open, unused, while the worker runs: it ends at
+            # once when this process dies (its end of the pipe closes).
             done = await anyio.run_process(
                 child_command("ovi._fold_workers", str(log), str(copy), str(until), *names),
-                env=env, check=False)
+                env=env, check=False, stdin=subprocess.PIPE)
             said = done.stdout.decode(errors="replace").split()
             if done.returncode != 0 or not said or not said[-1].isdigit():
                 lines = done.stderr.decode(errors="replace").strip().splitlines()
@@ -92,7 +98,24 @@ async def fold_share(log: Path, copy: Path, names: list[str], until: int) -> int
         return await views.catch_up(until=until)
 
 
-def main(argv: list[str]) -> int:
+def _end_with_the_parent() -> None:
+    """Exit as soon as stdin ends: the parent died (a ``kill -9`` kills no
+    children), and nobody will take this fold in."""
+
+    def watch() -> None:
+        # The raw descriptor: a daemon thread blocked in sys.stdin's buffered
+        # read holds its lock, and the interpreter's exit would abort on it.
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: list[str], *, watch_parent: bool = False) -> int:
+    if watch_parent:
+        _end_with_the_parent()
     if len(argv) < 4 or not argv[2].isdigit():
         sys.stderr.write("usage: python -m ovi._fold_workers LOG COPY UNTIL NAME…\n")
         return 2
@@ -108,4 +131,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], watch_parent=True))

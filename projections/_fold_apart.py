@@ -14,14 +14,25 @@ application's); it is given a :data:`FoldApart` that does.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import shutil
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 from eventstore.sqlite_plumbing import immediate_transaction
 from projections._projection import Projection
 
-__all__ = ["FoldApart", "FoldApartFailed", "adopt_folds", "split_shares"]
+__all__ = ["FoldApart", "FoldApartFailed", "adopt_folds", "scratch_directory", "split_shares"]
+
+#: the file in a scratch directory its owner holds locked while it lives
+_LOCK = "owner.lock"
+#: a scratch directory with no lock file yet is its owner's for this long
+_UNLOCKED_GRACE = 60.0
 
 #: ``fold_apart(until, shares)``: fold each share's projections (by name) from
 #: position 0 up to ``until`` into its file (which does not exist yet), each
@@ -41,6 +52,45 @@ def split_shares(group: Sequence[Projection], workers: int) -> list[list[Project
     workers)."""
     count = max(1, min(workers, len(group)))
     return [list(group[i::count]) for i in range(count)]
+
+
+@contextlib.contextmanager
+def scratch_directory(next_to: Path) -> Iterator[Path]:
+    """A new directory ``.<name>.fold-*`` beside ``next_to`` (the same disk,
+    the same permissions), removed afterwards. Its owner holds a lock in it
+    while it lives; the directories of owners that died (a ``kill -9``, a
+    power cut) are removed first, those of live ones (another process
+    folding the same file) are left alone."""
+    prefix = f".{next_to.name}.fold-"
+    parent = next_to.absolute().parent
+    for stale in parent.glob(prefix + "*"):
+        _remove_if_ownerless(stale)
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        with open(scratch / _LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_if_ownerless(scratch: Path) -> None:
+    try:
+        lock = os.open(scratch / _LOCK, os.O_RDWR)
+    except FileNotFoundError:  # being made, or its owner died before it locked
+        with contextlib.suppress(OSError):
+            if time.time() - scratch.stat().st_mtime > _UNLOCKED_GRACE:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return
+    except OSError:
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shutil.rmtree(scratch, ignore_errors=True)
+    except OSError:
+        pass  # held: its owner is folding
+    finally:
+        os.close(lock)
 
 
 def adopt_folds(

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -39,7 +38,13 @@ from projections._exceptions import (
     RunnerClosedError,
     UnknownProjectionError,
 )
-from projections._fold_apart import FoldApart, FoldApartFailed, adopt_folds, split_shares
+from projections._fold_apart import (
+    FoldApart,
+    FoldApartFailed,
+    adopt_folds,
+    scratch_directory,
+    split_shares,
+)
 from projections._projection import Projection
 from projections._router import Router
 
@@ -486,10 +491,8 @@ class ProjectionRunner:
             _reset(db, projection)
             db.execute(_MOVE_CHECKPOINT, (position, projection.name))
 
-        # Next to the runner's file: the same disk, the same permissions.
-        with tempfile.TemporaryDirectory(prefix=f".{self.path.name}.fold-",
-                                         dir=self.path.absolute().parent) as scratch:
-            files = [(Path(scratch) / f"share-{i}.db", share) for i, share in enumerate(shares)]
+        with scratch_directory(self.path) as scratch:
+            files = [(scratch / f"share-{i}.db", share) for i, share in enumerate(shares)]
             try:
                 folded = await fold_apart(until, [(f, tuple(p.name for p in share))
                                                   for f, share in files])

@@ -2,14 +2,18 @@
 an upgrade changed a projection's tables) gives the tables a fold in this
 process gives, row for row; a failed, raced or cancelled one loses nothing.
 
-On the story log (real cycles), with the threshold lowered to one event."""
+On the story log (real cycles), with the threshold lowered to one event;
+the kill -9 cases were found by the hostile review of the fold apart."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sqlite3
 import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
@@ -22,9 +26,9 @@ from ovi._fold_workers import fold_in_workers
 from ovi.events import registry
 from ovi.runtime import ovi_projections
 from projections import CHECKPOINTS_TABLE, Projection, ProjectionRunner
-from projections._fold_apart import FoldApart
+from projections._fold_apart import FoldApart, scratch_directory
 from projections.resources import ResourcesProjection
-from tests.replay.support import Story, copy_log
+from tests.replay.support import ROOT, Story, copy_log
 
 
 @pytest.fixture(autouse=True)
@@ -173,3 +177,74 @@ async def test_a_cancelled_refold_stops_its_workers_and_writes_nothing(
         assert {row[0] for row in db.execute(f"SELECT position FROM {CHECKPOINTS_TABLE}")} == {0}
     await refold(path, fold_in_workers(path), reset=False)  # reset before the cancel
     assert contents(path, ovi_projections()) == expected
+
+
+# A service opening an upgraded log, in a process of its own.
+_SERVICE = """
+import os, sys, anyio
+os.cpu_count = lambda: 2
+from pathlib import Path
+from eventstore import SQLiteEventStore
+from ovi._fold_workers import fold_in_workers
+from ovi.events import registry
+from ovi.runtime import ovi_projections
+from projections import ProjectionRunner
+path = Path(sys.argv[1])
+async def main():
+    async with SQLiteEventStore(path, registry()) as store, ProjectionRunner(
+            store, path, ovi_projections(), fold_apart=fold_in_workers(path),
+            fold_apart_from=1) as views:
+        await views.catch_up()
+anyio.run(main)
+"""
+
+
+def kill_9_while_the_workers_fold(path: Path) -> None:
+    service = subprocess.Popen([sys.executable, "-c", _SERVICE, str(path)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while not workers_of(path):
+            assert time.monotonic() < deadline, "no worker seen"
+            time.sleep(0.005)
+    finally:
+        os.kill(service.pid, signal.SIGKILL)
+        service.wait()
+
+
+def test_workers_end_with_a_service_killed_while_they_fold(story: Story,
+                                                           tmp_path: Path) -> None:
+    path = copy_log(story, tmp_path / "apart")
+    bump(path)
+    kill_9_while_the_workers_fold(path)
+    deadline = time.monotonic() + 10
+    while workers_of(path):  # their stdin ended with the service: they exit at once
+        assert time.monotonic() < deadline, f"workers outlived the service: {workers_of(path)}"
+        time.sleep(0.01)
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert {row[0] for row in db.execute(f"SELECT position FROM {CHECKPOINTS_TABLE}")} == {0}
+
+
+def test_a_killed_services_scratch_is_removed_by_the_next_refold(story: Story,
+                                                                  tmp_path: Path) -> None:
+    expected, _ = reference(story, tmp_path)
+    path = copy_log(story, tmp_path / "apart")
+    bump(path)
+    kill_9_while_the_workers_fold(path)
+    assert scratch_left(path) != []
+    anyio.run(refold_again, path)
+    assert contents(path, ovi_projections()) == expected
+    assert scratch_left(path) == []
+
+
+async def refold_again(path: Path) -> int:
+    return await refold(path, fold_in_workers(path), reset=False)
+
+
+def test_a_live_refolds_scratch_is_left_alone(tmp_path: Path) -> None:
+    log = tmp_path / "ovi.db"
+    with scratch_directory(log) as mine:
+        with scratch_directory(log) as theirs:
+            assert mine.is_dir() and theirs.is_dir() and mine != theirs
+        assert mine.is_dir() and not theirs.exists()
+    assert scratch_left(log) == []
