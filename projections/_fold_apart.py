@@ -86,9 +86,11 @@ def _remove_if_ownerless(scratch: Path) -> None:
         return
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its owner is folding
+        os.close(lock)
+        return
+    try:
         shutil.rmtree(scratch, ignore_errors=True)
-    except OSError:
-        pass  # held: its owner is folding
     finally:
         os.close(lock)
 

@@ -14,10 +14,10 @@ with ``--quick``), then runs the replay tool on it in child processes:
 - ``fold_after_schema_bump_1m``: what a service pays on upgrade. With the
   log file's projections caught up, every projection's stored schema
   version is set to the one before (as if the file was last folded by the
-  previous release), and a fresh process opens a
-  :class:`~projections.ProjectionRunner` over them (which resets them) and
-  catches up: events/s of the log, the open and the catch-up timed (the
-  process's start-up and imports not).
+  previous release), and a fresh process opens the log as the service does
+  (:func:`ovi.runtime.open_runtime`, whose runner resets them and folds
+  them anew in worker processes) and catches up: events/s of the log, the
+  open and the catch-up timed (the process's start-up and imports not).
 
 All of it runs in a child task (``replay:figures``), a small fresh parent
 for those commands: Linux counts a forked child's pre-exec pages in its
