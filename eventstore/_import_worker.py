@@ -17,9 +17,11 @@ the other core:
   its rows and the first row follows it, the stream versions go on from
   the file's — then writes the batch in the same transaction.
 
-The helper answers its configuration once it has opened the file (a helper
-that cannot start, say an interpreter without this package's dependencies,
-is then known before any batch is sent: the copy stays in this process). It
+The helper answers its configuration once it has opened the file; batches
+are sent meanwhile (its start overlaps the copy's reading). A helper that
+ends before that answer (say an interpreter without this package's
+dependencies) cannot have written anything: every batch sent to it fails
+with :class:`HelperUnavailable`, and the store copies them in process. It
 takes batches in the order they are sent and answers each; a
 batch may be sent while the one before is being written (so the helper
 never waits for this process's reading). A batch that does not follow the
@@ -71,7 +73,7 @@ ANSWER_MARGIN = 60.0
 
 class HelperUnavailable(OSError):
     """The helper process could not be started, or ended before it had
-    opened the file: nothing was sent to it."""
+    opened the file: nothing sent to it was written."""
 
 RowTuple = tuple[int, str, int, str, str, str, str, str, str]
 
