@@ -23,8 +23,7 @@ from typing import Self, TypeVar
 import aiosqlite
 import msgspec
 
-from eventstore import ChainBreak, EncodedRow, EventStore, LogCorruptedError, RecordedEvent
-from eventstore._chain import ChainVerifier
+from eventstore import EncodedRow, EventStore, RecordedEvent
 from eventstore.sqlite_plumbing import (
     connect,
     create_private_file,
@@ -47,6 +46,7 @@ from projections._fold_apart import (
 )
 from projections._projection import Projection
 from projections._router import Router
+from projections._vouched import Vouched
 
 __all__ = ["CHECKPOINTS_TABLE", "DEFAULT_BATCH_SIZE", "FOLD_APART_FROM", "Checkpoint",
            "ProjectionRunner"]
@@ -194,8 +194,8 @@ class ProjectionRunner:
         self._by_name = {p.name: p for p in self.projections}
         # One fold at a time per runner; other runners are detected by checkpoint.
         self._lock = asyncio.Lock()
-        # Where the check of a keyed log's rows stands (see _vouch_for).
-        self._vouched: ChainVerifier | None = None
+        # What of a keyed log has been checked (see _vouch_for).
+        self._vouched: Vouched | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -404,32 +404,17 @@ class ProjectionRunner:
         read the projections, and a row appended by someone with write access
         to the log but not the key (say an ApprovalGranted) must not be acted
         on. Incremental: each row is checked once per runner, so a cycle pays
-        only for the rows appended since the last one.
+        only for the rows appended since the last one; and each row read for a
+        fold is matched with what was checked (:mod:`projections._vouched`).
 
         :raises LogCorruptedError: at the first row that does not verify.
         """
         chain = self.store.chain
         if not (chain.keyed and chain.checks_hashes):
             return  # unkeyed: anyone can chain a valid row, a check proves nothing
-        verifier = self._vouched
-        if verifier is None:
-            verifier = self._vouched = ChainVerifier(chain)
-        if verifier.problem is not None:
-            raise LogCorruptedError(verifier.problem.position, verifier.problem.reason)
-        if verifier.last_position >= head:
-            return
-        pages = self.store.read_raw(after=verifier.last_position, until=head)
-        async with aclosing(pages):
-            async for page in pages:
-                if not verifier.feed(page):
-                    break
-        problem = verifier.problem
-        if problem is None and verifier.last_position < head:
-            problem = verifier.problem = ChainBreak(
-                verifier.last_position + 1, f"the log's head is at {head} but its rows end"
-                f" at {verifier.last_position} (rows deleted?)")
-        if problem is not None:
-            raise LogCorruptedError(problem.position, problem.reason)
+        if self._vouched is None:
+            self._vouched = Vouched(self.store)
+        await self._vouched.check_up_to(head)
 
     async def _resume(self, group: Sequence[Projection], at: dict[str, int]) -> None:
         stored = await self._read_checkpoints()
@@ -451,7 +436,10 @@ class ProjectionRunner:
             # Read, fold, commit, in turn. Overlapping them on threads was
             # measured slower: the GIL-bound decoding and the sqlite3 calls
             # (which drop and retake the GIL per row) only contend.
-            pages = self.store.read_encoded(after=after, until=head, types=router.types)
+            vouched = self._vouched
+            pages = (self.store.read_encoded(after=after, until=head, types=router.types)
+                     if vouched is None else
+                     vouched.read_encoded(after=after, until=head, types=router.types))
             async with aclosing(pages):  # closed now, also when a commit fails
                 async for page in pages:
                     # Batches end at batch_size events (of the group's types).
@@ -480,7 +468,10 @@ class ProjectionRunner:
         """
         fold_apart = self._fold_apart
         shares = split_shares(group, os.cpu_count() or 1)
-        if fold_apart is None or until < self._fold_apart_from or len(shares) < 2:
+        if (fold_apart is None or until < self._fold_apart_from or len(shares) < 2
+                # The workers have no key: they could not match the rows they
+                # fold with what this runner checked (see _vouch_for).
+                or self._vouched is not None):
             return False
         names = ", ".join(repr(p.name) for p in group)
 
