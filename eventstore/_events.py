@@ -86,6 +86,10 @@ class EventRegistry:
 
     def __init__(self, types: Iterable[type[Event]] = ()) -> None:
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
+        #: each type's strict decode, bound once: a reader starts from it on
+        #: every read (building it per read was ~6 % of a 1,000-action
+        #: execution, which reads each create's stream once)
+        self.strict_decodes: dict[str, Callable[[str | bytes], Any]] = {}
         self._types: dict[str, type[Event]] = {}
         self._encoder = msgspec.json.Encoder()
         for cls in types:
@@ -99,6 +103,7 @@ class EventRegistry:
             raise ValueError(f"event type name {name!r} is already registered by {known!r}")
         self._types[name] = cls
         self._decoders[name] = msgspec.json.Decoder(cls)
+        self.strict_decodes[name] = self._decoders[name].decode
         return cls
 
     def __contains__(self, name: object) -> bool:

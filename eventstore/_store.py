@@ -15,6 +15,7 @@ import functools
 import os
 import secrets
 import socket
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -416,7 +417,7 @@ class EventStore(ABC):
         registry = self.registry
         # Straight to the type's msgspec decoder (it takes the column's str as
         # is); registry.decode only for what that can't handle.
-        decoders = {name: decoder.decode for name, decoder in registry._decoders.items()}
+        decoders = registry.strict_decodes
         fallback = registry.decode
         last_text = ""
         last_time = datetime.min
@@ -587,6 +588,15 @@ class EventStore(ABC):
         """
         if not self._open:
             raise StoreClosedError("the event store is not open")
+
+    def elapsed(self) -> float:
+        """Seconds on a clock that only moves on, for timing a wait between
+        two readings of :meth:`now` in this process: ``time.monotonic()``, or
+        the test clock's time when the store was given one (so that a test
+        moving its clock moves this one too). Not comparable across processes."""
+        if self._clock is not None:
+            return self._clock().timestamp()
+        return time.monotonic()
 
     async def now(self) -> datetime:
         """The store's clock: the ``recorded_at`` an append would get now.

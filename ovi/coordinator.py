@@ -30,6 +30,7 @@ import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import anyio
 import msgspec
@@ -76,7 +77,10 @@ class Claim:
         self.lost = False
         self.released = False
         self.taken_over = False
-        self._lock = anyio.Lock()  # one append to the claim stream at a time
+        # One append to the claim stream at a time. Almost always free: taken
+        # without a trip through the event loop (anyio's checkpoint on every
+        # acquire was ~10 % of a 1,000-action execution).
+        self._lock = anyio.Lock(fast_acquire=True)
 
     @property
     def active(self) -> bool:
@@ -95,6 +99,14 @@ class Claim:
         return (f"Claim({self.resource_id!r}, token={self.token}, version={self.version},"
                 f" expires_at={self.expires_at.isoformat()}, lost={self.lost},"
                 f" released={self.released})")
+
+
+class Reading(NamedTuple):
+    """A reading of :meth:`Coordinator.now`, and when it was asked for on
+    the store's :meth:`~eventstore.EventStore.elapsed` clock."""
+
+    at: datetime
+    asked: float
 
 
 class ClaimResult(msgspec.Struct):
@@ -129,6 +141,9 @@ class Coordinator:
 
     #: rounds of optimistic claiming before falling back to one claim at a time
     rounds = 4
+    #: how long a :class:`Reading` stands for the claim clock, moved on by
+    #: the time elapsed since (see :meth:`confirm`)
+    fresh_for = 1.0
 
     def __init__(
         self,
@@ -167,6 +182,11 @@ class Coordinator:
             reading.add_done_callback(self._reading_done)
         # shielded: a caller cancelled while waiting leaves the others' reading alone
         return await asyncio.shield(reading)
+
+    async def reading(self) -> Reading:
+        """:meth:`now`, with when it was asked for (see :meth:`confirm`)."""
+        asked = self.store.elapsed()
+        return Reading(await self.now(), asked)
 
     def _reading_done(self, reading: asyncio.Future[datetime]) -> None:
         self._reading = None
@@ -245,11 +265,24 @@ class Coordinator:
             return False
         return (now or await self.now()) < claim.expires_at - self.margin
 
-    async def confirm(self, claim: Claim) -> bool:
+    async def confirm(self, claim: Claim, *, after: Reading | None = None) -> bool:
         """:meth:`usable`, after renewing ``claim`` if no append proved it ours
         for a heartbeat (work that waited long for a slot finds a takeover
-        before it starts, not when it records its outcome)."""
-        now = await self.now()
+        before it starts, not when it records its outcome).
+
+        ``after``, a :class:`Reading` taken less than :attr:`fresh_for` ago
+        (say just before the action's write-ahead), stands for a new one: its
+        time moved on by what has elapsed since it was asked for. The store
+        samples its clock after it was asked, so that is never earlier than
+        the store's clock now while the two clocks keep pace: the check errs
+        only towards caution. (A step of the store's clock within that second
+        is seen at the next reading, as it is for a call already under way.)
+        It spares the action a query's round trip through a busy event loop
+        just before its call: ~3 ms for each wave of a 1,000 actions.
+        """
+        now = None if after is None else self._moved_on(after)
+        if now is None:
+            now = await self.now()
         if not await self.usable(claim, now=now):
             return False
         if now - claim.confirmed_at < self.heartbeat:
@@ -259,6 +292,15 @@ class Coordinator:
         except EventStoreError:
             return False
         return await self.usable(claim)
+
+    def _moved_on(self, reading: Reading) -> datetime | None:
+        """The claim clock now, from ``reading`` moved on by the time elapsed
+        since it was asked for; None when that is :attr:`fresh_for` or more
+        (a clock stepped meanwhile is then read again, not guessed)."""
+        elapsed = self.store.elapsed() - reading.asked
+        if not 0 <= elapsed < self.fresh_for:
+            return None
+        return reading.at + timedelta(seconds=elapsed)
 
     async def renew(self, claims: Iterable[Claim]) -> None:
         """Extend every active claim given to a full TTL from now, in one

@@ -158,10 +158,13 @@ class Executor:
             if decision.resource_id in stale:
                 await self.coordinator.release(claims.held[decision.resource_id])
 
-        calls = anyio.CapacityLimiter(max_concurrency)
+        # Semaphores taken without a trip through the event loop when a slot
+        # is free (anyio's CapacityLimiter checkpoints on every acquire: ~8 %
+        # of a 1,000-action execution).
+        calls = anyio.Semaphore(max_concurrency, fast_acquire=True)
         # Write-ahead runs at most one "wave" ahead of the calls: when a call
         # slot frees, the next action's ActionExecuting is already durable.
-        ahead = anyio.CapacityLimiter(2 * max_concurrency)
+        ahead = anyio.Semaphore(2 * max_concurrency, fast_acquire=True)
         results: list[Execution] = []
 
         runnable = [d for d in held if d.resource_id not in stale]
@@ -219,7 +222,7 @@ class Executor:
         await self.store.append_streams(StreamBatch(s, tuple(e)) for s, e in events.items())
 
     async def _run(self, decision: Decision, claim: Claim, cycle_id: str, owner: str,
-                   ahead: anyio.CapacityLimiter, calls: anyio.CapacityLimiter) -> Execution:
+                   ahead: anyio.Semaphore, calls: anyio.Semaphore) -> Execution:
         stream = resource_stream(decision.resource_id)
         resource: Resource | None = None
         failure: ProviderError | EventStoreError | None = None
@@ -230,7 +233,8 @@ class Executor:
         # The outcome is recorded after both slots are freed, so the next
         # action's call overlaps this one's commit.
         async with ahead:
-            checked_at = await self.coordinator.now()
+            checked = await self.coordinator.reading()
+            checked_at = checked.at
             if not await self.coordinator.usable(claim, now=checked_at):
                 # Waited so long for a slot that the claim ran out, or it could
                 # not be renewed: another instance may hold it now. Leave it
@@ -264,7 +268,7 @@ class Executor:
                 # found it taken over.
                 if self.stopping():
                     drained = True  # written ahead, but not started: it never will
-                elif not await self.coordinator.confirm(claim):
+                elif not await self.coordinator.confirm(claim, after=checked):
                     unkept = _unkept(claim)
                 else:
                     try:

@@ -326,3 +326,55 @@ async def test_the_executor_does_not_call_the_provider_under_a_claim_expired_bef
         late = [t for t in called_at if t >= expires_at]
         assert not late, (f"the provider was called at {late[0].isoformat()}, under a claim"
                           f" that expired at {expires_at.isoformat()}")
+
+
+# -- a reading moved on (confirm's after=) -----------------------------------
+
+
+def count_readings(env: Env, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every clock reading's query of ``env``'s store, as it is made."""
+    made: list[str] = []
+    real_query: Callable[..., Any] = env.store._query  # type: ignore[attr-defined]
+
+    async def counted(sql: str, params: tuple[object, ...] = ()) -> Any:
+        if NEWEST in sql:
+            made.append(sql)
+        return await real_query(sql, params)
+
+    monkeypatch.setattr(env.store, "_query", counted)
+    return made
+
+
+async def test_confirm_after_a_fresh_reading_asks_the_store_nothing_and_after_a_stale_one_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the executor's last check before a call does with the reading it
+    took before the write-ahead: less than fresh_for ago it stands (moved
+    on), older it is read again, and an expiry meanwhile is seen."""
+    async with environment(tmp_path, instance_id="a", claim_ttl=TTL) as a:
+        mine = Coordinator(a.store, a.views, ttl=TTL)
+        claim = (await mine.claim(["web-0"])).held["web-0"]
+        checked = await mine.reading()
+        made = count_readings(a, monkeypatch)
+        assert await mine.confirm(claim, after=checked)
+        assert made == []
+        a.clock.advance(minutes=2, seconds=20)  # the wait for a slot outlasted the claim
+        assert not await mine.confirm(claim, after=checked)
+        assert len(made) == 1
+
+
+async def test_a_reading_moved_on_sees_the_margin_reached_within_fresh_for(
+    tmp_path: Path,
+) -> None:
+    """The reading stands for the time it was asked plus what elapsed since:
+    a claim that reaches its margin half a second after the reading is not
+    usable half a second later, though no new reading was taken."""
+    async with environment(tmp_path, instance_id="a", claim_ttl=TTL) as a:
+        mine = Coordinator(a.store, a.views, ttl=TTL)
+        mine.heartbeat = TTL  # no renewal: the margin is what is checked
+        claim = (await mine.claim(["web-0"])).held["web-0"]
+        a.clock.now = claim.expires_at - mine.margin - timedelta(seconds=0.3)
+        checked = await mine.reading()
+        assert await mine.confirm(claim, after=checked)
+        a.clock.advance(seconds=0.5)
+        assert not await mine.confirm(claim, after=checked)
