@@ -21,8 +21,10 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+
+import anyio
 
 from eventstore.sqlite_plumbing import immediate_transaction
 from projections._projection import Projection
@@ -54,24 +56,42 @@ def split_shares(group: Sequence[Projection], workers: int) -> list[list[Project
     return [list(group[i::count]) for i in range(count)]
 
 
-@contextlib.contextmanager
-def scratch_directory(next_to: Path) -> Iterator[Path]:
+@contextlib.asynccontextmanager
+async def scratch_directory(next_to: Path) -> AsyncIterator[Path]:
     """A new directory ``.<name>.fold-*`` beside ``next_to`` (the same disk,
     the same permissions), removed afterwards. Its owner holds a lock in it
     while it lives; the directories of owners that died (a ``kill -9``, a
     power cut) are removed first, those of live ones (another process
-    folding the same file) are left alone."""
+    folding the same file) are left alone. The file work runs on a worker
+    thread: a large stale directory does not stall the event loop."""
+    scratch, lock = await anyio.to_thread.run_sync(_make_scratch, next_to)
+    try:
+        yield scratch
+    finally:
+        with anyio.CancelScope(shield=True):  # removed also when the fold was cancelled
+            await anyio.to_thread.run_sync(_remove_scratch, scratch, lock)
+
+
+def _make_scratch(next_to: Path) -> tuple[Path, int]:
     prefix = f".{next_to.name}.fold-"
     parent = next_to.absolute().parent
     for stale in parent.glob(prefix + "*"):
         _remove_if_ownerless(stale)
     scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
-        with open(scratch / _LOCK, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield scratch
-    finally:
+        lock = os.open(scratch / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return scratch, lock
+
+
+def _remove_scratch(scratch: Path, lock: int) -> None:
+    try:
+        shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        os.close(lock)  # the lock goes last: nobody removes a directory still being removed
 
 
 def _remove_if_ownerless(scratch: Path) -> None:

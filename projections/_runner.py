@@ -482,7 +482,7 @@ class ProjectionRunner:
             _reset(db, projection)
             db.execute(_MOVE_CHECKPOINT, (position, projection.name))
 
-        with scratch_directory(self.path) as scratch:
+        async with scratch_directory(self.path) as scratch:
             files = [(scratch / f"share-{i}.db", share) for i, share in enumerate(shares)]
             try:
                 folded = await fold_apart(until, [(f, tuple(p.name for p in share))

@@ -243,8 +243,12 @@ async def refold_again(path: Path) -> int:
 
 def test_a_live_refolds_scratch_is_left_alone(tmp_path: Path) -> None:
     log = tmp_path / "ovi.db"
-    with scratch_directory(log) as mine:
-        with scratch_directory(log) as theirs:
-            assert mine.is_dir() and theirs.is_dir() and mine != theirs
-        assert mine.is_dir() and not theirs.exists()
+
+    async def both() -> None:
+        async with scratch_directory(log) as mine:
+            async with scratch_directory(log) as theirs:
+                assert mine.is_dir() and theirs.is_dir() and mine != theirs
+            assert mine.is_dir() and not theirs.exists()
+
+    anyio.run(both)
     assert scratch_left(log) == []
