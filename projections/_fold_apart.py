@@ -29,7 +29,8 @@ import anyio
 from eventstore.sqlite_plumbing import immediate_transaction
 from projections._projection import Projection
 
-__all__ = ["FoldApart", "FoldApartFailed", "adopt_folds", "scratch_directory", "split_shares"]
+__all__ = ["FoldApart", "FoldApartFailed", "adopt_folds", "scratch_directory", "split_shares",
+           "usable_cores"]
 
 #: the file in a scratch directory its owner holds locked while it lives
 _LOCK = "owner.lock"
@@ -46,6 +47,23 @@ FoldApart = Callable[[int, Sequence[tuple[Path, tuple[str, ...]]]], Awaitable[in
 
 class FoldApartFailed(Exception):
     """A worker of a :data:`FoldApart` did not fold its share."""
+
+
+def usable_cores(*, cgroup: Path = Path("/proc/self/cgroup"),
+                 cgroups: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may run on: its CPU affinity, capped by a
+    cgroup v2 CPU quota (systemd's ``CPUQuota=``) where one is set; at least 1.
+    A worker per core of the host would only queue on a quota of one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError):
+        group = cgroup.read_text().splitlines()
+        unified = next((line[3:] for line in group if line.startswith("0::")), None)
+        if unified is not None:
+            quota, period = (cgroups / unified.lstrip("/") / "cpu.max").read_text().split()[:2]
+            if quota != "max":
+                cores = min(cores, -(-int(quota) // int(period)))
+    return max(1, cores)
 
 
 def split_shares(group: Sequence[Projection], workers: int) -> list[list[Projection]]:

@@ -43,6 +43,7 @@ from projections._fold_apart import (
     adopt_folds,
     scratch_directory,
     split_shares,
+    usable_cores,
 )
 from projections._projection import Projection
 from projections._router import Router
@@ -467,7 +468,7 @@ class ProjectionRunner:
             these projections meanwhile (nothing written).
         """
         fold_apart = self._fold_apart
-        shares = split_shares(group, os.cpu_count() or 1)
+        shares = split_shares(group, usable_cores())
         if (fold_apart is None or until < self._fold_apart_from or len(shares) < 2
                 # The workers have no key: they could not match the rows they
                 # fold with what this runner checked (see _vouch_for).

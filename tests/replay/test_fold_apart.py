@@ -26,7 +26,7 @@ from ovi._fold_workers import fold_in_workers
 from ovi.events import registry
 from ovi.runtime import ovi_projections
 from projections import CHECKPOINTS_TABLE, Projection, ProjectionRunner
-from projections._fold_apart import FoldApart, scratch_directory
+from projections._fold_apart import FoldApart, scratch_directory, usable_cores
 from projections.resources import ResourcesProjection
 from tests.replay.support import ROOT, Story, copy_log
 
@@ -252,3 +252,19 @@ def test_a_live_refolds_scratch_is_left_alone(tmp_path: Path) -> None:
 
     anyio.run(both)
     assert scratch_left(log) == []
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [
+    ("max 100000\n", 2), ("150000 100000\n", 2), ("100000 100000\n", 1), ("50000 100000\n", 1),
+    (None, 2),
+])
+def test_the_workers_are_as_many_as_the_cores_the_affinity_and_the_cgroup_quota_allow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str | None, expected: int,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    (tmp_path / "proc").write_text("0::/system.slice/ovi.service\n")
+    unit = tmp_path / "cgroups" / "system.slice" / "ovi.service"
+    unit.mkdir(parents=True)
+    if cpu_max is not None:
+        (unit / "cpu.max").write_text(cpu_max)
+    assert usable_cores(cgroup=tmp_path / "proc", cgroups=tmp_path / "cgroups") == expected
