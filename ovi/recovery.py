@@ -12,7 +12,9 @@ claim is still held by a live instance) is checked against reality:
   (recovered);
 - an update whose write-ahead says the resource was running (a resize stops
   it) first has the resource started again if it is not running: a crash
-  between stop and start must not leave it stopped. An update whose every
+  between stop and start must not leave it stopped; unless it, or the whole
+  estate, has been paused since (then the start stays owed until the pause
+  is lifted: a paused resource is not touched, not even to undo). An update whose every
   change is now in effect gets ``ActionExecuted`` (recovered);
 - everything else gets ``ActionFailed`` (interrupted) and the next cycle
   decides afresh. A create is therefore never made twice, and if starting a
@@ -29,16 +31,23 @@ waiting for it may take longer than a claim lives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from eventstore import EventStore, RecordedEvent, StreamBatch, WrongExpectedVersion
 from ovi.coordinator import Coordinator
-from ovi.events import ActionExecuted, ActionExecuting, ActionFailed, resource_stream
+from ovi.events import (
+    PAUSE_ALL,
+    ActionExecuted,
+    ActionExecuting,
+    ActionFailed,
+    resource_stream,
+)
 from ovi.model import (
     DECISION_TAG,
     RUNNING_STATUSES,
     Action,
+    Decision,
     DesiredResource,
     FieldChange,
     Outcome,
@@ -48,6 +57,7 @@ from ovi.model import (
 from ovi.providers.base import Provider, ProviderError
 from projections import ProjectionRunner
 from projections.findings import DecisionOutcome, decision_outcomes
+from projections.operations import Pause, pause_state
 
 __all__ = ["recover_in_doubt"]
 
@@ -77,6 +87,7 @@ async def recover_in_doubt(
     # now that nobody else can move them, and resolve only what is still open.
     await views.catch_up()
     again = await views.query(lambda db: decision_outcomes(db, decision_ids=in_doubt))
+    pauses = (await views.query(pause_state)).active
     open_ = {d: o for d, o in in_doubt.items() if _still_open(o, again.get(d))}
     for resource_id in {o.decision.resource_id for o in in_doubt.values()} - {
             o.decision.resource_id for o in open_.values()}:
@@ -92,7 +103,8 @@ async def recover_in_doubt(
                 continue  # a live instance is on it
             written = await _write_ahead(store, outcome)
             try:
-                event = await _resolve(provider, outcome, written, cycle_id)
+                event = await _resolve(provider, outcome, written, cycle_id,
+                                       paused=_paused(outcome.decision, pauses))
             except ProviderError:
                 await coordinator.release(claim)
                 continue
@@ -124,8 +136,13 @@ async def _write_ahead(store: EventStore, outcome: DecisionOutcome) -> RecordedE
     return None
 
 
+def _paused(decision: Decision, pauses: Mapping[str, Pause]) -> Pause | None:
+    """The pause in force on what ``decision`` acts on, or on the whole estate."""
+    return next((pauses[t] for t in decision.subjects if t in pauses), pauses.get(PAUSE_ALL))
+
+
 async def _resolve(provider: Provider, outcome: DecisionOutcome,
-                   written: RecordedEvent | None, cycle_id: str
+                   written: RecordedEvent | None, cycle_id: str, *, paused: Pause | None = None,
                    ) -> ActionExecuted | ActionFailed:
     decision = outcome.decision
     token = outcome.token or 0
@@ -156,8 +173,16 @@ async def _resolve(provider: Provider, outcome: DecisionOutcome,
         done = decision.action == Action.DELETE and match is None
         if decision.action == Action.UPDATE and match is not None:
             started = True
-            if executing is not None and executing.was_running and \
-                    match.status not in RUNNING_STATUSES:
+            left_stopped = (executing is not None and executing.was_running
+                            and match.status not in RUNNING_STATUSES)
+            if left_stopped and paused is not None:
+                # Hands off, even to undo our own stop: whoever paused it may
+                # be working on it stopped. The start stays owed, and a cycle
+                # makes it once the pause is lifted.
+                started = False
+                why = ("interrupted, and the resource it stopped was not started again:"
+                       f" {paused.describe()} (the start is still owed)")
+            elif left_stopped:
                 try:
                     match = await _start(provider, decision.diff.desired, match)
                 except ProviderError as exc:

@@ -16,13 +16,17 @@ from ovi.events import (
     ActionExecuted,
     ActionExecuting,
     ActionFailed,
+    Actor,
+    AutomationPaused,
+    AutomationResumed,
     ClaimAcquired,
     ClaimRenewed,
     RestartSettled,
     claim_stream,
+    pause_stream,
     resource_stream,
 )
-from ovi.model import Action, DesiredResource, Resource, SkipReason
+from ovi.model import Action, DecisionStatus, DesiredResource, Resource, SkipReason
 from ovi.providers.base import ProviderError
 from ovi.replay import verify_log
 from ovi.retry import RetryPolicy
@@ -219,6 +223,42 @@ async def test_recovery_starts_an_instance_a_crash_left_stopped(tmp_path: Path) 
     assert [(f.interrupted, f.token) for f in failed if isinstance(f, ActionFailed)] == [
         (True, 1)]
     assert [s for s, _ in env.provider.steps] == ["start", "stop", "modify", "start"]
+    assert (web0(env).status, web0(env).size) == ("running", "t3.small")
+
+
+async def test_recovery_leaves_a_paused_instance_stopped_and_starts_it_once_resumed(
+    tmp_path: Path
+) -> None:
+    """A crash left an instance stopped mid-resize, and an operator paused it
+    before Ovi came back (say to look at it stopped): recovery does not start
+    it. The start stays owed, and is made once the pause is lifted."""
+    config = config_text(WEB % (1, "t3.small"), rules=RESIZE)
+    actor = Actor(by="oncall", user="oncall", uid=1000, host="laptop")
+    async with environment(tmp_path, managed("web-0", "i-web0")) as env:
+        (decision,) = (await env.cycle(config)).decisions
+        await env.store.append(claim_stream("web-0"), [ClaimAcquired(
+            resource_id="web-0", instance_id="dead:1", claimed_at=env.clock(),
+            expires_at=env.clock() + timedelta(minutes=1), token=1)], expected_version=0)
+        await env.append_as("dead:1", resource_stream("web-0"), [ActionExecuting(
+            cycle_id="crashed", decision_id=decision.decision_id, action=Action.UPDATE,
+            resource_id="web-0", cloud_id="i-web0", token=1, was_running=True)])
+        env.provider.resources["i-web0"] = msgspec.structs.replace(web0(env), status="stopped")
+        await env.store.append(pause_stream("web-0"), [AutomationPaused(
+            target="web-0", reason="looking at its disk", actor=actor, at=env.clock())])
+        env.clock.advance(minutes=2)
+        held = await env.apply(config)
+        (failed,) = [f for f in await of_type(env, ActionFailed) if isinstance(f, ActionFailed)]
+        assert web0(env).status == "stopped", "recovery started a paused instance"
+        assert env.provider.steps == []
+        assert failed.interrupted and "looking at its disk" in failed.error
+        assert "still owed" in failed.error
+        assert [d.status for d in held.decisions] == [DecisionStatus.PAUSED]
+        await env.store.append(pause_stream("web-0"), [AutomationResumed(
+            target="web-0", reason="done", actor=actor, at=env.clock())])
+        await env.apply(config)  # the start owed
+        assert web0(env).status == "running"
+        await env.apply(config)  # the resize, decided afresh
+        await assert_verifies(env)
     assert (web0(env).status, web0(env).size) == ("running", "t3.small")
 
 
