@@ -15,7 +15,6 @@ import functools
 import os
 import secrets
 import socket
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -589,14 +588,14 @@ class EventStore(ABC):
         if not self._open:
             raise StoreClosedError("the event store is not open")
 
-    def elapsed(self) -> float:
-        """Seconds on a clock that only moves on, for timing a wait between
-        two readings of :meth:`now` in this process: ``time.monotonic()``, or
-        the test clock's time when the store was given one (so that a test
-        moving its clock moves this one too). Not comparable across processes."""
-        if self._clock is not None:
-            return self._clock().timestamp()
-        return time.monotonic()
+    def local_clock(self) -> datetime | None:
+        """The clock :meth:`now` reads, read here without a query: where that
+        clock is this host's (SQLite's: the host's clock, or the test clock
+        given), what ``now()`` would be but for its check against the newest
+        row. None where it is another host's (PostgreSQL's: the server's),
+        which only a query can tell. A reading of :meth:`now` can then be
+        moved on by what this clock moved since it was asked for."""
+        return None
 
     async def now(self) -> datetime:
         """The store's clock: the ``recorded_at`` an append would get now.

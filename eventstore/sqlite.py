@@ -558,6 +558,9 @@ class SQLiteEventStore(EventStore):
         rows = await self._query("SELECT max(position) FROM events")
         return int(rows[0][0] or 0)
 
+    def local_clock(self) -> datetime | None:
+        return (self._clock or utc_now)()
+
     async def _now(self) -> str:
         rows = await self._query("SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1")
         # The clock is read once the query has run, not before it waited in

@@ -102,11 +102,12 @@ class Claim:
 
 
 class Reading(NamedTuple):
-    """A reading of :meth:`Coordinator.now`, and when it was asked for on
-    the store's :meth:`~eventstore.EventStore.elapsed` clock."""
+    """A reading of :meth:`Coordinator.now`, and the store's
+    :meth:`~eventstore.EventStore.local_clock` when it was asked for (None
+    where the store's clock is another host's)."""
 
     at: datetime
-    asked: float
+    asked: datetime | None
 
 
 class ClaimResult(msgspec.Struct):
@@ -142,8 +143,8 @@ class Coordinator:
     #: rounds of optimistic claiming before falling back to one claim at a time
     rounds = 4
     #: how long a :class:`Reading` stands for the claim clock, moved on by
-    #: the time elapsed since (see :meth:`confirm`)
-    fresh_for = 1.0
+    #: what the store's clock moved since (see :meth:`confirm`)
+    fresh_for = timedelta(seconds=1)
 
     def __init__(
         self,
@@ -177,7 +178,9 @@ class Coordinator:
         expires sooner), except in :meth:`usable`, which the margin covers.
         """
         reading = self._reading
-        if reading is None:
+        # A reading already done was sampled before this ask: a new one is
+        # taken (its done-callback clears it only on the next loop iteration).
+        if reading is None or reading.done():
             reading = self._reading = asyncio.ensure_future(self.store.now())
             reading.add_done_callback(self._reading_done)
         # shielded: a caller cancelled while waiting leaves the others' reading alone
@@ -185,11 +188,12 @@ class Coordinator:
 
     async def reading(self) -> Reading:
         """:meth:`now`, with when it was asked for (see :meth:`confirm`)."""
-        asked = self.store.elapsed()
+        asked = self.store.local_clock()
         return Reading(await self.now(), asked)
 
     def _reading_done(self, reading: asyncio.Future[datetime]) -> None:
-        self._reading = None
+        if self._reading is reading:  # not a newer one started meanwhile
+            self._reading = None
         if not reading.cancelled():
             reading.exception()  # retrieved: every waiter may have gone
 
@@ -271,14 +275,17 @@ class Coordinator:
         before it starts, not when it records its outcome).
 
         ``after``, a :class:`Reading` taken less than :attr:`fresh_for` ago
-        (say just before the action's write-ahead), stands for a new one: its
-        time moved on by what has elapsed since it was asked for. The store
-        samples its clock after it was asked, so that is never earlier than
-        the store's clock now while the two clocks keep pace: the check errs
-        only towards caution. (A step of the store's clock within that second
-        is seen at the next reading, as it is for a call already under way.)
+        (say just before the action's write-ahead), stands for a new one
+        where the store's clock is this host's (SQLite): moved on by what
+        that clock itself moved since the reading was asked for, read without
+        a query. The store samples its clock after it was asked, so that is
+        never earlier than the store's clock now, and a step of the clock or
+        a suspended host shows in it (it is the clock, not a stopwatch beside
+        it): past :attr:`fresh_for`, or backwards, a new reading is taken.
         It spares the action a query's round trip through a busy event loop
-        just before its call: ~3 ms for each wave of a 1,000 actions.
+        just before its call: ~3 ms for each wave of a 1,000 actions. Where
+        the clock is another host's (PostgreSQL's server), a new reading is
+        always taken.
         """
         now = None if after is None else self._moved_on(after)
         if now is None:
@@ -294,13 +301,16 @@ class Coordinator:
         return await self.usable(claim)
 
     def _moved_on(self, reading: Reading) -> datetime | None:
-        """The claim clock now, from ``reading`` moved on by the time elapsed
-        since it was asked for; None when that is :attr:`fresh_for` or more
-        (a clock stepped meanwhile is then read again, not guessed)."""
-        elapsed = self.store.elapsed() - reading.asked
-        if not 0 <= elapsed < self.fresh_for:
+        """The claim clock now, from ``reading`` moved on by what the store's
+        local clock moved since it was asked for; None where there is no
+        local clock, or it moved back or :attr:`fresh_for` or more."""
+        local = self.store.local_clock()
+        if reading.asked is None or local is None:
             return None
-        return reading.at + timedelta(seconds=elapsed)
+        moved = local - reading.asked
+        if not timedelta(0) <= moved < self.fresh_for:
+            return None
+        return reading.at + moved
 
     async def renew(self, claims: Iterable[Claim]) -> None:
         """Extend every active claim given to a full TTL from now, in one

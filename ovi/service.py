@@ -24,6 +24,7 @@ Around it:
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 import time
@@ -31,6 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import msgspec
@@ -128,6 +130,22 @@ class _Wakeup:
         return woken
 
 
+#: what the service answers: stop (drain), stop, reload the config
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _Started(NamedTuple):
+    """What start-up hands the loop."""
+
+    runtime: Runtime
+    engine: Engine
+    compat: UnknownEventTypes
+    notifier: Notifier
+    provider_key: object
+    folded: int
+    recovered: int
+
+
 class Service:
     """The loop and everything around it; :meth:`run` returns the exit code."""
 
@@ -157,6 +175,10 @@ class Service:
         self._reported_unknown: frozenset[str] = frozenset()
         self._group: TaskGroup | None = None
         self._notifier: Notifier | None = None
+        self._providing = AsyncExitStack()  # the provider's: a reload may replace it
+        self._starting = False
+        self._stopped_starting: str | None = None  # the signal that stopped start-up
+        self._early_signals: list[int] = []  # came before _signals' receiver was in place
 
     # -- lifecycle -------------------------------------------------------
 
@@ -175,13 +197,17 @@ class Service:
                       plan_only=settings.plan_only, config_hash=self._config.config_hash[:12])
         try:
             async with AsyncExitStack() as stack:
-                runtime = await stack.enter_async_context(open_runtime(
-                    settings.store_path, mirror=settings.mirror_path,
-                    chain_key=load_chain_key(settings.chain_key_file)))
-                await self._serve(runtime, stack)
+                started = await self._until_ready(lambda: self._start(stack))
+                if started is not None:
+                    await self._serve(started)
         finally:
             self.sd.notify(STOPPING="1", STATUS="stopped")
             self.sd.close()
+        if self._stopped_starting is not None:
+            self.log.info("stop", f"{self._stopped_starting} during start-up: stopped before"
+                          " ready (whatever start-up left undone, the next start does)",
+                          signal=self._stopped_starting)
+            return 0
         if self._drain_timed_out:
             self.log.error("stop", "drain timeout: actions in flight were cancelled and stay"
                            " in doubt; the next start resolves them against the cloud")
@@ -189,9 +215,44 @@ class Service:
         self.log.info("stop", "stopped", cycles=self.cycles)
         return 0
 
-    async def _serve(self, runtime: Runtime, stack: AsyncExitStack) -> None:
+    async def _until_ready(self, start: Callable[[], Awaitable[_Started]]) -> _Started | None:
+        """``start()``; None if SIGTERM or SIGINT came first. Start-up (a refold
+        after an upgrade, a mirror's first copy, recovery) can take minutes,
+        and a signal must stop it then too, cleanly: it is cancelled, as a
+        crash would stop it, which every step of it is made to survive.
+
+        The handlers are this loop's own until :meth:`_signals` puts its
+        receiver in their place: a signal in between is kept for it (a SIGHUP
+        during start-up too, which would otherwise end the process)."""
+        loop = asyncio.get_running_loop()
+        with anyio.CancelScope() as starting:
+            def early(signum: signal.Signals) -> None:
+                self._early_signals.append(signum)
+                if signum != signal.SIGHUP and self._starting:
+                    self._stopped_starting = signum.name
+                    starting.cancel()
+
+            self._starting = True
+            for signum in _SIGNALS:
+                loop.add_signal_handler(signum, early, signum)
+            try:
+                return await start()
+            except BaseException:
+                for signum in _SIGNALS:
+                    loop.remove_signal_handler(signum)
+                raise
+            finally:
+                self._starting = False
+        return None
+
+    async def _start(self, stack: AsyncExitStack) -> _Started:
+        """Everything before ``READY=1``: the log opened, the projections caught
+        up, the provider built, crash recovery done, the metrics server up."""
         assert self._config is not None
         settings = self.settings
+        runtime = await stack.enter_async_context(open_runtime(
+            settings.store_path, mirror=settings.mirror_path,
+            chain_key=load_chain_key(settings.chain_key_file)))
         if runtime.views.reset_on_open:
             self.log.info("projections", "rebuilding projections whose tables changed",
                           projections=list(runtime.views.reset_on_open))
@@ -200,9 +261,8 @@ class Service:
         self._unknown = await compat.check(runtime.views)
         provider_key = self.source.key(self._config)
         # The provider has a stack of its own: a reload may replace it.
-        providing = AsyncExitStack()
-        stack.push_async_callback(lambda: providing.aclose())
-        provider = await providing.enter_async_context(self.source.open(self._config))
+        stack.push_async_callback(lambda: self._providing.aclose())
+        provider = await self._providing.enter_async_context(self.source.open(self._config))
         engine = self._engine(runtime, provider, compat)
         recovered = 0
         if not settings.plan_only and not self._unknown:
@@ -227,6 +287,10 @@ class Service:
             self.metrics_port = server.port
             self.log.info("metrics", f"metrics on http://{settings.metrics_host}:{server.port}"
                           "/metrics, health on /healthz", port=server.port)
+        return _Started(runtime, engine, compat, notifier, provider_key, folded, recovered)
+
+    async def _serve(self, started: _Started) -> None:
+        runtime, engine, compat, notifier, provider_key, folded, recovered = started
         self.log.info("ready", "ready", folded=folded, recovered=recovered,
                       log_position=await runtime.store.last_position())
         self.sd.notify(READY="1", STATUS="ready; first cycle starting")
@@ -246,9 +310,10 @@ class Service:
                 assert config is not None
                 if self.source.key(config) != provider_key:
                     provider_key = self.source.key(config)
-                    await providing.aclose()
-                    providing = AsyncExitStack()
-                    provider = await providing.enter_async_context(self.source.open(config))
+                    await self._providing.aclose()
+                    self._providing = AsyncExitStack()
+                    provider = await self._providing.enter_async_context(
+                        self.source.open(config))
                     engine = self._engine(runtime, provider, compat)
                     self.log.info("reload", "provider rebuilt for the new config")
             group.cancel_scope.cancel()
@@ -413,16 +478,23 @@ class Service:
     # -- tasks around the loop ------------------------------------------
 
     async def _signals(self, everything: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with anyio.open_signal_receiver(*_SIGNALS) as signals:
+            # Those that came since start-up ended, before this receiver was in place.
+            kept, self._early_signals = self._early_signals, []
+            for signum in kept:
+                self._on_signal(signum, everything)
             async for signum in signals:
-                if signum == signal.SIGHUP:
-                    self._reload()
-                elif self._draining:
-                    self.log.warning("stop", "second signal: stopping at once")
-                    self._drain_timed_out = self._cycle_scope is not None
-                    everything.cancel()
-                else:
-                    self._begin_drain(signal.Signals(signum).name, everything)
+                self._on_signal(signum, everything)
+
+    def _on_signal(self, signum: int, everything: anyio.CancelScope) -> None:
+        if signum == signal.SIGHUP:
+            self._reload()
+        elif self._draining:
+            self.log.warning("stop", "second signal: stopping at once")
+            self._drain_timed_out = self._cycle_scope is not None
+            everything.cancel()
+        else:
+            self._begin_drain(signal.Signals(signum).name, everything)
 
     def _begin_drain(self, why: str, everything: anyio.CancelScope) -> None:
         self._draining = True
