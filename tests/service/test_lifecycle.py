@@ -176,3 +176,47 @@ def test_a_drain_that_times_out_exits_1_and_leaves_the_action_in_doubt(
                                     "ActionFailed")] == ["ActionExecuting"]  # in doubt
     # The held request still reaches moto: let it land now, not in the next test.
     wait_until(lambda: fault_proxy.calls("s3:CreateBucket"), 30, "the held CreateBucket")
+
+
+def test_signals_during_a_slow_start_up_keep_a_reload_and_stop_it_before_ready(
+    moto_endpoint: str, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Start-up can take minutes (a refold after an upgrade, a mirror's first
+    copy, recovery waiting on the cloud). A SIGHUP then must not kill the
+    process, and a SIGTERM must stop it at once and cleanly: exit 0, a
+    `stop` line, no READY, and whatever was left in doubt still is."""
+    reset_moto(moto_endpoint)
+    # First an action left in doubt, as a drain that timed out leaves it.
+    fault_proxy.add(Fault("s3:CreateBucket", when=When.SLOW, delay=2.0))
+    config = write_config(tmp_path / "ovi.yaml", "{type: s3, name: assets}")
+    store = tmp_path / "ovi.db"
+    with service(tmp_path, fault_proxy.endpoint, "--config", str(config),
+                 "--interval", "30s", "--drain-timeout", "1s", name="first") as first:
+        wait_until(lambda: events(store, "ActionExecuting"), 30, "the write-ahead")
+        time.sleep(0.5)
+        first.signal(signal.SIGTERM)
+        assert first.proc.wait(timeout=30) == 1, first.text()
+    wait_until(lambda: fault_proxy.calls("s3:CreateBucket"), 30, "the held CreateBucket")
+    fault_proxy.clear()
+    # Recovery resolves it against the cloud; the cloud answers slowly.
+    fault_proxy.add(Fault("s3:ListBuckets", when=When.SLOW, delay=20.0, times=10))
+    notify = NotifySocket(tmp_path, abstract=False)
+    try:
+        with service(tmp_path, fault_proxy.endpoint, "--config", str(config),
+                     env=child_env(NOTIFY_SOCKET=notify.address), name="second") as ovi:
+            fault_proxy.wait_for("s3:ListBuckets", timeout=30)  # recovery is waiting on it
+            ovi.signal(signal.SIGHUP)
+            time.sleep(0.5)
+            assert ovi.proc.poll() is None, f"SIGHUP during start-up ended it:\n{ovi.text()}"
+            started = time.monotonic()
+            ovi.signal(signal.SIGTERM)
+            assert ovi.proc.wait(timeout=10) == 0, ovi.text()
+            assert time.monotonic() - started < 10  # not after the cloud answered (20 s)
+    finally:
+        notify.close()
+    stop = [line for line in ovi.lines() if line.get("event") == "stop"]
+    assert stop and "during start-up" in stop[-1]["msg"] and stop[-1]["signal"] == "SIGTERM"
+    assert not notify.with_key("READY"), "READY=1 was sent though start-up never finished"
+    assert notify.with_key("STOPPING")
+    assert [t for _, t, _ in events(store, "ActionExecuting", "ActionExecuted",
+                                    "ActionFailed")] == ["ActionExecuting"]  # still in doubt
