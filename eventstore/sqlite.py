@@ -520,8 +520,35 @@ class SQLiteEventStore(EventStore):
                f"ORDER BY position LIMIT {int(limit)}")
         try:
             return await self._conn(self._reader).execute_fetchall(sql, params)
+        except sqlite3.OperationalError as exc:
+            if "Could not decode to UTF-8" in str(exc):
+                raise await self._not_text(sql, params, exc) from exc
+            raise _translate(exc, f"reading {self.path}") from exc
         except sqlite3.Error as exc:
             raise _translate(exc, f"reading {self.path}") from exc
+
+    async def _not_text(self, sql: str, params: list[object],
+                        exc: sqlite3.Error) -> EventStoreError:
+        """Where a page could not be read because a text column holds bytes
+        that are not UTF-8 (written below SQL): the first such row, as a
+        corrupted log; sqlite3 names only the column."""
+        as_bytes = ("SELECT position, CAST(stream AS BLOB), CAST(type AS BLOB),"
+                    " CAST(recorded_at AS BLOB), CAST(instance_id AS BLOB), CAST(data AS BLOB),"
+                    " CAST(prev_hash AS BLOB), CAST(hash AS BLOB)"
+                    + sql[sql.index(" FROM events "):])
+        try:
+            rows = await self._conn(self._reader).execute_fetchall(as_bytes, params)
+        except sqlite3.Error:
+            return _translate(exc, f"reading {self.path}")
+        for position, *columns in rows:
+            for value in columns:
+                try:
+                    if isinstance(value, bytes):
+                        value.decode()
+                except UnicodeDecodeError:
+                    return LogCorruptedError(int(position), "a text column holds bytes that"
+                                             " are not UTF-8 (written below SQL?)")
+        return _translate(exc, f"reading {self.path}")
 
     async def _read_head(self) -> tuple[int, str]:
         rows = await self._query("SELECT position, hash FROM log_head WHERE id = 1")

@@ -368,12 +368,19 @@ class Coordinator:
         if not kept:
             yield
             return
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._heartbeat, kept)
-            try:
-                yield
-            finally:
-                group.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._heartbeat, kept)
+                try:
+                    yield
+                finally:
+                    group.cancel_scope.cancel()
+        except BaseExceptionGroup as failed:
+            # The heartbeat raises nothing of its own: what the block raised
+            # goes to the caller as it was, not wrapped in a group.
+            if len(failed.exceptions) == 1:
+                raise failed.exceptions[0] from None
+            raise
 
     async def _heartbeat(self, kept: list[Claim]) -> None:
         while any(c.renewable for c in kept):

@@ -198,7 +198,9 @@ class Executor:
         if not baseline:
             return set()
         stale: set[str] = set()
-        async for recorded in self.store.read(
+        # Checked as the projections' rows are (a keyed log): an action
+        # deleted from the log since it was checked must not go unseen here.
+        async for recorded in self.views.read_checked(
             after=min(baseline.values()),
             types=("ActionExecuting", "ActionExecuted", "ActionFailed"),
         ):

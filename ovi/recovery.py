@@ -32,6 +32,7 @@ waiting for it may take longer than a claim lives.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import aclosing
 from datetime import datetime, timedelta
 
 from eventstore import EventStore, RecordedEvent, StreamBatch, WrongExpectedVersion
@@ -101,7 +102,7 @@ async def recover_in_doubt(
             claim = claimed.held.get(resource_id)
             if claim is None:
                 continue  # a live instance is on it
-            written = await _write_ahead(store, outcome)
+            written = await _write_ahead(views, outcome)
             try:
                 event = await _resolve(provider, outcome, written, cycle_id,
                                        paused=_paused(outcome.decision, pauses))
@@ -126,13 +127,16 @@ def _still_open(before: DecisionOutcome, now: DecisionOutcome | None) -> bool:
     return now is not None and now.outcome is Outcome.EXECUTING and now.rev == before.rev
 
 
-async def _write_ahead(store: EventStore, outcome: DecisionOutcome) -> RecordedEvent | None:
+async def _write_ahead(views: ProjectionRunner,
+                       outcome: DecisionOutcome) -> RecordedEvent | None:
     """The ``ActionExecuting`` left in doubt (the decision's last outcome), as recorded."""
     if outcome.rev is None:
         return None
-    async for recorded in store.read(after=outcome.rev - 1, until=outcome.rev, limit=1):
-        if isinstance(recorded.event, ActionExecuting):
-            return recorded
+    # Checked as the projections' rows are: recovery acts on what it says.
+    async with aclosing(views.read_checked(after=outcome.rev - 1, until=outcome.rev)) as rows:
+        async for recorded in rows:
+            if isinstance(recorded.event, ActionExecuting):
+                return recorded
     return None
 
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +23,7 @@ from typing import Self, TypeVar
 import aiosqlite
 import msgspec
 
-from eventstore import EncodedRow, EventStore, RecordedEvent
+from eventstore import EncodedRow, EventStore, RecordedEvent, parse_timestamp
 from eventstore.sqlite_plumbing import (
     connect,
     create_private_file,
@@ -316,6 +316,35 @@ class ProjectionRunner:
         async with self._lock:
             await self._run(reset, "resetting projections")
             return await self._catch_up(chosen)
+
+    async def read_checked(
+        self, *, after: int = 0, until: int | None = None,
+        types: Collection[str] | None = None,
+    ) -> AsyncGenerator[RecordedEvent, None]:
+        """The log's events with ``after < position ≤ until`` (the head when
+        None) of ``types``, as :meth:`EventStore.read` gives them; on a keyed
+        log opened with its key, checked as a fold's are (its HMAC chain up to
+        there, each row matched with what was checked, none missing): for
+        code that acts on the log beside the projections (recovery, the
+        executor's last checks), which must not act on a forged or edited row.
+
+        :raises LogCorruptedError: as :meth:`catch_up` would.
+        """
+        if until is None:
+            until = await self.store.last_position()
+        await self._vouch_for(until)
+        vouched = self._vouched
+        if vouched is None:
+            async for recorded in self.store.read(after=after, until=until, types=types):
+                yield recorded
+            return
+        decode = self.store.registry.decode
+        pages = vouched.read_encoded(after=after, until=until, types=types)
+        async with aclosing(pages):
+            async for page in pages:
+                for position, stream, version, type_, at, instance, data, hash_ in page:
+                    yield RecordedEvent(position, stream, version, type_, parse_timestamp(at),
+                                        instance, decode(type_, data), hash_)
 
     async def checkpoint(self, name: str) -> Checkpoint:
         """The stored checkpoint of a projection of this runner.

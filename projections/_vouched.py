@@ -6,15 +6,17 @@ someone with write access but not the key must not be acted on). The check is
 incremental, once per row per runner; but a row is read again when it is
 folded, and a projection that lags or is rebuilt folds rows checked long ago.
 Someone who can write the file can, in between, drop its triggers and edit an
-already-checked row in place (leaving its hash column alone). So each checked
-row's hash is remembered, 8 bytes of it, and each row read for a fold is hashed
-again with the key and must give the hash that was checked: what is folded is
-then exactly what was vouched for, whenever it is read.
+already-checked row in place (leaving its hash column alone), delete it, or
+retype it out of a fold's type filter. So each checked row's hash (8 bytes of
+it) and type are remembered; each row read for a fold is hashed again with
+the key and must give the hash that was checked, and the read must bring
+every checked position whose type the fold asked for, no more, no fewer:
+what is folded is then exactly what was vouched for, whenever it is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 
 from eventstore import ChainBreak, EncodedRow, EventStore, LogCorruptedError, RawRow
 from eventstore._chain import ChainVerifier
@@ -22,19 +24,25 @@ from eventstore._chain import ChainVerifier
 __all__ = ["Vouched"]
 
 #: bytes of each checked row's hash kept (64 bits: a forger without the key
-#: cannot aim at them, and a 1M-row log costs 8 MB)
+#: cannot aim at them; with its type, a 1M-row log costs 9 MB)
 _KEPT = 8
+#: type numbers fit a byte; a log of more types than that is read unfiltered
+_MAX_TYPES = 255
+_CHANGED = "the row is not the one whose chain was checked (edited in place since?)"
 
 
 class Vouched:
-    """The rows of a keyed log checked so far, and the hash each had."""
+    """The rows of a keyed log checked so far: each one's hash and type."""
 
     def __init__(self, store: EventStore) -> None:
         self._store = store
         self._verifier = ChainVerifier(store.chain)
         self._row_hash = store.chain.row_hash
-        # Row p's kept bytes at [(p - 1) * _KEPT, p * _KEPT): positions are gap-free from 1.
+        # Row p's kept bytes at [(p - 1) * _KEPT, p * _KEPT), its type's number
+        # at [p - 1]: positions are gap-free from 1.
         self._hashes = bytearray()
+        self._types = bytearray()
+        self._numbers: dict[str, int] = {}
 
     @property
     def last_position(self) -> int:
@@ -64,38 +72,86 @@ class Vouched:
             raise LogCorruptedError(verifier.problem.position, verifier.problem.reason)
 
     def _keep(self, page: Sequence[RawRow]) -> None:
-        hashes = self._hashes
+        hashes, types, numbers = self._hashes, self._types, self._numbers
         for row in page:
             hashes += bytes.fromhex(row[8][: 2 * _KEPT])
+            number = numbers.get(row[3])
+            if number is None:
+                # 0 for every type past the first 255: such logs read unfiltered.
+                number = numbers[row[3]] = len(numbers) + 1 if len(numbers) < _MAX_TYPES else 0
+            types.append(number)
+
+    def _wanted(self, types: Collection[str] | None) -> bytes | None:
+        """A table marking (with 1) the type numbers of ``types``; None for
+        every type."""
+        if types is None or 0 in self._numbers.values():
+            return None
+        table = bytearray(256)
+        for name in types:
+            number = self._numbers.get(name)
+            if number is not None:
+                table[number] = 1
+        return bytes(table)
+
+    def _expected_between(self, wanted: bytes | None, after: int, before: int) -> int | None:
+        """The first checked position in ``(after, before)`` that a read of
+        the wanted types must bring; None if there is none."""
+        if before <= after + 1:
+            return None
+        if wanted is None:
+            return after + 1
+        found = self._types[after:before - 1].translate(wanted).find(1)
+        return None if found < 0 else after + 1 + found
 
     async def read_encoded(
-        self, *, after: int, until: int, types: frozenset[str] | None
+        self, *, after: int, until: int, types: Collection[str] | None
     ) -> AsyncGenerator[list[EncodedRow], None]:
-        """The store's :meth:`~eventstore.EventStore.read_encoded`, each row
-        hashed again and matched with the hash checked at its position.
+        """The store's :meth:`~eventstore.EventStore.read_encoded` of the
+        checked rows ``after < position ≤ until`` of ``types``: each row
+        hashed again and matched with the hash checked at its position, and
+        none missing that was checked.
 
-        :raises LogCorruptedError: at a row that is not what was checked (or
-            was never checked: read only up to :attr:`last_position`).
+        :raises LogCorruptedError: at a row that is not what was checked, or
+            was never checked (read only up to :attr:`last_position`), or at a
+            checked one of the types asked for that the read did not bring
+            (deleted or retyped since).
         """
-        hashes, row_hash, checked = self._hashes, self._row_hash, self.last_position
-        pages = self._store.read_raw(after=after, until=until, types=types)
+        if until > self.last_position:
+            raise LogCorruptedError(self.last_position + 1, "not checked yet: cannot be folded")
+        wanted = self._wanted(types)
+        hashes, row_hash = self._hashes, self._row_hash
+        # Read unfiltered where the types cannot be told apart here.
+        pages = self._store.read_raw(after=after, until=until,
+                                     types=types if wanted is not None or types is None
+                                     else None)
+        previous = after
         try:
             async for page in pages:
                 encoded: list[EncodedRow] = []
                 for position, stream, version, type_, at, instance, data, prev, hash_ in page:
+                    missing = self._expected_between(wanted, previous, position)
+                    if missing is not None:
+                        raise LogCorruptedError(missing, "a row whose chain was checked is"
+                                                " gone from the log, or changed type (deleted"
+                                                " or edited since?)")
+                    previous = position
                     start = (position - 1) * _KEPT
                     try:
-                        same = 0 < position <= checked and bytes.fromhex(row_hash(
+                        same = after < position <= until and bytes.fromhex(row_hash(
                             prev, position, stream, version, type_, at, instance, data,
                         )[: 2 * _KEPT]) == hashes[start:start + _KEPT]
-                    except (TypeError, AttributeError):
+                    except (TypeError, AttributeError, ValueError):
                         same = False  # a column not of its type (SQLite keeps any)
                     if not same:
-                        raise LogCorruptedError(
-                            position, "the row is not the one whose chain was checked"
-                            " (edited in place since?)")
+                        raise LogCorruptedError(position, _CHANGED)
+                    if types is not None and type_ not in types:
+                        continue  # read unfiltered: not of this fold
                     encoded.append((position, stream, version, type_, at, instance,
                                     data.encode(), hash_))
                 yield encoded
+            missing = self._expected_between(wanted, previous, until + 1)
+            if missing is not None:
+                raise LogCorruptedError(missing, "a row whose chain was checked is gone from"
+                                        " the log, or changed type (deleted or edited since?)")
         finally:
             await pages.aclose()
