@@ -236,13 +236,17 @@ class Service:
             for signum in _SIGNALS:
                 loop.add_signal_handler(signum, early, signum)
             try:
-                return await start()
+                started = await start()
             except BaseException:
                 for signum in _SIGNALS:
                     loop.remove_signal_handler(signum)
                 raise
             finally:
                 self._starting = False
+            # A signal that came as start-up ended, too late to cancel it, is
+            # kept in _early_signals: the drain handles it.
+            self._stopped_starting = None
+            return started
         return None
 
     async def _start(self, stack: AsyncExitStack) -> _Started:
