@@ -201,19 +201,23 @@ async def test_a_start_owed_is_settled_once_seen_running_and_never_made_later(
     assert later.decisions == () and web0(env).status == "stopped"
 
 
+async def crash_mid_resize(env: Env, decision_id: str) -> None:
+    """A crashed instance claimed web-0, wrote its resize ahead, and stopped it."""
+    await env.store.append(claim_stream("web-0"), [ClaimAcquired(
+        resource_id="web-0", instance_id="dead:1", claimed_at=env.clock(),
+        expires_at=env.clock() + timedelta(minutes=1), token=1)], expected_version=0)
+    await env.append_as("dead:1", resource_stream("web-0"), [ActionExecuting(
+        cycle_id="crashed", decision_id=decision_id, action=Action.UPDATE,
+        resource_id="web-0", cloud_id="i-web0", token=1, was_running=True)])
+    env.provider.resources["i-web0"] = msgspec.structs.replace(web0(env), status="stopped")
+
+
 async def test_recovery_starts_an_instance_a_crash_left_stopped(tmp_path: Path) -> None:
     config = config_text(WEB % (1, "t3.small"), rules=RESIZE)
     async with environment(tmp_path, managed("web-0", "i-web0")) as env:
         plan = await env.cycle(config)
         (decision,) = plan.decisions
-        # A crashed instance claimed it, wrote ahead, and stopped it.
-        await env.store.append(claim_stream("web-0"), [ClaimAcquired(
-            resource_id="web-0", instance_id="dead:1", claimed_at=env.clock(),
-            expires_at=env.clock() + timedelta(minutes=1), token=1)], expected_version=0)
-        await env.append_as("dead:1", resource_stream("web-0"), [ActionExecuting(
-            cycle_id="crashed", decision_id=decision.decision_id, action=Action.UPDATE,
-            resource_id="web-0", cloud_id="i-web0", token=1, was_running=True)])
-        env.provider.resources["i-web0"] = msgspec.structs.replace(web0(env), status="stopped")
+        await crash_mid_resize(env, decision.decision_id)
         env.clock.advance(minutes=2)
         result = await env.apply(config)
         failed = await of_type(env, ActionFailed)
@@ -236,13 +240,7 @@ async def test_recovery_leaves_a_paused_instance_stopped_and_starts_it_once_resu
     actor = Actor(by="oncall", user="oncall", uid=1000, host="laptop")
     async with environment(tmp_path, managed("web-0", "i-web0")) as env:
         (decision,) = (await env.cycle(config)).decisions
-        await env.store.append(claim_stream("web-0"), [ClaimAcquired(
-            resource_id="web-0", instance_id="dead:1", claimed_at=env.clock(),
-            expires_at=env.clock() + timedelta(minutes=1), token=1)], expected_version=0)
-        await env.append_as("dead:1", resource_stream("web-0"), [ActionExecuting(
-            cycle_id="crashed", decision_id=decision.decision_id, action=Action.UPDATE,
-            resource_id="web-0", cloud_id="i-web0", token=1, was_running=True)])
-        env.provider.resources["i-web0"] = msgspec.structs.replace(web0(env), status="stopped")
+        await crash_mid_resize(env, decision.decision_id)
         await env.store.append(pause_stream("web-0"), [AutomationPaused(
             target="web-0", reason="looking at its disk", actor=actor, at=env.clock())])
         env.clock.advance(minutes=2)
