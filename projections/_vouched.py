@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Collection, Sequence
 
+import anyio
+
 from eventstore import ChainBreak, EncodedRow, EventStore, LogCorruptedError, RawRow
 from eventstore._chain import ChainVerifier
 
@@ -43,6 +45,7 @@ class Vouched:
         self._hashes = bytearray()
         self._types = bytearray()
         self._numbers: dict[str, int] = {}
+        self._checking = anyio.Lock()
 
     @property
     def last_position(self) -> int:
@@ -55,19 +58,22 @@ class Vouched:
             from then on, whatever is asked).
         """
         verifier = self._verifier
-        if verifier.problem is None and verifier.last_position < head:
-            pages = self._store.read_raw(after=verifier.last_position, until=head)
-            try:
-                async for page in pages:
-                    if not verifier.feed(page):
-                        break
-                    self._keep(page)
-            finally:
-                await pages.aclose()
+        # One check at a time: a fold and a checked read may ask at once, and
+        # the same rows fed twice would read as a broken chain.
+        async with self._checking:
             if verifier.problem is None and verifier.last_position < head:
-                verifier.problem = ChainBreak(
-                    verifier.last_position + 1, f"the log's head is at {head} but its rows"
-                    f" end at {verifier.last_position} (rows deleted?)")
+                pages = self._store.read_raw(after=verifier.last_position, until=head)
+                try:
+                    async for page in pages:
+                        if not verifier.feed(page):
+                            break
+                        self._keep(page)
+                finally:
+                    await pages.aclose()
+                if verifier.problem is None and verifier.last_position < head:
+                    verifier.problem = ChainBreak(
+                        verifier.last_position + 1, f"the log's head is at {head} but its"
+                        f" rows end at {verifier.last_position} (rows deleted?)")
         if verifier.problem is not None:
             raise LogCorruptedError(verifier.problem.position, verifier.problem.reason)
 
