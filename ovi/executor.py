@@ -347,8 +347,11 @@ class Executor:
         if decision.action is not Action.CREATE:
             return _Progress(1)
         attempt = 0
-        async for recorded in self.store.read(stream=resource_stream(decision.resource_id),
-                                              types=("ActionExecuting",)):
+        # Checked as the projections' rows are (a keyed log): a write-ahead
+        # deleted from the log since it was checked must not make a create
+        # whose token was used look like its first call.
+        async for recorded in self.views.read_checked(
+                stream=resource_stream(decision.resource_id), types=("ActionExecuting",)):
             event = recorded.event
             if isinstance(event, ActionExecuting) and event.decision_id == decision.decision_id:
                 attempt = max(attempt, event.create_attempt)

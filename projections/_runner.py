@@ -319,31 +319,35 @@ class ProjectionRunner:
 
     async def read_checked(
         self, *, after: int = 0, until: int | None = None,
-        types: Collection[str] | None = None,
+        types: Collection[str] | None = None, stream: str | None = None,
     ) -> AsyncGenerator[RecordedEvent, None]:
         """The log's events with ``after < position ≤ until`` (the head when
-        None) of ``types``, as :meth:`EventStore.read` gives them; on a keyed
-        log opened with its key, checked as a fold's are (its HMAC chain up to
-        there, each row matched with what was checked, none missing): for
-        code that acts on the log beside the projections (recovery, the
-        executor's last checks), which must not act on a forged or edited row.
+        None) of ``types`` (and of ``stream``, unless None), as
+        :meth:`EventStore.read` gives them; on a keyed log opened with its
+        key, checked as a fold's are (its HMAC chain up to there, each row
+        matched with what was checked, none missing): for code that acts on
+        the log beside the projections (recovery, the executor's last
+        checks), which must not act on a forged or edited row.
 
         :raises LogCorruptedError: as :meth:`catch_up` would.
         """
-        if until is None:
-            until = await self.store.last_position()
-        await self._vouch_for(until)
-        vouched = self._vouched
-        if vouched is None:
-            async for recorded in self.store.read(after=after, until=until, types=types):
+        if not self._vouches:
+            async for recorded in self.store.read(after=after, until=until, types=types,
+                                                  stream=stream):
                 yield recorded
             return
+        log_ends = None
+        if until is None:
+            until = log_ends = await self.store.last_position()
+        await self._vouch_for(until, log_ends=log_ends)
+        vouched = self._vouched
+        assert vouched is not None
         decode = self.store.registry.decode
-        pages = vouched.read_encoded(after=after, until=until, types=types)
+        pages = vouched.read_encoded(after=after, until=until, types=types, stream=stream)
         async with aclosing(pages):
             async for page in pages:
-                for position, stream, version, type_, at, instance, data, hash_ in page:
-                    yield RecordedEvent(position, stream, version, type_, parse_timestamp(at),
+                for position, stream_, version, type_, at, instance, data, hash_ in page:
+                    yield RecordedEvent(position, stream_, version, type_, parse_timestamp(at),
                                         instance, decode(type_, data), hash_)
 
     async def checkpoint(self, name: str) -> Checkpoint:
@@ -384,7 +388,7 @@ class ProjectionRunner:
         stored = await self._read_checkpoints()
         head = await self.store.last_position()
         end = head if until is None else min(until, head)
-        await self._vouch_for(end)
+        await self._vouch_for(end, log_ends=head)
         at: dict[str, int] = {}
         for projection in projections:
             position = _checkpoint_of(projection, stored)
@@ -428,7 +432,7 @@ class ProjectionRunner:
             raise failed[0]
         return applied
 
-    async def _vouch_for(self, head: int) -> None:
+    async def _vouch_for(self, head: int, *, log_ends: int | None = None) -> None:
         """On a keyed log opened with its key, check the HMAC chain of every
         row up to ``head`` before anything of it is folded: the safety gates
         read the projections, and a row appended by someone with write access
@@ -439,12 +443,19 @@ class ProjectionRunner:
 
         :raises LogCorruptedError: at the first row that does not verify.
         """
-        chain = self.store.chain
-        if not (chain.keyed and chain.checks_hashes):
-            return  # unkeyed: anyone can chain a valid row, a check proves nothing
+        if not self._vouches:
+            return
         if self._vouched is None:
             self._vouched = Vouched(self.store)
-        await self._vouched.check_up_to(head)
+        await self._vouched.check_up_to(head, log_ends=log_ends)
+
+    @property
+    def _vouches(self) -> bool:
+        """Whether rows are checked before they are acted on: only on a keyed
+        log opened with its key (on an unkeyed one anyone can chain a valid
+        row, a check proves nothing)."""
+        chain = self.store.chain
+        return chain.keyed and chain.checks_hashes
 
     async def _resume(self, group: Sequence[Projection], at: dict[str, int]) -> None:
         stored = await self._read_checkpoints()
