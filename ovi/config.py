@@ -128,6 +128,7 @@ class Rules(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     grace_period: timedelta = timedelta(minutes=5)
     max_deletes_per_cycle: Annotated[int, msgspec.Meta(ge=0)] = 5
     max_creates_per_cycle: Annotated[int, msgspec.Meta(ge=0)] = 50
+    max_resizes_per_cycle: Annotated[int, msgspec.Meta(ge=0)] = 5
     max_resources: Annotated[int, msgspec.Meta(ge=1, le=MAX_RESOURCES_LIMIT)] = 1000
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 8
     ignore_tags: tuple[Glob, ...] = ("aws:*",)

@@ -110,7 +110,7 @@ class DecisionStatus(StrEnum):
     AWAITING_APPROVAL = "awaiting_approval"
     GRACE_PERIOD = "grace_period"  # unwanted, but not for long enough yet
     MAINTENANCE_WINDOW = "maintenance_window"  # destructive, outside the window
-    CAPPED = "capped"  # over max_deletes_per_cycle or max_creates_per_cycle
+    CAPPED = "capped"  # over max_deletes_per_cycle, max_creates_… or max_resizes_…
     PAUSED = "paused"  # automation paused on the resource or the whole estate (ovi pause)
 
 

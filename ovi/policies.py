@@ -14,7 +14,7 @@ are capped per cycle (:class:`BlastRadius`, :class:`CreateCap`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -34,6 +34,7 @@ __all__ = [
     "Paused",
     "Policy",
     "RequireApproval",
+    "ResizeCap",
     "UnrecordedOrigin",
     "default_policies",
     "hold",
@@ -244,12 +245,12 @@ def _disruptive(decision: Decision) -> bool:
         c.field == "size" for c in decision.diff.changes)
 
 
-def _cap(decisions: list[Decision], action: Action, limit: int, rule: str,
-         why: str) -> list[Decision]:
-    """Hold the ready decisions of ``action`` beyond ``limit``, chosen in a
-    fixed order (scope key, resource id) so every instance agrees."""
+def _cap(decisions: list[Decision], counted: Callable[[Decision], bool], limit: int,
+         rule: str, why: str) -> list[Decision]:
+    """Hold the ``counted`` decisions beyond ``limit``, chosen in a fixed
+    order (scope key, resource id) so every instance agrees."""
     ready = sorted(
-        (i for i, d in enumerate(decisions) if _ready(d, action)),
+        (i for i, d in enumerate(decisions) if counted(d)),
         key=lambda i: (decisions[i].diff.scope.key, decisions[i].resource_id),
     )
     capped = set(ready[limit:])
@@ -270,7 +271,7 @@ class BlastRadius:
 
     def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
         """Cap the ready deletes beyond the limit."""
-        return _cap(decisions, Action.DELETE, self.limit, self.name,
+        return _cap(decisions, lambda d: _ready(d, Action.DELETE), self.limit, self.name,
                     f"over the cap of {self.limit} deletes per cycle")
 
 
@@ -286,15 +287,32 @@ class CreateCap:
 
     def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
         """Cap the ready creates beyond the limit."""
-        return _cap(decisions, Action.CREATE, self.limit, self.name,
+        return _cap(decisions, lambda d: _ready(d, Action.CREATE), self.limit, self.name,
                     f"over the cap of {self.limit} creates per cycle: waits for the next cycle")
+
+
+class ResizeCap:
+    """At most ``limit`` resizes are ready in one cycle: each stops an EC2
+    instance or reboots a database, and a size mistyped in a spec of
+    ``count: 40`` must not take the whole fleet down at once. The rest wait
+    for the next cycles, chosen in the same fixed order as capped deletes."""
+
+    name = "resize_cap"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def apply(self, decisions: list[Decision], ctx: DecisionContext) -> list[Decision]:
+        """Cap the ready resizes beyond the limit."""
+        return _cap(decisions, _disruptive, self.limit, self.name,
+                    f"over the cap of {self.limit} resizes per cycle: waits for the next cycle")
 
 
 def default_policies(rules: Rules) -> list[Policy]:
     """The chain the rules ask for, in order: pauses (always), grace period,
     approval for a delete of unrecorded provenance (always), approval, approval
-    for sizes, maintenance window, the caps on deletes and creates (always;
-    last, so they count only what would really run)."""
+    for sizes, maintenance window, the caps on deletes, creates and resizes
+    (always; last, so they count only what would really run)."""
     chain: list[Policy] = [Paused(), GracePeriod(rules.grace_period), UnrecordedOrigin()]
     if rules.require_approval:
         chain.append(RequireApproval())
@@ -304,4 +322,5 @@ def default_policies(rules: Rules) -> list[Policy]:
         chain.append(MaintenanceWindow(rules.maintenance_window))
     chain.append(BlastRadius(rules.max_deletes_per_cycle))
     chain.append(CreateCap(rules.max_creates_per_cycle))
+    chain.append(ResizeCap(rules.max_resizes_per_cycle))
     return chain

@@ -345,6 +345,30 @@ def test_creates_beyond_the_cap_wait_for_the_next_cycle(aws: str, tmp_path: Path
     assert ovi_ids(aws) == Counter({f"web-{j}": 1 for j in range(5)})
 
 
+def test_resizes_beyond_the_cap_wait_for_the_next_cycle(aws: str, tmp_path: Path) -> None:
+    """A size changed for a fleet of 4 stops at most 2 instances per cycle."""
+    config = write_config(tmp_path / "ovi.yaml", "{type: ec2, name: web, count: 4}")
+    assert ovi("apply", "--config", str(config), endpoint=aws, cwd=tmp_path).returncode == 0
+    config = write_config(tmp_path / "ovi.yaml",
+                          "{type: ec2, name: web, count: 4, size: t3.small}",
+                          rules="allow_resize: true\nmax_resizes_per_cycle: 2")
+
+    def sizes() -> Counter[str]:
+        pages = client("ec2", aws).get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-state-name", "Values": ["running"]}])
+        return Counter(i["InstanceType"] for p in pages for r in p["Reservations"]
+                       for i in r["Instances"])
+
+    code, plan = ovi_json("plan", "--config", str(config), endpoint=aws, cwd=tmp_path)
+    capped = [d for d in plan["decisions"] if d["status"] == "capped"]
+    assert [d["resource_id"] for d in capped] == ["web-2", "web-3"]
+    assert all("cap of 2 resizes per cycle" in d["reason"] for d in capped)
+    code, applied = ovi_json("apply", "--config", str(config), endpoint=aws, cwd=tmp_path)
+    assert code == 0 and sizes() == Counter({"t3.small": 2, "t3.micro": 2}), applied
+    assert ovi("apply", "--config", str(config), endpoint=aws, cwd=tmp_path).returncode == 0
+    assert sizes() == Counter({"t3.small": 4})
+
+
 # --- 6. unreadable buckets ---------------------------------------------------------
 
 

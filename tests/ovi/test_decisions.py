@@ -35,6 +35,7 @@ from ovi.policies import (
     MaintenanceWindow,
     Paused,
     RequireApproval,
+    ResizeCap,
     UnrecordedOrigin,
 )
 
@@ -308,12 +309,13 @@ def test_default_chain_follows_the_rules() -> None:
     chain = DecisionMaker(full).policies
     assert [type(p) for p in chain] == [
         Paused, GracePeriod, UnrecordedOrigin, RequireApproval, ApprovalForSizes,
-        MaintenanceWindow, BlastRadius, CreateCap,
+        MaintenanceWindow, BlastRadius, CreateCap, ResizeCap,
     ]
     bare = Rules(require_approval=False)
-    # The approval of unrecorded deletes and both caps cannot be switched off.
+    # The approval of unrecorded deletes and the caps cannot be switched off.
     assert [p.name for p in DecisionMaker(bare).policies] == [
-        "paused", "grace_period", "unrecorded_origin", "blast_radius", "create_cap"]
+        "paused", "grace_period", "unrecorded_origin", "blast_radius", "create_cap",
+        "resize_cap"]
 
 
 def test_a_delete_of_what_the_log_never_saw_ovi_make_waits_for_a_person() -> None:
@@ -353,6 +355,34 @@ def test_creates_beyond_the_cap_wait_for_the_next_cycle() -> None:
     assert decisions[3].rule == "create_cap"
     assert "over the cap of 3 creates per cycle" in decisions[3].reason
     assert Rules().max_creates_per_cycle == 50
+
+
+def test_resizes_beyond_the_cap_wait_for_the_next_cycle() -> None:
+    """A size typed wrong for a fleet of 6 stops at most 2 instances per cycle;
+    a tag-only update and a start owed are not resizes and are never capped."""
+    rules = Rules(allow_resize=True, max_resizes_per_cycle=2)
+    desired = [want(f"web-{i}", size="m5.large") for i in range(6)]
+    desired.append(want("tagged-0", tags={"team": "new"}))
+    observed = [seen(f"web-{i}") for i in (4, 1, 5, 0, 3, 2)] + [seen("tagged-0")]
+    decisions = decide(diffs_of(desired, observed), rules)
+    statuses = {d.resource_id: (d.status, d.rule) for d in decisions}
+    assert [rid for rid, (status, _) in sorted(statuses.items()) if status is READY] == [
+        "tagged-0", "web-0", "web-1"]
+    assert statuses["web-2"] == (DecisionStatus.CAPPED, "resize_cap")
+    capped = next(d for d in decisions if d.resource_id == "web-5")
+    assert "over the cap of 2 resizes per cycle" in capped.reason
+    assert Rules().max_resizes_per_cycle == 5
+    # A resize held by another rule (outside the maintenance window) is not
+    # counted: the cap counts what would run.
+    night = TimeWindow(start=time(1), end=time(2))
+    held = decide(diffs_of([want("web-0", size="m5.large"), want("web-1", size="m5.large")],
+                           [seen("web-0"), seen("web-1")]),
+                  Rules(allow_resize=True, max_resizes_per_cycle=1, maintenance_window=night))
+    assert {(d.status, d.rule) for d in held} == {
+        (DecisionStatus.MAINTENANCE_WINDOW, "maintenance_window")}
+    [d] = decide(diffs_of([want("web-0", size="m5.large")], [seen("web-0")]),
+                 Rules(allow_resize=True, max_resizes_per_cycle=0))
+    assert (d.status, d.rule) == (DecisionStatus.CAPPED, "resize_cap")
 
 
 def _conflict(holder: Resource, *, adopt: bool = False) -> Diff:
