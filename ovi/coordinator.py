@@ -48,7 +48,7 @@ from ovi.events import ClaimAcquired, ClaimReleased, ClaimRenewed, claim_stream
 from projections import ProjectionRunner
 from projections.claims import ClaimState, claim_states
 
-__all__ = ["Claim", "ClaimResult", "Coordinator", "holder_is_gone"]
+__all__ = ["Claim", "ClaimResult", "Coordinator", "KeptClaims", "holder_is_gone"]
 
 
 class Claim:
@@ -108,6 +108,18 @@ class Reading(NamedTuple):
 
     at: datetime
     asked: datetime | None
+
+
+class KeptClaims:
+    """The claims a :meth:`Coordinator.keeping` block renews; claims taken
+    while the block runs are :meth:`add`-ed to them."""
+
+    def __init__(self, claims: Iterable[Claim] = ()) -> None:
+        self.claims = list(claims)
+
+    def add(self, claims: Iterable[Claim]) -> None:
+        """Renew these too, from the next heartbeat on."""
+        self.claims.extend(claims)
 
 
 class ClaimResult(msgspec.Struct):
@@ -361,18 +373,16 @@ class Coordinator:
         claim.confirmed_at = now
 
     @asynccontextmanager
-    async def keeping(self, claims: Iterable[Claim]) -> AsyncIterator[None]:
-        """Renew ``claims`` every :attr:`heartbeat` while the block runs, each
-        until it is released or lost."""
-        kept = list(claims)
-        if not kept:
-            yield
-            return
+    async def keeping(self, claims: Iterable[Claim] = ()) -> AsyncIterator[KeptClaims]:
+        """Renew ``claims``, and those added to what this yields, every
+        :attr:`heartbeat` while the block runs, each until it is released or
+        lost."""
+        kept = KeptClaims(claims)
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._heartbeat, kept)
                 try:
-                    yield
+                    yield kept
                 finally:
                     group.cancel_scope.cancel()
         except BaseExceptionGroup as failed:
@@ -382,11 +392,15 @@ class Coordinator:
                 raise failed.exceptions[0] from None
             raise
 
-    async def _heartbeat(self, kept: list[Claim]) -> None:
-        while any(c.renewable for c in kept):
+    async def _heartbeat(self, kept: KeptClaims) -> None:
+        while True:
             await anyio.sleep(self.heartbeat.total_seconds())
+            live = [c for c in kept.claims if c.renewable]
+            kept.claims = live  # the released and taken over are not looked at again
+            if not live:
+                continue
             try:
-                await self.renew(kept)
+                await self.renew(live)
             except EventStoreError:
                 pass  # marked lost: nothing new starts under them; tried again next beat
 

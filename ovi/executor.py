@@ -15,10 +15,12 @@ is (``create_attempt``: its idempotency token).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from eventstore import Event, EventStore, EventStoreError, StreamBatch, WrongExpectedVersion
 from ovi.coordinator import Claim, Coordinator
@@ -134,29 +136,7 @@ class Executor:
                 skips.append((decision, why, refused or ""))
             await self._record_skips(cycle_id, skips)
             return executions
-
-        claims = await self.coordinator.claim(d.resource_id for d in ready)
-        for decision in ready:
-            holder = claims.blocked.get(decision.resource_id)
-            if holder is not None:
-                executions.append(_execution(decision, Outcome.SKIPPED,
-                                             reason=SkipReason.CLAIMED))
-                last = outcomes.get(decision.decision_id)
-                if not (last and last.outcome == Outcome.SKIPPED
-                        and last.reason == SkipReason.CLAIMED):
-                    skips.append((decision, SkipReason.CLAIMED, f"held by {holder}"))
-        held = [d for d in ready if d.resource_id in claims.held]
-        stale = await self._acted_since_observation(held, observation)
-        for decision in held:
-            if decision.resource_id in stale:
-                executions.append(_execution(decision, Outcome.SKIPPED,
-                                             reason=SkipReason.STALE))
-                skips.append((decision, SkipReason.STALE, "another action on this resource was"
-                               " recorded after the observation this decision relied on"))
         await self._record_skips(cycle_id, skips)
-        for decision in held:
-            if decision.resource_id in stale:
-                await self.coordinator.release(claims.held[decision.resource_id])
 
         # Semaphores taken without a trip through the event loop when a slot
         # is free (anyio's CapacityLimiter checkpoints on every acquire: ~8 %
@@ -166,26 +146,81 @@ class Executor:
         # slot frees, the next action's ActionExecuting is already durable.
         ahead = anyio.Semaphore(2 * max_concurrency, fast_acquire=True)
         results: list[Execution] = []
+        send, receive = anyio.create_memory_object_stream[tuple[Decision, Claim]](
+            max_buffer_size=math.inf)
 
-        runnable = [d for d in held if d.resource_id not in stale]
-        queue = iter(runnable)  # shared: each decision is taken by one worker
+        async def worker(queue: MemoryObjectReceiveStream[tuple[Decision, Claim]]) -> None:
+            async with queue:
+                async for decision, claim in queue:
+                    results.append(await self._run(decision, claim, cycle_id, owner, ahead,
+                                                   calls))
 
-        async def worker() -> None:
-            for decision in queue:
-                done = await self._run(decision, claims.held[decision.resource_id], cycle_id,
-                                       owner, ahead, calls)
-                results.append(done)
-
-        # Enough workers to fill both limiters and record outcomes meanwhile,
-        # not a task per action: starting a thousand tasks up front delayed
-        # the first call by ~25 ms. The claims are renewed while they work:
-        # an action may outlast the claim's TTL (a resize waits for a stop
-        # and a start), and actions queued behind slow ones wait for slots.
-        async with self.coordinator.keeping(claims.held[d.resource_id] for d in runnable), \
-                anyio.create_task_group() as group:
-            for _ in range(min(len(runnable), 3 * max_concurrency)):
-                group.start_soon(worker)
+        # The resources are claimed a share at a time, the first share no
+        # bigger than a wave of calls, and each share's actions start as soon
+        # as it is claimed: claiming a thousand at once kept every call
+        # waiting ~20 ms. Enough workers to fill both limiters and record
+        # outcomes meanwhile, not a task per action (starting a thousand up
+        # front delayed the first call by ~25 ms). The claims are renewed
+        # while the actions run: an action may outlast the claim's TTL (a
+        # resize waits for a stop and a start), and actions queued behind
+        # slow ones wait for slots.
+        unclaimed: EventStoreError | None = None
+        async with self.coordinator.keeping() as kept, anyio.create_task_group() as group:
+            async with send:
+                for _ in range(min(len(ready), 3 * max_concurrency)):
+                    group.start_soon(worker, receive.clone())
+                receive.close()
+                for share in _shares(ready, max_concurrency):
+                    if self.stopping():  # draining: claim nothing more
+                        executions.extend(_execution(d, Outcome.SKIPPED,
+                                                     reason=SkipReason.DRAINING) for d in share)
+                        continue
+                    try:
+                        runnable = await self._claim_share(share, observation, outcomes,
+                                                           cycle_id, executions)
+                    except EventStoreError as exc:
+                        # The actions already under way finish and record
+                        # their outcomes; none more starts.
+                        unclaimed = exc
+                        break
+                    kept.add(claim for _, claim in runnable)
+                    for item in runnable:
+                        send.send_nowait(item)
+        if unclaimed is not None:
+            raise unclaimed
         return executions + results
+
+    async def _claim_share(
+        self, share: list[Decision], observation: Observation,
+        outcomes: dict[str, DecisionOutcome], cycle_id: str, executions: list[Execution],
+    ) -> list[tuple[Decision, Claim]]:
+        """Claim the resources of ``share``; the decisions that may run now,
+        each with its claim. Those whose resource another instance holds, or
+        on which an action was recorded since the observation, are skipped
+        (recorded, added to ``executions``)."""
+        claims = await self.coordinator.claim(d.resource_id for d in share)
+        skips: list[tuple[Decision, SkipReason, str]] = []
+        for decision in share:
+            holder = claims.blocked.get(decision.resource_id)
+            if holder is not None:
+                executions.append(_execution(decision, Outcome.SKIPPED,
+                                             reason=SkipReason.CLAIMED))
+                last = outcomes.get(decision.decision_id)
+                if not (last and last.outcome == Outcome.SKIPPED
+                        and last.reason == SkipReason.CLAIMED):
+                    skips.append((decision, SkipReason.CLAIMED, f"held by {holder}"))
+        held = [d for d in share if d.resource_id in claims.held]
+        stale = await self._acted_since_observation(held, observation)
+        for decision in held:
+            if decision.resource_id in stale:
+                executions.append(_execution(decision, Outcome.SKIPPED,
+                                             reason=SkipReason.STALE))
+                skips.append((decision, SkipReason.STALE, "another action on this resource was"
+                               " recorded after the observation this decision relied on"))
+        await self._record_skips(cycle_id, skips)
+        for resource_id in {d.resource_id for d in held if d.resource_id in stale}:
+            await self.coordinator.release(claims.held[resource_id])
+        return [(d, claims.held[d.resource_id]) for d in held if d.resource_id not in stale]
 
     async def _acted_since_observation(
         self, decisions: list[Decision], observation: Observation
@@ -420,6 +455,23 @@ class Executor:
             return None
         raise ProviderError(f"{decision.action} {decision.resource_id}: the decision lacks"
                             " the resource it acts on")
+
+
+def _shares(decisions: list[Decision], first: int) -> list[list[Decision]]:
+    """``decisions`` in shares to claim one after another: ``first`` resources
+    in the first, twice as many in each next one; a resource's decisions all
+    in one share (they run under its one claim)."""
+    by_resource: dict[str, list[Decision]] = {}
+    for decision in decisions:
+        by_resource.setdefault(decision.resource_id, []).append(decision)
+    shares: list[list[Decision]] = []
+    size = max(1, first)
+    groups = list(by_resource.values())
+    while groups:
+        taken, groups = groups[:size], groups[size:]
+        shares.append([d for group in taken for d in group])
+        size *= 2
+    return shares
 
 
 def _never() -> bool:

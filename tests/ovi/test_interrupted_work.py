@@ -4,14 +4,17 @@ whose resource died, each ending with a clean ``verify``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
 import pytest
 
-from eventstore import Event
+from eventstore import Appended, Event, StreamBatch
+from ovi.coordinator import Claim
 from ovi.events import (
     ActionExecuted,
     ActionExecuting,
@@ -111,16 +114,30 @@ async def test_work_waiting_for_a_slot_does_not_start_once_its_claim_is_taken(
                                           owner: str, attempt: int = 1,
                                           token_unused: bool = False) -> Resource:
             if desired.id == "web-0":
-                # web-1 is written ahead and waits for the one call slot; its
+                # web-1 is claimed (its share is claimed while web-0's call
+                # runs), written ahead and waits for the one call slot; its
                 # claim is taken over, and a while passes.
+                await web1_written_ahead.wait()
                 await env.store.append(claim_stream("web-1"), [ClaimAcquired(
                     resource_id="web-1", instance_id="host-a:1:bbbbbb",
                     claimed_at=env.clock(), expires_at=env.clock() + timedelta(minutes=30),
-                    token=2, takeover_of="host-a:100:aaaaaa")])
+                    token=2, takeover_of="host-a:100:aaaaaa")], expected_version=1)
                 env.clock.advance(minutes=4)
             return await real_create(desired, decision_id=decision_id, owner=owner,
                                      attempt=attempt, token_unused=token_unused)
 
+        coordinator = env.engine.coordinator
+        append_fenced = coordinator.append_fenced
+        web1_written_ahead = anyio.Event()
+
+        async def noting_web1(claim: Claim, batches: Sequence[StreamBatch],
+                              **kwargs: Any) -> Appended:
+            appended = await append_fenced(claim, batches, **kwargs)
+            if claim.resource_id == "web-1":
+                web1_written_ahead.set()
+            return appended
+
+        coordinator.append_fenced = noting_web1  # type: ignore[method-assign]
         provider.create = create_while_web1_waits  # type: ignore[method-assign]
         result = await env.apply(config_text(WEB % (2, "t3.micro")), max_concurrency=1)
         failed = await of_type(env, ActionFailed)
