@@ -15,7 +15,6 @@ is (``create_attempt``: its idempotency token).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -146,8 +145,14 @@ class Executor:
         # slot frees, the next action's ActionExecuting is already durable.
         ahead = anyio.Semaphore(2 * max_concurrency, fast_acquire=True)
         results: list[Execution] = []
+        # A share is claimed once the actions of the last have been taken up
+        # (the sends wait while the queue is full): the claims' work falls
+        # between the waves of calls instead of holding one up.
         send, receive = anyio.create_memory_object_stream[tuple[Decision, Claim]](
-            max_buffer_size=math.inf)
+            max_buffer_size=max_concurrency)
+        acted = _ActedSince(self.views, min(
+            (observation.scopes[d.diff.scope].observed_after for d in ready
+             if d.diff.scope in observation.scopes), default=0))
 
         async def worker(queue: MemoryObjectReceiveStream[tuple[Decision, Claim]]) -> None:
             async with queue:
@@ -155,10 +160,10 @@ class Executor:
                     results.append(await self._run(decision, claim, cycle_id, owner, ahead,
                                                    calls))
 
-        # The resources are claimed a share at a time, the first share no
-        # bigger than a wave of calls, and each share's actions start as soon
-        # as it is claimed: claiming a thousand at once kept every call
-        # waiting ~20 ms. Enough workers to fill both limiters and record
+        # The resources are claimed a share at a time, each share no bigger
+        # than two waves of calls (the first, one), and each share's actions
+        # start as soon as it is claimed: claiming a thousand at once kept
+        # every call waiting ~20 ms. Enough workers to fill both limiters and record
         # outcomes meanwhile, not a task per action (starting a thousand up
         # front delayed the first call by ~25 ms). The claims are renewed
         # while the actions run: an action may outlast the claim's TTL (a
@@ -177,7 +182,7 @@ class Executor:
                         continue
                     try:
                         runnable = await self._claim_share(share, observation, outcomes,
-                                                           cycle_id, executions)
+                                                           cycle_id, executions, acted)
                     except EventStoreError as exc:
                         # The actions already under way finish and record
                         # their outcomes; none more starts.
@@ -185,7 +190,7 @@ class Executor:
                         break
                     kept.add(claim for _, claim in runnable)
                     for item in runnable:
-                        send.send_nowait(item)
+                        await send.send(item)
         if unclaimed is not None:
             raise unclaimed
         return executions + results
@@ -193,6 +198,7 @@ class Executor:
     async def _claim_share(
         self, share: list[Decision], observation: Observation,
         outcomes: dict[str, DecisionOutcome], cycle_id: str, executions: list[Execution],
+        acted: _ActedSince,
     ) -> list[tuple[Decision, Claim]]:
         """Claim the resources of ``share``; the decisions that may run now,
         each with its claim. Those whose resource another instance holds, or
@@ -210,7 +216,10 @@ class Executor:
                         and last.reason == SkipReason.CLAIMED):
                     skips.append((decision, SkipReason.CLAIMED, f"held by {holder}"))
         held = [d for d in share if d.resource_id in claims.held]
-        stale = await self._acted_since_observation(held, observation)
+        await acted.read_on()
+        stale = {d.resource_id for d in held if d.diff.scope in observation.scopes
+                 and acted.last.get(d.resource_id, 0)
+                 > observation.scopes[d.diff.scope].observed_after}
         for decision in held:
             if decision.resource_id in stale:
                 executions.append(_execution(decision, Outcome.SKIPPED,
@@ -221,30 +230,6 @@ class Executor:
         for resource_id in {d.resource_id for d in held if d.resource_id in stale}:
             await self.coordinator.release(claims.held[resource_id])
         return [(d, claims.held[d.resource_id]) for d in held if d.resource_id not in stale]
-
-    async def _acted_since_observation(
-        self, decisions: list[Decision], observation: Observation
-    ) -> set[str]:
-        """Resources on which an action was recorded after the observation the
-        decision relied on: another instance already acted, so the decision is
-        stale."""
-        baseline = {d.resource_id: observation.scopes[d.diff.scope].observed_after
-                    for d in decisions if d.diff.scope in observation.scopes}
-        if not baseline:
-            return set()
-        stale: set[str] = set()
-        # Checked as the projections' rows are (a keyed log): an action
-        # deleted from the log since it was checked must not go unseen here.
-        async for recorded in self.views.read_checked(
-            after=min(baseline.values()),
-            types=("ActionExecuting", "ActionExecuted", "ActionFailed"),
-        ):
-            event = recorded.event
-            if isinstance(event, ActionExecuting | ActionExecuted | ActionFailed):
-                since = baseline.get(event.resource_id)
-                if since is not None and recorded.position > since:
-                    stale.add(event.resource_id)
-        return stale
 
     async def _record_skips(
         self, cycle_id: str, skips: list[tuple[Decision, SkipReason, str]]
@@ -457,9 +442,34 @@ class Executor:
                             " the resource it acts on")
 
 
+class _ActedSince:
+    """The newest action recorded on each resource after a position (the
+    earliest observation a cycle's decisions relied on), read on from where
+    the last reading stopped: an action recorded after the observation a
+    decision relied on means another instance already acted, so the decision
+    is stale."""
+
+    def __init__(self, views: ProjectionRunner, after: int) -> None:
+        self._views = views
+        self._after = after
+        #: resource id → position of the newest action recorded on it
+        self.last: dict[str, int] = {}
+
+    async def read_on(self) -> None:
+        # Checked as the projections' rows are (a keyed log): an action
+        # deleted from the log since it was checked must not go unseen here.
+        async for recorded in self._views.read_checked(
+            after=self._after, types=("ActionExecuting", "ActionExecuted", "ActionFailed"),
+        ):
+            event = recorded.event
+            if isinstance(event, ActionExecuting | ActionExecuted | ActionFailed):
+                self.last[event.resource_id] = recorded.position
+            self._after = recorded.position
+
+
 def _shares(decisions: list[Decision], first: int) -> list[list[Decision]]:
     """``decisions`` in shares to claim one after another: ``first`` resources
-    in the first, twice as many in each next one; a resource's decisions all
+    in the first, twice as many in each of the others; a resource's decisions all
     in one share (they run under its one claim)."""
     by_resource: dict[str, list[Decision]] = {}
     for decision in decisions:
@@ -470,7 +480,7 @@ def _shares(decisions: list[Decision], first: int) -> list[list[Decision]]:
     while groups:
         taken, groups = groups[:size], groups[size:]
         shares.append([d for group in taken for d in group])
-        size *= 2
+        size = 2 * max(1, first)
     return shares
 
 
