@@ -22,7 +22,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from eventstore import Event, EventStore, EventStoreError, StreamBatch, WrongExpectedVersion
-from ovi.coordinator import Claim, Coordinator
+from ovi.coordinator import Claim, ClaimResult, Coordinator
 from ovi.events import (
     PAUSE_STREAM,
     ActionExecuted,
@@ -163,11 +163,11 @@ class Executor:
         # The resources are claimed a share at a time, each share no bigger
         # than two waves of calls (the first, one), and each share's actions
         # start as soon as it is claimed: claiming a thousand at once kept
-        # every call waiting ~20 ms. Enough workers to fill both limiters and record
-        # outcomes meanwhile, not a task per action (starting a thousand up
-        # front delayed the first call by ~25 ms). The claims are renewed
-        # while the actions run: an action may outlast the claim's TTL (a
-        # resize waits for a stop and a start), and actions queued behind
+        # every call waiting ~20 ms. Enough workers to fill both limiters and
+        # record outcomes meanwhile, not a task per action (starting a
+        # thousand up front delayed the first call by ~25 ms). The claims are
+        # renewed while the actions run: an action may outlast the claim's TTL
+        # (a resize waits for a stop and a start), and actions queued behind
         # slow ones wait for slots.
         unclaimed: EventStoreError | None = None
         async with self.coordinator.keeping() as kept, anyio.create_task_group() as group:
@@ -205,6 +205,22 @@ class Executor:
         on which an action was recorded since the observation, are skipped
         (recorded, added to ``executions``)."""
         claims = await self.coordinator.claim(d.resource_id for d in share)
+        try:
+            return await self._sort_share(share, claims, observation, outcomes, cycle_id,
+                                          executions, acted)
+        except BaseException:
+            # Not one of them will be used: given back, not left to expire.
+            with anyio.CancelScope(shield=True):
+                for claim in claims.held.values():
+                    if not claim.released:
+                        await self._release_quietly(claim)
+            raise
+
+    async def _sort_share(
+        self, share: list[Decision], claims: ClaimResult, observation: Observation,
+        outcomes: dict[str, DecisionOutcome], cycle_id: str, executions: list[Execution],
+        acted: _ActedSince,
+    ) -> list[tuple[Decision, Claim]]:
         skips: list[tuple[Decision, SkipReason, str]] = []
         for decision in share:
             holder = claims.blocked.get(decision.resource_id)

@@ -125,3 +125,35 @@ async def test_nothing_is_claimed_once_the_service_is_draining(tmp_path: Path) -
     assert [(e.action, e.outcome, e.reason) for e in result.executions] == [
         (Action.CREATE, "skipped", SkipReason.DRAINING)] * 5
     assert claims == [] and [c for c in env.provider.calls if c[0] != "observe"] == []
+
+
+async def test_a_share_whose_skips_cannot_be_recorded_gives_its_claims_back(
+    tmp_path: Path
+) -> None:
+    """The second share is claimed, then recording its skips fails: its
+    claims are released, not left to block every instance until they expire."""
+    async with environment(tmp_path) as env:
+        now = env.clock()
+        await env.store.append(claim_stream("web-3"), [ClaimAcquired(
+            resource_id="web-3", instance_id="elsewhere:1", claimed_at=now,
+            expires_at=now + timedelta(minutes=30), token=1)], expected_version=0)
+        executor = env.engine.executor
+        record_skips = executor._record_skips
+
+        async def failing(cycle_id: str, skips: list[object]) -> None:
+            if skips:
+                raise EventStoreError("disk full")
+            await record_skips(cycle_id, skips)  # type: ignore[arg-type]
+
+        executor._record_skips = failing  # type: ignore[method-assign,assignment]
+        with pytest.raises(EventStoreError, match="disk full"):
+            await env.apply(config_text(WEB % 6), max_concurrency=2)
+        acquired = await of_type(env, ClaimAcquired)
+        released = await of_type(env, ClaimReleased)
+        await assert_verifies(env)
+    ours = sorted(c.resource_id for c in acquired
+                  if isinstance(c, ClaimAcquired) and c.instance_id != "elsewhere:1")
+    assert ours == ["web-0", "web-1", "web-2", "web-4", "web-5"]
+    assert sorted(r.resource_id for r in released if isinstance(r, ClaimReleased)) == ours
+    assert sorted(env.provider.resources[c].id for c in env.provider.resources) == [
+        "web-0", "web-1"]
