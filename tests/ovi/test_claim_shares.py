@@ -157,3 +157,48 @@ async def test_a_share_whose_skips_cannot_be_recorded_gives_its_claims_back(
     assert sorted(r.resource_id for r in released if isinstance(r, ClaimReleased)) == ours
     assert sorted(env.provider.resources[c].id for c in env.provider.resources) == [
         "web-0", "web-1"]
+
+
+async def test_an_action_recorded_elsewhere_before_a_later_share_is_claimed_makes_it_stale(
+    tmp_path: Path
+) -> None:
+    """While the first share's calls run, another instance claims web-29 (in
+    the last share, not claimed by us yet), acts on it and releases it. Our
+    decision on web-29 relied on an observation from before that: it is
+    skipped stale once its share is claimed, and nothing else is."""
+    from eventstore import SQLiteEventStore, StreamBatch
+    from ovi.events import ActionExecuted, registry, resource_stream
+
+    async with environment(tmp_path) as env:
+        real_create = env.provider.create
+
+        async def create(desired: DesiredResource, **kwargs: object) -> Resource:
+            if desired.id == "web-0":
+                # At once: our feeder must not see the claim half-way (it
+                # would skip web-29 as claimed, which is right but not this).
+                now = env.clock()
+                async with SQLiteEventStore(tmp_path / "ovi.db", registry(),
+                                            instance_id="elsewhere:1", clock=env.clock) as other:
+                    await other.append_streams([
+                        StreamBatch(claim_stream("web-29"), (
+                            ClaimAcquired(resource_id="web-29", instance_id="elsewhere:1",
+                                          claimed_at=now, token=1,
+                                          expires_at=now + timedelta(minutes=10)),
+                            ClaimReleased(resource_id="web-29", instance_id="elsewhere:1",
+                                          token=1)), expected_version=0),
+                        StreamBatch(resource_stream("web-29"), (ActionExecuted(
+                            cycle_id="theirs", decision_id="d-theirs", action=Action.CREATE,
+                            resource_id="web-29", cloud_id="i-theirs", token=1),))])
+            return await real_create(desired, **kwargs)  # type: ignore[arg-type]
+
+        env.provider.create = create  # type: ignore[method-assign]
+        result = await env.apply(config_text(WEB % 30), max_concurrency=2)
+        released = await of_type(env, ClaimReleased)
+        # (No verify: the other instance's action has no decision behind it.)
+    outcomes = {e.resource_id: (e.outcome, e.reason) for e in result.executions}
+    assert outcomes.pop("web-29") == ("skipped", SkipReason.STALE)
+    assert set(outcomes.values()) == {("executed", None)}
+    assert len(env.provider.resources) == 29
+    ours = [r for r in released if isinstance(r, ClaimReleased) and r.resource_id == "web-29"
+            and r.instance_id != "elsewhere:1"]
+    assert len(ours) == 1
