@@ -388,7 +388,10 @@ def _column_types(row: RawRow) -> str:
                                             else str))
 
 
-def check_header_unchanged(chain: Chain, text: str | None) -> None:
+def check_header_unchanged(
+    chain: Chain, text: str | None, *,
+    consequence: str = "nothing was written: reopen the log (with its chain key if it is keyed)",
+) -> None:
     """Refuse to append to a log whose header is no longer the one this store
     read when it opened the log: another writer made it keyed while it was
     still empty (and may have appended since), and a row hashed the old way
@@ -402,7 +405,7 @@ def check_header_unchanged(chain: Chain, text: str | None) -> None:
         raise ChainKeyError(
             f"{chain.location}: the log's header changed since this store opened it empty"
             f" (it is now {'keyed, key ' + str(now.key_id) if now.keyed else 'unkeyed'});"
-            " nothing was written: reopen the log (with its chain key if it is keyed)"
+            f" {consequence}"
         )
 
 

@@ -27,6 +27,9 @@ ANY: None = None
 #: ``expected_version`` value: the stream must not exist yet.
 NO_STREAM = 0
 
+# Built once: ``list | tuple`` in an isinstance call makes a new union each time.
+_SEQUENCES = (list, tuple)
+
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Base class of every event. The event's type name is its class name.
@@ -128,7 +131,7 @@ class EventRegistry:
 
     def _encode_many(self, events: Iterable[Event]) -> tuple[tuple[str, str], ...]:
         """:meth:`encode` for many events, without a Python call per event."""
-        if not isinstance(events, list | tuple):
+        if not isinstance(events, _SEQUENCES):
             events = tuple(events)
         types = self._types
         encode = self._encoder.encode

@@ -31,6 +31,7 @@ from eventstore._chain import (
     ChainVerifier,
     LogHeader,
     check_batches,
+    check_header_unchanged,
     check_name,
     decode_header,
     keyed_header,
@@ -193,6 +194,9 @@ class EventStore(ABC):
         self.read_only = read_only
         self._chain_key = chain_key
         self._chain = Chain(UNKEYED, None, "the log")
+        #: the log was empty and unkeyed when opened: another writer may still
+        #: make it keyed before its first row (see check_chain_unchanged)
+        self._kind_may_change = False
         self.instance_id = instance_id or default_instance_id()
         check_name("instance id", self.instance_id)
         #: the test clock given, or None: each backend then uses its own clock
@@ -235,7 +239,26 @@ class EventStore(ABC):
         chain = Chain(stored, key, self.location)
         if not self.read_only:
             chain.require_key()
+        self._kind_may_change = not stored.keyed and await self.last_position() == 0
         return chain
+
+    async def check_chain_unchanged(self) -> None:
+        """Refuse to go on reading a log as the kind it was when this store
+        opened it, once it no longer is: a log opened empty and unkeyed may be
+        made keyed by another writer before its first row, and a reader that
+        still takes it for unkeyed would fold rows that nobody checked. Once
+        the log holds a row its header is fixed, and this costs nothing more.
+
+        :raises ChainKeyError: naming the header the log has now.
+        """
+        if not self._kind_may_change:
+            return
+        # Rows first: a header read after a row was seen is the final one.
+        holds_rows = await self.last_position() > 0
+        check_header_unchanged(self._chain, await self._read_header(),
+                               consequence="reopen the log (with its chain key if it is keyed)")
+        if holds_rows:
+            self._kind_may_change = False
 
     @property
     def chain(self) -> Chain:
@@ -326,9 +349,11 @@ class EventStore(ABC):
         batches = tuple(batches)
         check_batches(batches)
         encode = self.registry._encode_many
-        encoded = tuple(
+        # A list, not a generator: most appends are of one batch, and a
+        # generator's set-up costs more than encoding a small event.
+        encoded = tuple([
             EncodedBatch(b.stream, b.expected_version, encode(b.events)) for b in batches
-        )
+        ])
         future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
         self._queue.append(_PendingAppend(encoded, future))
         if self._flusher is None or self._flusher.done():

@@ -331,6 +331,7 @@ class ProjectionRunner:
 
         :raises LogCorruptedError: as :meth:`catch_up` would.
         """
+        await self.store.check_chain_unchanged()
         if not self._vouches:
             async for recorded in self.store.read(after=after, until=until, types=types,
                                                   stream=stream):
@@ -386,6 +387,7 @@ class ProjectionRunner:
         # Checkpoints first, then the head: a checkpoint can never pass the
         # head read after it unless it was folded from another log.
         stored = await self._read_checkpoints()
+        await self.store.check_chain_unchanged()
         head = await self.store.last_position()
         end = head if until is None else min(until, head)
         await self._vouch_for(end, log_ends=head)

@@ -169,21 +169,28 @@ class Vouched:
             async for page in pages:
                 encoded: list[EncodedRow] = []
                 for position, stream_, version, type_, at, instance, data, prev, hash_ in page:
+                    if type(position) is not int or position <= previous:
+                        # read twice, out of order, or not a position at all
+                        raise LogCorruptedError(previous + 1, _CHANGED)
                     if due is None:
                         missing = self._expected_between(wanted, previous, position)
                     else:
                         missing = next_due if next_due is not None and next_due < position else (
                             None)
-                        if next_due == position:
-                            next_due = next(due, None)
+                        if missing is None and next_due != position:
+                            # not a checked row of this stream (a look-alike's)
+                            raise LogCorruptedError(position, _CHANGED)
+                        next_due = next(due, None)
                     if missing is not None:
                         raise LogCorruptedError(missing, _GONE)
                     previous = position
                     start = (position - 1) * _KEPT
                     try:
-                        same = after < position <= until and bytes.fromhex(row_hash(
-                            prev, position, stream_, version, type_, at, instance, data,
-                        )[: 2 * _KEPT]) == hashes[start:start + _KEPT]
+                        computed = row_hash(prev, position, stream_, version, type_, at,
+                                            instance, data)
+                        same = (after < position <= until and computed == hash_
+                                and bytes.fromhex(computed[: 2 * _KEPT])
+                                == hashes[start:start + _KEPT])
                     except (TypeError, AttributeError, ValueError):
                         same = False  # a column not of its type (SQLite keeps any)
                     if not same:
