@@ -59,13 +59,15 @@ class Claim:
     what the next append to it (a renewal, a fenced write, the release)
     expects. ``lost`` means the claim was taken over or could not be renewed:
     no new work may start under it; ``released`` that it was given back;
-    ``taken_over`` that another instance holds it now. A claim whose renewal
+    ``taken_over`` that another instance holds it now; ``used`` that a write
+    was made (or tried) under it, so an action may be in doubt under it and
+    it must not be given back without that action's outcome. A claim whose renewal
     could not be written is lost but still renewed: the work already under
     way keeps it, and a heartbeat that fails once must not let it run out.
     """
 
     __slots__ = ("_lock", "confirmed_at", "expires_at", "lost", "released", "resource_id",
-                 "taken_over", "token", "version")
+                 "taken_over", "token", "used", "version")
 
     def __init__(self, resource_id: str, token: int, expires_at: datetime, *,
                  confirmed_at: datetime, version: int | None = None) -> None:
@@ -77,6 +79,7 @@ class Claim:
         self.lost = False
         self.released = False
         self.taken_over = False
+        self.used = False
         # One append to the claim stream at a time. Almost always free: taken
         # without a trip through the event loop (anyio's checkpoint on every
         # acquire was ~10 % of a 1,000-action execution).
@@ -434,6 +437,8 @@ class Coordinator:
         :raises EventStoreError: if the log cannot be written.
         """
         async with claim._lock:
+            # Before the append: one cut short by a cancellation may still commit.
+            claim.used = True
             try:
                 appended = await self.store.append_streams([*batches, self.fence(claim)])
             except WrongExpectedVersion as exc:

@@ -22,7 +22,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from eventstore import Event, EventStore, EventStoreError, StreamBatch, WrongExpectedVersion
-from ovi.coordinator import Claim, ClaimResult, Coordinator
+from ovi.coordinator import Claim, ClaimResult, Coordinator, KeptClaims
 from ovi.events import (
     PAUSE_STREAM,
     ActionExecuted,
@@ -44,7 +44,7 @@ from ovi.model import (
 from ovi.observer import Observation
 from ovi.providers.base import CreatedResourceGone, Provider, ProviderError
 from ovi.retry import Attempted, RetryPolicy, call_with_retries
-from projections import ProjectionRunner
+from projections import ProjectionError, ProjectionRunner
 from projections.findings import DecisionOutcome, decision_outcomes
 
 __all__ = ["Execution", "Executor"]
@@ -148,17 +148,20 @@ class Executor:
         # A share is claimed once the actions of the last have been taken up
         # (the sends wait while the queue is full): the claims' work falls
         # between the waves of calls instead of holding one up.
-        send, receive = anyio.create_memory_object_stream[tuple[Decision, Claim]](
+        send, receive = anyio.create_memory_object_stream[tuple[list[Decision], Claim]](
             max_buffer_size=max_concurrency)
         acted = _ActedSince(self.views, min(
             (observation.scopes[d.diff.scope].observed_after for d in ready
              if d.diff.scope in observation.scopes), default=0))
 
-        async def worker(queue: MemoryObjectReceiveStream[tuple[Decision, Claim]]) -> None:
+        async def worker(queue: MemoryObjectReceiveStream[tuple[list[Decision], Claim]]) -> None:
+            # A resource's decisions one after another, in order, under its
+            # one claim, which the last one's outcome gives back.
             async with queue:
-                async for decision, claim in queue:
-                    results.append(await self._run(decision, claim, cycle_id, owner, ahead,
-                                                   calls))
+                async for group, claim in queue:
+                    for n, decision in enumerate(group, 1):
+                        results.append(await self._run(decision, claim, cycle_id, owner,
+                                                       ahead, calls, last=n == len(group)))
 
         # The resources are claimed a share at a time, each share no bigger
         # than two waves of calls (the first, one), and each share's actions
@@ -170,38 +173,65 @@ class Executor:
         # (a resize waits for a stop and a start), and actions queued behind
         # slow ones wait for slots.
         unclaimed: EventStoreError | None = None
-        async with self.coordinator.keeping() as kept, anyio.create_task_group() as group:
-            async with send:
-                for _ in range(min(len(ready), 3 * max_concurrency)):
-                    group.start_soon(worker, receive.clone())
-                receive.close()
-                for share in _shares(ready, max_concurrency):
-                    if self.stopping():  # draining: claim nothing more
-                        executions.extend(_execution(d, Outcome.SKIPPED,
-                                                     reason=SkipReason.DRAINING) for d in share)
-                        continue
-                    try:
-                        runnable = await self._claim_share(share, observation, outcomes,
-                                                           cycle_id, executions, acted)
-                    except EventStoreError as exc:
-                        # The actions already under way finish and record
-                        # their outcomes; none more starts.
-                        unclaimed = exc
-                        break
-                    kept.add(claim for _, claim in runnable)
-                    for item in runnable:
-                        await send.send(item)
+        kept: KeptClaims | None = None
+        try:
+            async with self.coordinator.keeping() as kept, anyio.create_task_group() as group:
+                async with send:
+                    for _ in range(min(len(ready), 3 * max_concurrency)):
+                        group.start_soon(worker, receive.clone())
+                    receive.close()
+                    for share in _shares(ready, max_concurrency):
+                        if self.stopping():  # draining: claim nothing more
+                            executions.extend(_execution(d, Outcome.SKIPPED,
+                                                         reason=SkipReason.DRAINING)
+                                              for d in share)
+                            continue
+                        try:
+                            runnable = await self._claim_share(share, observation, outcomes,
+                                                               cycle_id, executions, acted)
+                        except EventStoreError as exc:
+                            # The actions already under way finish and record
+                            # their outcomes; none more starts.
+                            unclaimed = exc
+                            break
+                        kept.add(claim for _, claim in runnable)
+                        for item in runnable:
+                            await send.send(item)
+        except BaseExceptionGroup as failed:
+            # What a worker raised goes to the caller as it was (the service
+            # catches the store's errors by their type), not wrapped in a group.
+            if len(failed.exceptions) == 1:
+                raise failed.exceptions[0] from None
+            raise
+        finally:
+            # Cancelled (a drain that timed out) or failed: the claims whose
+            # actions never wrote ahead are given back, not left to block
+            # other instances until they expire. Shielded, and bounded: a
+            # store that does not answer must not hold the stop up.
+            if kept is not None:
+                with anyio.move_on_after(_GIVE_BACK_SECONDS, shield=True):
+                    await self._give_back_unused(kept.claims)
         if unclaimed is not None:
             raise unclaimed
         return executions + results
+
+    async def _give_back_unused(self, claims: list[Claim]) -> None:
+        """Release every claim of ``claims`` still ours that no write was made
+        under (concurrently: the store commits them together)."""
+        unused = [c for c in claims if c.renewable and not c.used]
+        if not unused:
+            return
+        async with anyio.create_task_group() as group:
+            for claim in unused:
+                group.start_soon(self._release_quietly, claim)
 
     async def _claim_share(
         self, share: list[Decision], observation: Observation,
         outcomes: dict[str, DecisionOutcome], cycle_id: str, executions: list[Execution],
         acted: _ActedSince,
-    ) -> list[tuple[Decision, Claim]]:
+    ) -> list[tuple[list[Decision], Claim]]:
         """Claim the resources of ``share``; the decisions that may run now,
-        each with its claim. Those whose resource another instance holds, or
+        each resource's in order, with its claim. Those whose resource another instance holds, or
         on which an action was recorded since the observation, are skipped
         (recorded, added to ``executions``)."""
         claims = await self.coordinator.claim(d.resource_id for d in share)
@@ -220,7 +250,7 @@ class Executor:
         self, share: list[Decision], claims: ClaimResult, observation: Observation,
         outcomes: dict[str, DecisionOutcome], cycle_id: str, executions: list[Execution],
         acted: _ActedSince,
-    ) -> list[tuple[Decision, Claim]]:
+    ) -> list[tuple[list[Decision], Claim]]:
         skips: list[tuple[Decision, SkipReason, str]] = []
         for decision in share:
             holder = claims.blocked.get(decision.resource_id)
@@ -245,7 +275,11 @@ class Executor:
         await self._record_skips(cycle_id, skips)
         for resource_id in {d.resource_id for d in held if d.resource_id in stale}:
             await self.coordinator.release(claims.held[resource_id])
-        return [(d, claims.held[d.resource_id]) for d in held if d.resource_id not in stale]
+        runnable: dict[str, list[Decision]] = {}
+        for decision in held:
+            if decision.resource_id not in stale:
+                runnable.setdefault(decision.resource_id, []).append(decision)
+        return [(group, claims.held[resource_id]) for resource_id, group in runnable.items()]
 
     async def _record_skips(
         self, cycle_id: str, skips: list[tuple[Decision, SkipReason, str]]
@@ -260,18 +294,32 @@ class Executor:
         await self.store.append_streams(StreamBatch(s, tuple(e)) for s, e in events.items())
 
     async def _run(self, decision: Decision, claim: Claim, cycle_id: str, owner: str,
-                   ahead: anyio.Semaphore, calls: anyio.Semaphore) -> Execution:
+                   ahead: anyio.Semaphore, calls: anyio.Semaphore, *,
+                   last: bool = True) -> Execution:
+        """Execute one decision under ``claim``; ``last``: the last of its
+        resource's decisions this cycle, whose outcome gives the claim back."""
         stream = resource_stream(decision.resource_id)
         resource: Resource | None = None
         failure: ProviderError | EventStoreError | None = None
         unkept: SkipReason | None = None
+        unconfirmed: EventStoreError | None = None
         drained = False
         outcome: ActionExecuted | ActionFailed
-        progress = await self._progress(decision)
+        try:
+            progress = await self._progress(decision)
+        except (EventStoreError, ProjectionError) as exc:
+            await self._release_quietly(claim)
+            return _execution(decision, Outcome.FAILED, error="not attempted: cannot read its"
+                              f" earlier attempts from the log: {exc}")
         # The outcome is recorded after both slots are freed, so the next
         # action's call overlaps this one's commit.
         async with ahead:
-            checked = await self.coordinator.reading()
+            try:
+                checked = await self.coordinator.reading()
+            except EventStoreError as exc:
+                await self._release_quietly(claim)
+                return _execution(decision, Outcome.FAILED, error="not attempted: cannot read"
+                                  f" the log's clock: {exc}")
             checked_at = checked.at
             if not await self.coordinator.usable(claim, now=checked_at):
                 # Waited so long for a slot that the claim ran out, or it could
@@ -304,9 +352,16 @@ class Executor:
                 # Checked again now: the service may be stopping, the wait for
                 # a slot may have outlasted the claim, or a renewal may have
                 # found it taken over.
+                try:
+                    confirmed = not self.stopping() and await self.coordinator.confirm(
+                        claim, after=checked)
+                except EventStoreError as exc:
+                    confirmed, unconfirmed = False, exc
                 if self.stopping():
                     drained = True  # written ahead, but not started: it never will
-                elif not await self.coordinator.confirm(claim, after=checked):
+                elif unconfirmed is not None:
+                    pass  # written ahead, but not started: recorded below
+                elif not confirmed:
                     unkept = _unkept(claim)
                 else:
                     try:
@@ -321,6 +376,14 @@ class Executor:
                 token=claim.token, error="not started: the service was stopping",
                 retryable=True, attempts=0, create_attempt=progress.attempt)
             execution = _execution(decision, Outcome.SKIPPED, reason=SkipReason.DRAINING)
+        elif unconfirmed is not None:
+            outcome = ActionFailed(
+                cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
+                resource_id=decision.resource_id, cloud_id=decision.cloud_id,
+                token=claim.token, error=f"not attempted: cannot confirm the claim: {unconfirmed}",
+                retryable=True, attempts=0, create_attempt=progress.attempt)
+            execution = _execution(decision, Outcome.FAILED,
+                                   error=f"not attempted: cannot confirm the claim: {unconfirmed}")
         elif unkept is not None:
             outcome = ActionFailed(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
@@ -352,7 +415,7 @@ class Executor:
                 resource=resource if decision.action is not Action.DELETE else None)
             execution = _execution(decision, Outcome.EXECUTED, cloud_id=cloud_id)
         try:
-            await self._record_outcome(stream, outcome, claim)
+            await self._record_outcome(stream, outcome, claim, release=last)
         except EventStoreError as exc:
             # The action happened (or failed) but the log could not say so: it
             # stays in doubt, and recovery resolves it against the cloud.
@@ -426,14 +489,22 @@ class Executor:
             lambda: self._call(decision, owner, progress), self.retry, progress.calls)
 
     async def _record_outcome(self, stream: str, outcome: ActionExecuted | ActionFailed,
-                              claim: Claim) -> None:
+                              claim: Claim, *, release: bool) -> None:
+        """Record ``outcome`` while ``claim`` is still ours, giving the claim
+        back with it (``release``) or keeping it for the resource's next decision."""
+        batch = [StreamBatch(stream, (outcome,))]
         try:
-            await self.coordinator.append_releasing(claim, [StreamBatch(stream, (outcome,))])
+            if release:
+                await self.coordinator.append_releasing(claim, batch)
+            else:
+                await self.coordinator.append_fenced(claim, batch)
         except WrongExpectedVersion:
             # The claim moved on while we acted: record the outcome, flagged.
             await self.store.append(stream, [msgspec.structs.replace(outcome, stale_token=True)])
 
     async def _release_quietly(self, claim: Claim) -> None:
+        if claim.released:  # by an earlier decision on the resource
+            return
         try:
             await self.coordinator.release(claim)
         except EventStoreError:
@@ -481,6 +552,10 @@ class _ActedSince:
             if isinstance(event, ActionExecuting | ActionExecuted | ActionFailed):
                 self.last[event.resource_id] = recorded.position
             self._after = recorded.position
+
+
+#: how long a cancelled or failed execution waits to give its unused claims back
+_GIVE_BACK_SECONDS = 5.0
 
 
 def _shares(decisions: list[Decision], first: int) -> list[list[Decision]]:

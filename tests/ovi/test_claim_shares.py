@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
 from eventstore import Event, EventStoreError
@@ -169,26 +170,30 @@ async def test_an_action_recorded_elsewhere_before_a_later_share_is_claimed_make
     from eventstore import SQLiteEventStore, StreamBatch
     from ovi.events import ActionExecuted, registry, resource_stream
 
-    async with environment(tmp_path) as env:
+    async with environment(tmp_path) as env, \
+            SQLiteEventStore(tmp_path / "ovi.db", registry(), instance_id="elsewhere:1",
+                             clock=env.clock) as other:
         real_create = env.provider.create
+        # The other calls wait for the other instance's action: our feeder,
+        # held by the full queue, cannot claim web-29 before it is recorded.
+        recorded = anyio.Event()
 
         async def create(desired: DesiredResource, **kwargs: object) -> Resource:
-            if desired.id == "web-0":
-                # At once: our feeder must not see the claim half-way (it
-                # would skip web-29 as claimed, which is right but not this).
+            if desired.id != "web-0":
+                await recorded.wait()
+            else:
                 now = env.clock()
-                async with SQLiteEventStore(tmp_path / "ovi.db", registry(),
-                                            instance_id="elsewhere:1", clock=env.clock) as other:
-                    await other.append_streams([
-                        StreamBatch(claim_stream("web-29"), (
-                            ClaimAcquired(resource_id="web-29", instance_id="elsewhere:1",
-                                          claimed_at=now, token=1,
-                                          expires_at=now + timedelta(minutes=10)),
-                            ClaimReleased(resource_id="web-29", instance_id="elsewhere:1",
-                                          token=1)), expected_version=0),
-                        StreamBatch(resource_stream("web-29"), (ActionExecuted(
-                            cycle_id="theirs", decision_id="d-theirs", action=Action.CREATE,
-                            resource_id="web-29", cloud_id="i-theirs", token=1),))])
+                await other.append_streams([
+                    StreamBatch(claim_stream("web-29"), (
+                        ClaimAcquired(resource_id="web-29", instance_id="elsewhere:1",
+                                      claimed_at=now, token=1,
+                                      expires_at=now + timedelta(minutes=10)),
+                        ClaimReleased(resource_id="web-29", instance_id="elsewhere:1",
+                                      token=1)), expected_version=0),
+                    StreamBatch(resource_stream("web-29"), (ActionExecuted(
+                        cycle_id="theirs", decision_id="d-theirs", action=Action.CREATE,
+                        resource_id="web-29", cloud_id="i-theirs", token=1),))])
+                recorded.set()
             return await real_create(desired, **kwargs)  # type: ignore[arg-type]
 
         env.provider.create = create  # type: ignore[method-assign]
