@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 import aiosqlite
+import anyio
 import msgspec
 
 from eventstore import EncodedRow, EventStore, RecordedEvent, parse_timestamp
@@ -502,12 +503,16 @@ class ProjectionRunner:
     async def _fold_in_workers(
         self, group: Sequence[Projection], until: int, progress: _Progress
     ) -> bool:
-        """Fold ``group`` from position 0 to ``until`` with :attr:`_fold_apart`
-        and take the result in; False when that is not worth it or failed
-        (nothing written: the caller folds in process).
+        """Fold ``group`` from position 0 to ``until`` side by side: the first
+        share here, straight into this runner's file, the others meanwhile
+        with :attr:`_fold_apart`, whose results are then taken in; False
+        when that is not worth it (nothing written: the caller folds in
+        process).
 
         :raises _CheckpointMoved: if another runner folded or reset one of
-            these projections meanwhile (nothing written).
+            these projections meanwhile, or the other shares could not be
+            folded apart or taken in once the first one was folded here: the
+            caller resumes from the checkpoints (and folds the rest itself).
         """
         fold_apart = self._fold_apart
         shares = split_shares(group, usable_cores())
@@ -516,7 +521,11 @@ class ProjectionRunner:
                 # fold with what this runner checked (see _vouch_for).
                 or self._vouched is not None):
             return False
-        names = ", ".join(repr(p.name) for p in group)
+        # The first share (the heaviest projection first) is folded in this
+        # process: its tables need no copying in afterwards, and a worker's
+        # start-up is saved.
+        here, apart = shares[0], shares[1:]
+        names = ", ".join(repr(p.name) for share in apart for p in share)
 
         def take(db: sqlite3.Connection, projection: Projection, position: int) -> None:
             row = db.execute(_SELECT_CHECKPOINT, (projection.name,)).fetchone()
@@ -526,23 +535,40 @@ class ProjectionRunner:
             db.execute(_MOVE_CHECKPOINT, (position, projection.name))
 
         async with scratch_directory(self.path) as scratch:
-            files = [(scratch / f"share-{i}.db", share) for i, share in enumerate(shares)]
-            try:
-                folded = await fold_apart(until, [(f, tuple(p.name for p in share))
-                                                  for f, share in files])
-            except FoldApartFailed as exc:
+            files = [(scratch / f"share-{i}.db", share) for i, share in enumerate(apart, 1)]
+            folded: list[int] = []
+            refused: list[FoldApartFailed] = []
+
+            async def fold_the_others() -> None:
+                try:
+                    folded.append(await fold_apart(until, [(f, tuple(p.name for p in share))
+                                                           for f, share in files]))
+                except FoldApartFailed as exc:
+                    refused.append(exc)
+
+            failed: Exception | None = None
+            async with anyio.create_task_group() as workers:
+                workers.start_soon(fold_the_others)
+                try:
+                    await self._fold_pass(here, 0, until, progress)
+                except Exception as exc:  # raised as it is, not in a group
+                    failed = exc
+                    workers.cancel_scope.cancel()
+            if failed is not None:
+                raise failed
+            if refused:
                 _log.warning("%s: folding %s in worker processes failed (%s); folding them"
-                             " in this process", self.path, names, exc)
-                return False
+                             " in this process", self.path, names, refused[0])
+                raise _CheckpointMoved
             taken = await self._run(lambda db: adopt_folds(
                 db, files, checkpoint=_attached_checkpoint, take=take, until=until),
                 f"taking in the folds of {names}")
-        if taken:
-            progress.applied += folded
-        else:
+        if not taken:
             _log.warning("%s: the worker processes did not fold %s up to %d; folding them"
                          " in this process", self.path, names, until)
-        return taken
+            raise _CheckpointMoved
+        progress.applied += folded[0]
+        return True
 
     async def _commit(
         self,

@@ -27,7 +27,7 @@ from ovi.events import registry
 from ovi.runtime import ovi_projections
 from projections import CHECKPOINTS_TABLE, Projection, ProjectionRunner
 from projections._fold_apart import FoldApart, scratch_directory, usable_cores
-from projections.resources import ResourcesProjection
+from projections.findings import FindingsProjection
 from tests.replay.support import ROOT, Story, copy_log
 
 
@@ -100,8 +100,8 @@ async def test_the_workers_fold_gives_the_same_tables_as_one_in_process(
     spy = Spy(path)
     folded = await refold(path, spy)
     head = max(int(str(row[1])) for row in expected[CHECKPOINTS_TABLE])
-    assert spy.calls == [(head, [("resources", "claims", "restarts"),
-                                 ("findings", "operations")])]
+    # The first share (resources, claims, restarts) is folded in this process.
+    assert spy.calls == [(head, [("findings", "operations")])]
     assert contents(path, ovi_projections()) == expected
     assert folded == folded_here
     assert scratch_left(path) == []
@@ -110,10 +110,12 @@ async def test_the_workers_fold_gives_the_same_tables_as_one_in_process(
 @pytest.mark.asyncio
 async def test_a_failed_worker_leaves_the_fold_to_this_process_saying_so(
         story: Story, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    class Renamed(ResourcesProjection):
+    class Renamed(FindingsProjection):
         name = "renamed"  # no worker knows it
 
-    projections = [Renamed(), *ovi_projections()[1:]]
+    # In the second share, the one a worker folds.
+    first, _, *rest = ovi_projections()
+    projections = [first, Renamed(), *rest]
     reference_path = copy_log(story, tmp_path / "in-process")
     bump(reference_path)
     await refold(reference_path, None, projections)
@@ -156,8 +158,16 @@ def workers_of(path: Path) -> list[str]:
     return found.stdout.split()
 
 
+def worker_checkpoints(path: Path) -> set[int]:
+    """The checkpoints of the projections a worker folds (the second share;
+    the first is folded in this process, committed batch by batch)."""
+    with closing(sqlite3.connect(path)) as db:
+        return {row[0] for row in db.execute(
+            f"SELECT position FROM {CHECKPOINTS_TABLE} WHERE name IN ('findings', 'operations')")}
+
+
 @pytest.mark.asyncio
-async def test_a_cancelled_refold_stops_its_workers_and_writes_nothing(
+async def test_a_cancelled_refold_stops_its_workers_and_takes_nothing_in(
         story: Story, tmp_path: Path) -> None:
     expected, _ = await anyio.to_thread.run_sync(reference, story, tmp_path)
     path = copy_log(story, tmp_path / "apart")
@@ -173,8 +183,7 @@ async def test_a_cancelled_refold_stops_its_workers_and_writes_nothing(
     assert len(seen) >= 1
     assert workers_of(path) == []
     assert scratch_left(path) == []
-    with closing(sqlite3.connect(path)) as db:
-        assert {row[0] for row in db.execute(f"SELECT position FROM {CHECKPOINTS_TABLE}")} == {0}
+    assert worker_checkpoints(path) == {0}
     await refold(path, fold_in_workers(path), reset=False)  # reset before the cancel
     assert contents(path, ovi_projections()) == expected
 
@@ -222,7 +231,7 @@ def test_workers_end_with_a_service_killed_while_they_fold(story: Story,
         time.sleep(0.01)
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert {row[0] for row in db.execute(f"SELECT position FROM {CHECKPOINTS_TABLE}")} == {0}
+    assert worker_checkpoints(path) == {0}
 
 
 def test_a_killed_services_scratch_is_removed_by_the_next_refold(story: Story,
