@@ -59,15 +59,15 @@ class Claim:
     what the next append to it (a renewal, a fenced write, the release)
     expects. ``lost`` means the claim was taken over or could not be renewed:
     no new work may start under it; ``released`` that it was given back;
-    ``taken_over`` that another instance holds it now; ``used`` that a write
-    was made (or tried) under it, so an action may be in doubt under it and
-    it must not be given back without that action's outcome. A claim whose renewal
+    ``taken_over`` that another instance holds it now; ``in_doubt`` that a
+    write-ahead was made (or tried) under it and no outcome recorded since:
+    it must not be given back without that outcome. A claim whose renewal
     could not be written is lost but still renewed: the work already under
     way keeps it, and a heartbeat that fails once must not let it run out.
     """
 
-    __slots__ = ("_lock", "confirmed_at", "expires_at", "lost", "released", "resource_id",
-                 "taken_over", "token", "used", "version")
+    __slots__ = ("_lock", "confirmed_at", "expires_at", "in_doubt", "lost", "released",
+                 "resource_id", "taken_over", "token", "version")
 
     def __init__(self, resource_id: str, token: int, expires_at: datetime, *,
                  confirmed_at: datetime, version: int | None = None) -> None:
@@ -79,7 +79,7 @@ class Claim:
         self.lost = False
         self.released = False
         self.taken_over = False
-        self.used = False
+        self.in_doubt = False
         # One append to the claim stream at a time. Almost always free: taken
         # without a trip through the event loop (anyio's checkpoint on every
         # acquire was ~10 % of a 1,000-action execution).
@@ -345,23 +345,31 @@ class Coordinator:
                 return
             now = await self.now()
             expires = now + self.ttl
-            try:
-                await self.store.append_streams(self._renewal(c, now, expires) for c in live)
-            except WrongExpectedVersion:
-                for claim in live:  # which one was taken over?
-                    try:
-                        await self.store.append_streams([self._renewal(claim, now, expires)])
-                    except WrongExpectedVersion:
-                        claim._taken()
-                    else:
-                        self._renewed(claim, now, expires)
-                return
-            except EventStoreError:
-                for claim in live:
-                    claim.lost = True
-                raise
+            # Shielded: the store commits an append whose caller was cancelled,
+            # and a claim whose version did not move on with it could not be
+            # given back (the release would expect the old version).
+            with anyio.CancelScope(shield=True):
+                await self._append_renewals(live, now, expires)
+
+    async def _append_renewals(self, live: list[Claim], now: datetime,
+                               expires: datetime) -> None:
+        try:
+            await self.store.append_streams(self._renewal(c, now, expires) for c in live)
+        except WrongExpectedVersion:
+            for claim in live:  # which one was taken over?
+                try:
+                    await self.store.append_streams([self._renewal(claim, now, expires)])
+                except WrongExpectedVersion:
+                    claim._taken()
+                else:
+                    self._renewed(claim, now, expires)
+            return
+        except EventStoreError:
             for claim in live:
-                self._renewed(claim, now, expires)
+                claim.lost = True
+            raise
+        for claim in live:
+            self._renewed(claim, now, expires)
 
     def _renewal(self, claim: Claim, now: datetime, expires: datetime) -> StreamBatch:
         event = ClaimRenewed(resource_id=claim.resource_id, instance_id=self.instance_id,
@@ -425,20 +433,24 @@ class Coordinator:
                            expected_version=claim.version)
 
     async def append_fenced(self, claim: Claim, batches: Sequence[StreamBatch], *,
-                            checked_at: datetime | None = None) -> Appended:
+                            checked_at: datetime | None = None,
+                            outcome: bool = False) -> Appended:
         """Append ``batches`` only while ``claim`` is still ours. ``checked_at``
         is a reading of :meth:`now` taken before this call: the append proves
         the claim ours as of then (an earlier time than the commit's, so the
         claim is confirmed again no later than it need be), and no reading of
-        its own is taken.
+        its own is taken. ``outcome``: ``batches`` record the outcome of what
+        was written ahead under the claim, which is then no longer in doubt;
+        anything else appended fenced may be a write-ahead.
 
         :raises WrongExpectedVersion: if the claim was taken over; nothing is
             written and the claim is marked lost.
         :raises EventStoreError: if the log cannot be written.
         """
         async with claim._lock:
-            # Before the append: one cut short by a cancellation may still commit.
-            claim.used = True
+            if not outcome:
+                # Before the append: one cut short by a cancellation may still commit.
+                claim.in_doubt = True
             try:
                 appended = await self.store.append_streams([*batches, self.fence(claim)])
             except WrongExpectedVersion as exc:
@@ -446,7 +458,12 @@ class Coordinator:
                 if exc.stream == claim_stream(claim.resource_id):
                     claim._taken()
                 raise
-            claim.confirmed_at = checked_at or await self.now()
+            if outcome:
+                claim.in_doubt = False
+            try:
+                claim.confirmed_at = checked_at or await self.now()
+            except EventStoreError:
+                pass  # written all the same; the claim is only proved ours less recently
             return appended
 
     async def append_releasing(self, claim: Claim, batches: Sequence[StreamBatch]) -> Appended:

@@ -159,9 +159,18 @@ class Executor:
             # one claim, which the last one's outcome gives back.
             async with queue:
                 async for group, claim in queue:
+                    done: Execution | None = None
                     for n, decision in enumerate(group, 1):
-                        results.append(await self._run(decision, claim, cycle_id, owner,
-                                                       ahead, calls, last=n == len(group)))
+                        if done is not None and claim.released:
+                            # An earlier decision gave the claim back without
+                            # acting (paused, not attempted): the rest wait
+                            # for a later cycle, for the same reason.
+                            results.append(_execution(decision, done.outcome,
+                                                      reason=done.reason, error=done.error))
+                            continue
+                        done = await self._run(decision, claim, cycle_id, owner, ahead,
+                                               calls, last=n == len(group))
+                        results.append(done)
 
         # The resources are claimed a share at a time, each share no bigger
         # than two waves of calls (the first, one), and each share's actions
@@ -172,7 +181,7 @@ class Executor:
         # renewed while the actions run: an action may outlast the claim's TTL
         # (a resize waits for a stop and a start), and actions queued behind
         # slow ones wait for slots.
-        unclaimed: EventStoreError | None = None
+        unclaimed: EventStoreError | ProjectionError | None = None
         kept: KeptClaims | None = None
         try:
             async with self.coordinator.keeping() as kept, anyio.create_task_group() as group:
@@ -189,7 +198,7 @@ class Executor:
                         try:
                             runnable = await self._claim_share(share, observation, outcomes,
                                                                cycle_id, executions, acted)
-                        except EventStoreError as exc:
+                        except (EventStoreError, ProjectionError) as exc:
                             # The actions already under way finish and record
                             # their outcomes; none more starts.
                             unclaimed = exc
@@ -218,7 +227,7 @@ class Executor:
     async def _give_back_unused(self, claims: list[Claim]) -> None:
         """Release every claim of ``claims`` still ours that no write was made
         under (concurrently: the store commits them together)."""
-        unused = [c for c in claims if c.renewable and not c.used]
+        unused = [c for c in claims if c.renewable and not c.in_doubt]
         if not unused:
             return
         async with anyio.create_task_group() as group:
@@ -234,7 +243,11 @@ class Executor:
         each resource's in order, with its claim. Those whose resource another instance holds, or
         on which an action was recorded since the observation, are skipped
         (recorded, added to ``executions``)."""
-        claims = await self.coordinator.claim(d.resource_id for d in share)
+        # Shielded: claims recorded by an append that a cancellation cut short
+        # would be held with no handle to give them back by (the cancellation
+        # comes at the next await, and the handler below releases them).
+        with anyio.CancelScope(shield=True):
+            claims = await self.coordinator.claim(d.resource_id for d in share)
         try:
             return await self._sort_share(share, claims, observation, outcomes, cycle_id,
                                           executions, acted)
@@ -497,7 +510,7 @@ class Executor:
             if release:
                 await self.coordinator.append_releasing(claim, batch)
             else:
-                await self.coordinator.append_fenced(claim, batch)
+                await self.coordinator.append_fenced(claim, batch, outcome=True)
         except WrongExpectedVersion:
             # The claim moved on while we acted: record the outcome, flagged.
             await self.store.append(stream, [msgspec.structs.replace(outcome, stale_token=True)])
