@@ -213,8 +213,8 @@ class Executor:
                 raise failed.exceptions[0] from None
             raise
         finally:
-            # Cancelled (a drain that timed out) or failed: the claims whose
-            # actions never wrote ahead are given back, not left to block
+            # Cancelled (a drain that timed out) or failed: the claims with no
+            # write-ahead open under them are given back, not left to block
             # other instances until they expire. Shielded, and bounded: a
             # store that does not answer must not hold the stop up.
             if kept is not None:
@@ -225,8 +225,8 @@ class Executor:
         return executions + results
 
     async def _give_back_unused(self, claims: list[Claim]) -> None:
-        """Release every claim of ``claims`` still ours that no write was made
-        under (concurrently: the store commits them together)."""
+        """Release every claim of ``claims`` still ours with no write-ahead
+        open under it (concurrently: the store commits them together)."""
         unused = [c for c in claims if c.renewable and not c.in_doubt]
         if not unused:
             return
@@ -240,8 +240,9 @@ class Executor:
         acted: _ActedSince,
     ) -> list[tuple[list[Decision], Claim]]:
         """Claim the resources of ``share``; the decisions that may run now,
-        each resource's in order, with its claim. Those whose resource another instance holds, or
-        on which an action was recorded since the observation, are skipped
+        each resource's in order, with its claim. Those whose resource another
+        instance holds, or on which an action was recorded since the
+        observation, are skipped
         (recorded, added to ``executions``)."""
         # Shielded: claims recorded by an append that a cancellation cut short
         # would be held with no handle to give them back by (the cancellation
@@ -390,13 +391,13 @@ class Executor:
                 retryable=True, attempts=0, create_attempt=progress.attempt)
             execution = _execution(decision, Outcome.SKIPPED, reason=SkipReason.DRAINING)
         elif unconfirmed is not None:
+            error = f"not attempted: cannot confirm the claim: {unconfirmed}"
             outcome = ActionFailed(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
                 resource_id=decision.resource_id, cloud_id=decision.cloud_id,
-                token=claim.token, error=f"not attempted: cannot confirm the claim: {unconfirmed}",
-                retryable=True, attempts=0, create_attempt=progress.attempt)
-            execution = _execution(decision, Outcome.FAILED,
-                                   error=f"not attempted: cannot confirm the claim: {unconfirmed}")
+                token=claim.token, error=error, retryable=True, attempts=0,
+                create_attempt=progress.attempt)
+            execution = _execution(decision, Outcome.FAILED, error=error)
         elif unkept is not None:
             outcome = ActionFailed(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
