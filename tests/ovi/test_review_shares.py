@@ -260,6 +260,28 @@ async def test_two_instances_overlapping_act_once_per_resource(tmp_path: Path) -
                 return found
 
             env.provider.observe = observe  # type: ignore[method-assign]
+            # Neither goes past its first share until both have claimed one
+            # (they walk the estate from opposite ends): both act, however
+            # the machine schedules them.
+            claimed: list[str] = []
+            both = anyio.Event()
+
+            def barrier(coordinator: Coordinator, who: str) -> None:
+                real_claim = coordinator.claim
+
+                async def claim(resource_ids: Any) -> Any:
+                    result = await real_claim(resource_ids)
+                    if who not in claimed:
+                        claimed.append(who)
+                        if len(claimed) == 2:
+                            both.set()
+                    await both.wait()
+                    return result
+
+                coordinator.claim = claim  # type: ignore[method-assign]
+
+            barrier(env.engine.coordinator, "a")
+            barrier(engine_b.coordinator, "b")
             results: list[Any] = []
 
             async def a() -> None:
