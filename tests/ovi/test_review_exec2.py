@@ -16,7 +16,7 @@ import anyio.lowlevel
 import msgspec
 import pytest
 
-from eventstore import EventStoreError, SQLiteEventStore
+from eventstore import EventStoreError, SQLiteEventStore, StreamBatch
 from ovi.config import parse_config
 from ovi.coordinator import ClaimResult
 from ovi.engine import Engine
@@ -26,7 +26,6 @@ from ovi.events import (
     ActionFailed,
     Actor,
     AutomationPaused,
-    ClaimRenewed,
     pause_stream,
     registry,
 )
@@ -41,7 +40,11 @@ from tests.ovi.test_review_shares import (
     _twice_on,
     assert_verifies,
     claim_histories,
+    clock_reading_fails,
+    on_append,
     open_actions,
+    renewing,
+    stream_read_fails,
     unreleased_claims,
 )
 
@@ -77,23 +80,16 @@ async def test_cancelled_while_a_heartbeat_renewal_commits_claims_are_still_give
     async with environment(tmp_path, real_time=True,
                            claim_ttl=timedelta(seconds=1.2)) as env:
         env.provider.latency = 0.5
-        store = env.store
-        real_append_streams = store.append_streams
         scope = anyio.CancelScope()
         hit = [0]
 
-        async def append_streams(batches: Any) -> Any:
-            batches = list(batches)
-            if not hit[0] and any(isinstance(e, ClaimRenewed) for b in batches
-                                  for e in b.events):
+        def cancel_at_the_first_renewal(batches: list[StreamBatch]) -> None:
+            if not hit[0] and renewing(batches):
                 hit[0] += 1
                 scope.cancel()
-            return await real_append_streams(batches)
 
-        store.append_streams = append_streams  # type: ignore[method-assign]
-        with anyio.fail_after(30), scope:
+        with on_append(env.store, cancel_at_the_first_renewal), anyio.fail_after(30), scope:
             await env.apply(config_text(WEB % 6), max_concurrency=1)
-        store.append_streams = real_append_streams  # type: ignore[method-assign]
         await anyio.sleep(0.1)  # the store's flusher commits what was queued
         events = await env.events()
         report = await verify_log(env.store)
@@ -150,19 +146,8 @@ async def test_first_of_two_decisions_not_attempted_the_second_is_not_called_cla
     claim was given back by the first)."""
     async with environment(tmp_path, managed("web-0", "i-0000", env="old")) as env:
         _twice_on(env, "web-0")
-        coordinator = env.engine.coordinator
-        real_reading = coordinator.reading
-        readings = [0]
-
-        async def reading() -> Any:
-            readings[0] += 1
-            if readings[0] == 1:
-                raise EventStoreError("I/O error reading the clock")
-            return await real_reading()
-
-        coordinator.reading = reading  # type: ignore[method-assign]
-        result = await env.apply(config_text(WEB_TAGGED % 1), max_concurrency=1)
-        coordinator.reading = real_reading  # type: ignore[method-assign]
+        with clock_reading_fails(env.engine.coordinator, 1):
+            result = await env.apply(config_text(WEB_TAGGED % 1), max_concurrency=1)
         events = await env.events()
         await assert_verifies(env, ignore="-second")
     assert [k for k, _ in env.provider.calls if k == "update"] == []
@@ -216,20 +201,8 @@ async def test_a_create_whose_progress_cannot_be_read_is_made_once_next_cycle(
     its claim given back at once (another instance can claim it), the
     others run; the next cycle makes web-3, exactly once."""
     async with environment(tmp_path) as env:
-        views = env.views
-        real_read_checked = views.read_checked
-
-        def read_checked(**kw: Any) -> Any:
-            if kw.get("stream") == "resource/web-3":
-                async def failing() -> Any:
-                    raise EventStoreError("I/O error reading the log")
-                    yield  # pragma: no cover
-                return failing()
-            return real_read_checked(**kw)
-
-        views.read_checked = read_checked  # type: ignore[method-assign]
-        first = await env.apply(config_text(WEB % 6), max_concurrency=2)
-        views.read_checked = real_read_checked  # type: ignore[method-assign]
+        with stream_read_fails(env.views, "resource/web-3"):
+            first = await env.apply(config_text(WEB % 6), max_concurrency=2)
         events = await env.events()
         assert on(events, "web-3") == []
         assert unreleased_claims(events, US) == []
@@ -387,24 +360,18 @@ async def test_cancelled_after_the_nth_append_two_instances_converge(
     create token used for two resources."""
     async with environment(tmp_path) as env:
         env.provider.latency = 0.005
-        store = env.store
-        real_append_streams = store.append_streams
         scope = anyio.CancelScope()
         count = [0]
         what: list[str] = []
 
-        async def append_streams(batches: Any) -> Any:
-            batches = list(batches)
+        def cancel_at_the_nth(batches: list[StreamBatch]) -> None:
             count[0] += 1
             if count[0] == n:
                 what.extend(type(e).__name__ for b in batches for e in b.events)
                 scope.cancel()
-            return await real_append_streams(batches)
 
-        store.append_streams = append_streams  # type: ignore[method-assign]
-        with anyio.fail_after(30), scope:
+        with on_append(env.store, cancel_at_the_nth), anyio.fail_after(30), scope:
             await env.apply(config_text(WEB % 8), max_concurrency=2)
-        store.append_streams = real_append_streams  # type: ignore[method-assign]
         await anyio.sleep(0.05)
         events = await env.events()
         report = await verify_log(env.store)

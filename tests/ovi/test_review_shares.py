@@ -6,6 +6,8 @@ fails proves a bug (see the report of review-shares)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,14 @@ import anyio.lowlevel
 import msgspec
 import pytest
 
-from eventstore import Event, EventStoreError, RecordedEvent, SQLiteEventStore
+from eventstore import (
+    Event,
+    EventStore,
+    EventStoreError,
+    RecordedEvent,
+    SQLiteEventStore,
+    StreamBatch,
+)
 from ovi.config import parse_config
 from ovi.coordinator import ClaimResult, Coordinator
 from ovi.engine import Engine
@@ -99,6 +108,69 @@ def counting(env: Env, kind: str, per: dict[str, int], peak: dict[str, int]) -> 
             per[target] -= 1
 
     setattr(env.provider, kind, call)
+
+
+@contextmanager
+def clock_reading_fails(coordinator: Coordinator, at: int) -> Iterator[list[int]]:
+    """The ``at``-th reading of the log's clock by ``coordinator`` raises a
+    store error; yields the count of readings."""
+    real = coordinator.reading
+    count = [0]
+
+    async def reading() -> Any:
+        count[0] += 1
+        if count[0] == at:
+            raise EventStoreError("I/O error reading the clock")
+        return await real()
+
+    coordinator.reading = reading  # type: ignore[method-assign]
+    try:
+        yield count
+    finally:
+        coordinator.reading = real  # type: ignore[method-assign]
+
+
+@contextmanager
+def on_append(store: EventStore,
+              act: Callable[[list[StreamBatch]], None]) -> Iterator[None]:
+    """``act`` sees every list of batches ``store`` is asked to append, before
+    it is appended (it may cancel a scope, or raise)."""
+    real = store.append_streams
+
+    async def append_streams(batches: Any, *args: Any, **kw: Any) -> Any:
+        batches = list(batches)
+        act(batches)
+        return await real(batches, *args, **kw)
+
+    store.append_streams = append_streams  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        store.append_streams = real  # type: ignore[method-assign]
+
+
+@contextmanager
+def stream_read_fails(views: ProjectionRunner, stream: str) -> Iterator[None]:
+    """Every checked read of ``stream`` through ``views`` raises a store error."""
+    real = views.read_checked
+
+    def read_checked(**kw: Any) -> Any:
+        if kw.get("stream") == stream:
+            async def failing() -> Any:
+                raise EventStoreError("I/O error reading the log")
+                yield  # pragma: no cover
+            return failing()
+        return real(**kw)
+
+    views.read_checked = read_checked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        views.read_checked = real  # type: ignore[method-assign]
+
+
+def renewing(batches: list[StreamBatch]) -> bool:
+    return any(isinstance(e, ClaimRenewed) for b in batches for e in b.events)
 
 
 def reversed_order(engine: Engine) -> None:
@@ -519,43 +591,16 @@ async def test_a_store_error_in_a_worker_does_not_cut_running_actions(
     the actions already in flight finish and record their outcomes (nothing
     left in doubt), and the error surfaces as itself."""
     async with environment(tmp_path) as env:
-        views = env.views
-        real_read_checked = views.read_checked
-        store = env.store
-        real_now = store.now
-        nows = [0]
-
-        def read_checked(**kw: Any) -> Any:
-            if kw.get("stream") == "resource/web-3":
-                async def failing() -> Any:
-                    raise EventStoreError("I/O error reading the log")
-                    yield  # pragma: no cover
-                return failing()
-            return real_read_checked(**kw)
-
-        coordinator = env.engine.coordinator
-        real_reading = coordinator.reading
-
-        async def reading() -> Any:
-            # The third action's reading of the store's clock (just before
-            # its write-ahead) fails while the first two are in flight.
-            nows[0] += 1
-            if nows[0] == 3:
-                raise EventStoreError("I/O error reading the clock")
-            return await real_reading()
-
-        if fails == "progress":
-            views.read_checked = read_checked  # type: ignore[method-assign]
-        else:
-            coordinator.reading = reading  # type: ignore[method-assign]
         env.provider.slow["create"] = 0.05
         surfaced: list[BaseException] = []
-        try:
-            await env.apply(config_text(WEB % 8), max_concurrency=2)
-        except BaseException as exc:
-            surfaced.append(exc)
-        views.read_checked = real_read_checked  # type: ignore[method-assign]
-        store.now = real_now  # type: ignore[method-assign]
+        # (or the third action's reading of the clock, just before its
+        # write-ahead, fails while the first two are in flight)
+        with (clock_reading_fails(env.engine.coordinator, 3) if fails == "clock"
+              else stream_read_fails(env.views, "resource/web-3")):
+            try:
+                await env.apply(config_text(WEB % 8), max_concurrency=2)
+            except BaseException as exc:
+                surfaced.append(exc)
         events = await env.events()
         report = await verify_log(env.store)
     assert report.ok, report.violations
@@ -655,19 +700,8 @@ async def test_a_store_error_in_a_worker_fails_that_action_not_the_cycle(
     attempted" (as a write-ahead that cannot be written does); the others
     run, and the next cycle makes the one that failed."""
     async with environment(tmp_path) as env:
-        coordinator = env.engine.coordinator
-        real_reading = coordinator.reading
-        nows = [0]
-
-        async def reading() -> Any:
-            nows[0] += 1
-            if nows[0] == 3:
-                raise EventStoreError("I/O error reading the clock")
-            return await real_reading()
-
-        coordinator.reading = reading  # type: ignore[method-assign]
-        first = await env.apply(config_text(WEB % 8), max_concurrency=2)
-        coordinator.reading = real_reading  # type: ignore[method-assign]
+        with clock_reading_fails(env.engine.coordinator, 3):
+            first = await env.apply(config_text(WEB % 8), max_concurrency=2)
         failed = [e for e in first.executions if e.outcome == Outcome.FAILED]
         assert len(failed) == 1 and failed[0].error is not None, first.executions
         assert failed[0].error.startswith("not attempted: cannot read the log's clock")
@@ -831,21 +865,15 @@ async def test_a_failed_renewal_while_queued_starts_nothing_and_gives_every_clai
     async with environment(tmp_path, real_time=True,
                            claim_ttl=timedelta(seconds=1.2)) as env:
         env.provider.latency = 0.3
-        store = env.store
-        real_append_streams = store.append_streams
         failed = [0]
 
-        async def append_streams(batches: Any, *args: Any, **kw: Any) -> Any:
-            batches = list(batches)
-            if not failed[0] and any(isinstance(e, ClaimRenewed)
-                                     for b in batches for e in b.events):
+        def fail_the_first_renewal(batches: list[StreamBatch]) -> None:
+            if not failed[0] and renewing(batches):
                 failed[0] += 1
                 raise EventStoreError("database is locked")
-            return await real_append_streams(batches, *args, **kw)
 
-        store.append_streams = append_streams  # type: ignore[method-assign]
-        first = await env.apply(config_text(WEB % 6), max_concurrency=1)
-        store.append_streams = real_append_streams  # type: ignore[method-assign]
+        with on_append(env.store, fail_the_first_renewal):
+            first = await env.apply(config_text(WEB % 6), max_concurrency=1)
         events = await env.events()
         report = await verify_log(env.store)
         env.provider.latency = 0.0
