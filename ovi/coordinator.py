@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -460,10 +460,10 @@ class Coordinator:
                 raise
             if outcome:
                 claim.in_doubt = False
-            try:
+            # Written all the same if the clock cannot be read: the claim is
+            # then only proved ours less recently.
+            with suppress(EventStoreError):
                 claim.confirmed_at = checked_at or await self.now()
-            except EventStoreError:
-                pass  # written all the same; the claim is only proved ours less recently
             return appended
 
     async def append_releasing(self, claim: Claim, batches: Sequence[StreamBatch]) -> Appended:

@@ -370,19 +370,18 @@ class Executor:
                     confirmed = not self.stopping() and await self.coordinator.confirm(
                         claim, after=checked)
                 except EventStoreError as exc:
+                    # Written ahead, but not started: closed below as not attempted.
                     confirmed, unconfirmed = False, exc
                 if self.stopping():
                     drained = True  # written ahead, but not started: it never will
-                elif unconfirmed is not None:
-                    pass  # written ahead, but not started: recorded below
-                elif not confirmed:
-                    unkept = _unkept(claim)
-                else:
+                elif confirmed:
                     try:
                         resource = await self._call_attempts(decision, claim, cycle_id, owner,
                                                              progress)
                     except (ProviderError, EventStoreError) as exc:
                         failure = exc
+                elif unconfirmed is None:
+                    unkept = _unkept(claim)
         if drained:
             outcome = ActionFailed(
                 cycle_id=cycle_id, decision_id=decision.decision_id, action=decision.action,
