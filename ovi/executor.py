@@ -161,10 +161,12 @@ class Executor:
                 async for group, claim in queue:
                     done: Execution | None = None
                     for n, decision in enumerate(group, 1):
-                        if done is not None and claim.released:
+                        if done is not None and (claim.released or claim.in_doubt):
                             # An earlier decision gave the claim back without
-                            # acting (paused, not attempted): the rest wait
-                            # for a later cycle, for the same reason.
+                            # acting (paused, not attempted), or its outcome
+                            # could not be recorded (in doubt, for recovery:
+                            # the claim must not go back with a later outcome):
+                            # the rest wait for a later cycle, reported alike.
                             results.append(_execution(decision, done.outcome,
                                                       reason=done.reason, error=done.error))
                             continue
