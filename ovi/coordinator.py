@@ -44,6 +44,7 @@ from eventstore import (
     WrongExpectedVersion,
     process_home,
 )
+from ovi._shielded import finish_shielded
 from ovi.events import ClaimAcquired, ClaimReleased, ClaimRenewed, claim_stream
 from projections import ProjectionRunner
 from projections.claims import ClaimState, claim_states
@@ -345,11 +346,17 @@ class Coordinator:
                 return
             now = await self.now()
             expires = now + self.ttl
-            # Shielded: the store commits an append whose caller was cancelled,
-            # and a claim whose version did not move on with it could not be
-            # given back (the release would expect the old version).
-            with anyio.CancelScope(shield=True):
-                await self._append_renewals(live, now, expires)
+            # Shielded, for a while: the store commits an append whose caller
+            # was cancelled, and a claim whose version did not move on with it
+            # could not be given back (the release would expect the old
+            # version). Not answered within the grace, the claims are lost:
+            # nothing new starts under them, and they expire on their own.
+            try:
+                await finish_shielded(self._append_renewals(live, now, expires))
+            except BaseException:
+                for claim in live:
+                    claim.lost = True
+                raise
 
     async def _append_renewals(self, live: list[Claim], now: datetime,
                                expires: datetime) -> None:

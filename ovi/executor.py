@@ -22,6 +22,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from eventstore import Event, EventStore, EventStoreError, StreamBatch, WrongExpectedVersion
+from ovi._shielded import STOP_GRACE_SECONDS, finish_shielded
 from ovi.coordinator import Claim, ClaimResult, Coordinator, KeptClaims
 from ovi.events import (
     PAUSE_STREAM,
@@ -220,7 +221,7 @@ class Executor:
             # other instances until they expire. Shielded, and bounded: a
             # store that does not answer must not hold the stop up.
             if kept is not None:
-                with anyio.move_on_after(_GIVE_BACK_SECONDS, shield=True):
+                with anyio.move_on_after(STOP_GRACE_SECONDS, shield=True):
                     await self._give_back_unused(kept.claims)
         if unclaimed is not None:
             raise unclaimed
@@ -246,20 +247,19 @@ class Executor:
         instance holds, or on which an action was recorded since the
         observation, are skipped
         (recorded, added to ``executions``)."""
-        # Shielded: claims recorded by an append that a cancellation cut short
-        # would be held with no handle to give them back by (the cancellation
-        # comes at the next await, and the handler below releases them).
-        with anyio.CancelScope(shield=True):
-            claims = await self.coordinator.claim(d.resource_id for d in share)
+        # Shielded, for a while: claims recorded by an append that a
+        # cancellation cut short would be held with no handle to give them back
+        # by (the cancellation comes at the next await, and the handler below
+        # releases them). A store that does not answer within the grace does
+        # not hold the stop up: what it may have recorded expires on its own.
+        claims = await finish_shielded(self.coordinator.claim(d.resource_id for d in share))
         try:
             return await self._sort_share(share, claims, observation, outcomes, cycle_id,
                                           executions, acted)
         except BaseException:
             # Not one of them will be used: given back, not left to expire.
-            with anyio.CancelScope(shield=True):
-                for claim in claims.held.values():
-                    if not claim.released:
-                        await self._release_quietly(claim)
+            with anyio.move_on_after(STOP_GRACE_SECONDS, shield=True):
+                await self._give_back_unused(list(claims.held.values()))
             raise
 
     async def _sort_share(
@@ -567,10 +567,6 @@ class _ActedSince:
             if isinstance(event, ActionExecuting | ActionExecuted | ActionFailed):
                 self.last[event.resource_id] = recorded.position
             self._after = recorded.position
-
-
-#: how long a cancelled or failed execution waits to give its unused claims back
-_GIVE_BACK_SECONDS = 5.0
 
 
 def _shares(decisions: list[Decision], first: int) -> list[list[Decision]]:
