@@ -17,7 +17,8 @@ with ``--quick``), then runs the replay tool on it in child processes:
   previous release), and a fresh process opens the log as the service does
   (:func:`ovi.runtime.open_runtime`, whose runner resets them and folds
   them anew in worker processes) and catches up: events/s of the log, the
-  open and the catch-up timed (the process's start-up and imports not).
+  open and the catch-up timed (the process's start-up and imports not);
+  the median of three such refolds, each after a new bump.
 
 All of it runs in a child task (``replay:figures``), a small fresh parent
 for those commands: Linux counts a forked child's pre-exec pages in its
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -74,7 +76,7 @@ from ovi.model import (
 )
 from ovi.runtime import open_runtime
 from projections import CHECKPOINTS_TABLE
-from scripts.benchkit import Context, Detail, Figure, FigureSpec, Target, Task, Unit
+from scripts.benchkit import REPEATS, Context, Detail, Figure, FigureSpec, Target, Task, Unit
 
 LOG_RSS = FigureSpec("replay_log_1m_peak_rss", Unit.MB, Target(max_value=200))
 REBUILD = FigureSpec("replay_rebuild_1m", Unit.EVENTS_PER_S, Target(min_value=200_000))
@@ -302,20 +304,31 @@ async def fold_after_bump(path: Path) -> FoldReport:
 
 
 def measure_fold_after_bump(path: Path) -> Figure:
-    """``fold_after_schema_bump_1m`` in a fresh process (its peak RSS too)."""
-    bumped = bump_schema_versions(path)
-    command = [sys.executable, "-m", "scripts.bench_replay", "fold-after-bump", str(path)]
-    run = run_measured(command, keep=True)
-    try:
-        report = msgspec.json.decode(run.last_line, type=FoldReport)
-    except msgspec.DecodeError as exc:
-        return FOLD_AFTER_BUMP.failed(run.problem(command) or f"printed no report: {exc}")
-    error = run.problem(command)
-    if error is None and sorted(report.reset) != sorted(bumped):
-        error = f"reset {report.reset}, expected every bumped projection {bumped}"
-    return FOLD_AFTER_BUMP.figure(round(report.events_per_s), error=error, details={
-        "events": report.events, "fold_seconds": report.seconds, "projections": bumped,
-        "command_seconds": run.seconds, "peak_rss_mb": run.peak_rss_mb, "exit": run.exit})
+    """``fold_after_schema_bump_1m``: :data:`REPEATS` refolds, each in a fresh
+    process after a new bump (their peak RSS too); the median."""
+    rates: list[float] = []
+    seconds: list[float] = []
+    runs: list[Measured] = []
+    for _ in range(REPEATS):
+        bumped = bump_schema_versions(path)
+        command = [sys.executable, "-m", "scripts.bench_replay", "fold-after-bump", str(path)]
+        run = run_measured(command, keep=True)
+        try:
+            report = msgspec.json.decode(run.last_line, type=FoldReport)
+        except msgspec.DecodeError as exc:
+            return FOLD_AFTER_BUMP.failed(run.problem(command) or f"printed no report: {exc}")
+        error = run.problem(command)
+        if error is None and sorted(report.reset) != sorted(bumped):
+            error = f"reset {report.reset}, expected every bumped projection {bumped}"
+        if error is not None:
+            return FOLD_AFTER_BUMP.failed(error)
+        rates.append(round(report.events_per_s))
+        seconds.append(report.seconds)
+        runs.append(run)
+    return FOLD_AFTER_BUMP.figure(statistics.median(rates), runs=rates, details={
+        "events": report.events, "fold_seconds": seconds, "projections": bumped,
+        "command_seconds": [round(r.seconds, 2) for r in runs],
+        "peak_rss_mb": max(r.peak_rss_mb for r in runs), "exit": run.exit})
 
 
 class Figures(msgspec.Struct, frozen=True):
