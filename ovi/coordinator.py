@@ -349,8 +349,10 @@ class Coordinator:
             # Shielded, for a while: the store commits an append whose caller
             # was cancelled, and a claim whose version did not move on with it
             # could not be given back (the release would expect the old
-            # version). Not answered within the grace, the claims are lost:
-            # nothing new starts under them, and they expire on their own.
+            # version). Cut short by a cancellation, the claims are lost:
+            # nothing new starts under them. One whose renewal was recorded in
+            # time is still given back; one whose renewal did not answer
+            # expires on its own.
             try:
                 await finish_shielded(self._append_renewals(live, now, expires))
             except BaseException:

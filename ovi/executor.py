@@ -249,10 +249,12 @@ class Executor:
         (recorded, added to ``executions``)."""
         # Shielded, for a while: claims recorded by an append that a
         # cancellation cut short would be held with no handle to give them back
-        # by (the cancellation comes at the next await, and the handler below
-        # releases them). A store that does not answer within the grace does
+        # by. Answered within the grace, they are given back before the
+        # cancellation goes on; a store that does not answer in that time does
         # not hold the stop up: what it may have recorded expires on its own.
-        claims = await finish_shielded(self.coordinator.claim(d.resource_id for d in share))
+        claims = await finish_shielded(
+            self.coordinator.claim(d.resource_id for d in share),
+            lambda claimed: self._give_back_unused(list(claimed.held.values())))
         try:
             return await self._sort_share(share, claims, observation, outcomes, cycle_id,
                                           executions, acted)

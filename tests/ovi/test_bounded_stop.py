@@ -5,6 +5,7 @@ not the store's late error."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from eventstore import BackendError, EventStore, StreamBatch
@@ -142,7 +144,7 @@ async def test_a_renewal_that_does_not_answer_holds_a_stop_up_for_the_grace_only
     asked = anyio.Event()
     async with environment(tmp_path, real_time=True,
                            claim_ttl=timedelta(seconds=0.9)) as env:
-        env.provider.latency = 5.0
+        env.provider.slow["create"] = 5.0  # the call outlasts a heartbeat
         with slow_append(env.store, renewing, lambda: anyio.sleep(30), asked):
             finished, took = await apply_cancelled_when(env, asked, 1)
         assert not finished
@@ -150,23 +152,40 @@ async def test_a_renewal_that_does_not_answer_holds_a_stop_up_for_the_grace_only
         await assert_verifies(env, in_doubt_ok=True)
 
 
-async def test_an_append_answered_in_the_grace_returns_and_the_cancellation_comes_next(
+async def test_an_append_answered_in_the_grace_is_tidied_and_the_cancellation_goes_on(
 ) -> None:
-    """What the append returned reaches the caller (to give back what it
-    holds); its next checkpoint raises the cancellation."""
+    """What the append returned goes to ``tidy`` (to give back what it
+    holds); the caller sees the cancellation, never the result."""
+    tidied: list[str] = []
     reached: list[str] = []
 
     async def append() -> str:
         await anyio.sleep(GRACE / 4)
         return "claims"
 
+    async def tidy(claims: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        tidied.append(claims)
+
     with anyio.CancelScope() as scope:
         scope.cancel()
-        reached.append(await finish_shielded(append()))
-        await anyio.lowlevel.checkpoint()
-        reached.append("past the checkpoint")
-    assert reached == ["claims"]
+        reached.append(await finish_shielded(append(), tidy))
     assert scope.cancelled_caught
+    assert (tidied, reached) == (["claims"], [])
+
+
+async def test_an_asyncio_cancel_comes_once_and_is_not_lost() -> None:
+    """asyncio's own cancellation (Ctrl-C, ``asyncio.timeout``) is not
+    delivered again: answered in time or not, it goes on."""
+    async def append() -> str:
+        await asyncio.sleep(GRACE / 4)
+        return "claims"
+
+    task = asyncio.ensure_future(finish_shielded(append()))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_without_a_cancel_the_append_is_awaited_as_it_is() -> None:
