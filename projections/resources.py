@@ -8,7 +8,7 @@ Tables (and one view)::
     resource_versions((rev, resource_id) PK, version, recorded_at, "exists", data_rev,
                       from_action)
     scope_observations(scope PK, completed_rev)
-    known_from_actions(resource_id PK, scope, data_rev)
+    known_from_actions(resource_id PK, scope, data_rev, action_rev)
     VIEW resources  -- resource_rows plus last_seen_rev
 
 Ovi's own outcomes are versions too (``from_action`` = 1), so that the state
@@ -18,8 +18,11 @@ provider's response described (``ActionExecuted.resource``). Such a version
 is "known from the action, not yet observed": the next observation of the
 resource replaces it (a ``ResourceObserved`` or ``ResourceDisappeared``, or,
 when the cloud shows nothing new, the next complete observation of its
-scope, which restores the observed version; ``known_from_actions`` holds the
-resources waiting for one). ``resource_rows`` — what the engine compares new
+scope whose listing began after the action was recorded
+(``ObservationCompleted.observed_after``), which restores the observed
+version; ``known_from_actions`` holds the resources waiting for one). A
+listing that began before the action could not show it: it leaves the
+action's version standing. ``resource_rows`` — what the engine compares new
 observations with — holds only observations.
 
 ``rev`` is the log position of the event that made the version, so "the
@@ -89,7 +92,9 @@ class ResourcesProjection(Projection):
     # 5: Ovi's executed actions are versions too, until the next observation
     # 6: versions keyed by (rev, resource): one ObservationCompleted restores
     #    several resources known from actions at its one revision
-    schema_version: ClassVar[int] = 6
+    # 7: an observation restores only what is known from actions recorded
+    #    before its listing began (known_from_actions.action_rev)
+    schema_version: ClassVar[int] = 7
     tables: ClassVar[tuple[str, ...]] = ("resource_rows", "resource_versions",
                                          "scope_observations", "known_from_actions")
     event_types: ClassVar[frozenset[str] | None] = frozenset(
@@ -142,7 +147,8 @@ class ResourcesProjection(Projection):
             """CREATE TABLE known_from_actions (
                 resource_id TEXT PRIMARY KEY,
                 scope       TEXT NOT NULL,
-                data_rev    INTEGER NOT NULL
+                data_rev    INTEGER NOT NULL,
+                action_rev  INTEGER NOT NULL
             ) WITHOUT ROWID"""
         )
         db.execute(
@@ -171,8 +177,9 @@ class ResourcesProjection(Projection):
         latest: dict[str, bytes] = {}  # resource id → its latest observation's data
         versions: list[tuple[object, ...]] = []
         scopes: dict[str, int] = {}
-        pending = {r: (scope, data_rev) for r, scope, data_rev
-                   in db.execute("SELECT * FROM known_from_actions")}
+        pending = {r: (scope, data_rev, action_rev) for r, scope, data_rev, action_rev
+                   in db.execute("SELECT resource_id, scope, data_rev, action_rev"
+                                 " FROM known_from_actions")}
         touched = bool(pending)
         at_text = ""
         at_time: datetime | None = None
@@ -216,9 +223,14 @@ class ResourcesProjection(Projection):
                 scope = recorded.event.scope.key
                 scopes[scope] = rev
                 # The scope was seen whole and showed nothing new of these:
-                # what was observed stands again.
-                for resource_id in [r for r, (s, _) in pending.items() if s == scope]:
-                    _, data_rev = pending.pop(resource_id)
+                # what was observed stands again. Not for an action recorded
+                # after the listing began: the listing could not show it, and
+                # the action stays what is known until a later one (an older
+                # log's observations say nothing of when they began: 0).
+                began = recorded.event.observed_after
+                for resource_id in [r for r, (s, _, acted) in pending.items()
+                                    if s == scope and (not began or acted <= began)]:
+                    _, data_rev, _ = pending.pop(resource_id)
                     row = rows.get(resource_id) or _load_rows(db, {resource_id}).get(
                         resource_id)
                     if row is None:  # made by an action, never seen: not there
@@ -233,7 +245,7 @@ class ResourcesProjection(Projection):
                 if done is not None:
                     exists, data_rev, scope, version = done
                     versions.append((rev, resource_id, version, at_text, exists, data_rev, 1))
-                    pending[resource_id] = (scope, data_rev)
+                    pending[resource_id] = (scope, data_rev, rev)
                     touched = True
         for resource_id, data in latest.items():
             if data:
@@ -251,8 +263,8 @@ class ResourcesProjection(Projection):
                            versions)
         if touched:
             db.execute("DELETE FROM known_from_actions")
-            db.executemany("INSERT INTO known_from_actions VALUES (?, ?, ?)",
-                           [(r, s, d) for r, (s, d) in pending.items()])
+            db.executemany("INSERT INTO known_from_actions VALUES (?, ?, ?, ?)",
+                           [(r, s, d, a) for r, (s, d, a) in pending.items()])
         if scopes:
             db.executemany("INSERT OR REPLACE INTO scope_observations VALUES (?, ?)",
                            scopes.items())

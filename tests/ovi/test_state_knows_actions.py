@@ -88,8 +88,9 @@ async def test_an_update_the_cloud_does_not_show_is_replaced_by_the_next_observa
 async def test_an_observation_that_missed_two_creates_of_its_scope_folds(
     tmp_path: Path
 ) -> None:
-    # Another host's observation, listed before this host created web-0 and
-    # web-1 and completed after: both pending versions end at its one revision.
+    # An observation of an older log, which says nothing of when its listing
+    # began (observed_after 0), completed after this host created web-0 and
+    # web-1: both pending versions end at its one revision.
     async with environment(tmp_path) as env:
         await env.apply(config_text(WEB % 2))
         executed = [e.event for e in await env.events() if isinstance(e.event, ActionExecuted)]
@@ -100,3 +101,50 @@ async def test_an_observation_that_missed_two_creates_of_its_scope_folds(
         head = await env.store.last_position()
         assert sorted(known) == ["web-0", "web-1"]
         assert {(s.rev, s.from_action) for s in known.values()} == {(head, False)}
+
+
+async def _observation_of_their_scope(env: Env, *, began: int) -> None:
+    """Another host's complete observation of the creates' scope that saw
+    nothing of them, its listing begun when the log's head was ``began``."""
+    executed = [e.event for e in await env.events() if isinstance(e.event, ActionExecuted)]
+    assert executed[0].resource is not None
+    await env.store.append(cycle_stream("other"), [ObservationCompleted(
+        cycle_id="other", scope=executed[0].resource.scope, count=0, digest="",
+        observed_after=began)])
+
+
+async def test_a_listing_begun_before_the_creates_leaves_them_known_from_the_actions(
+    tmp_path: Path
+) -> None:
+    """It could not show them: they stay what the provider's responses said."""
+    async with environment(tmp_path) as env:
+        await env.apply(config_text(WEB % 2))
+        # Begun when this host's own listing was recorded, before its creates.
+        began = next(e.position for e in await env.events()
+                     if isinstance(e.event, ObservationCompleted))
+        await _observation_of_their_scope(env, began=began)
+        known = await _state(env)
+        assert sorted(known) == ["web-0", "web-1"]
+        assert all(s.exists and s.from_action for s in known.values())
+        # A listing begun after them that shows nothing new ends them.
+        await _observation_of_their_scope(env, began=await env.store.last_position())
+        head = await env.store.last_position()
+        ended = await _state(env)
+        assert {(s.rev, s.exists, s.from_action) for s in ended.values()} == {
+            (head, False, False)}
+
+
+async def test_a_listing_begun_before_a_delete_does_not_bring_the_resource_back(
+    tmp_path: Path
+) -> None:
+    async with environment(tmp_path, managed("old-0", "i-old")) as env:
+        await env.record_created(env.provider.resources["i-old"])
+        await env.cycle(config_text(WEB % 0, rules=QUICK))
+        began = await env.store.last_position()
+        await env.apply(config_text(WEB % 0, rules=QUICK))
+        scope = next(e.event.scope for e in await env.events()
+                     if isinstance(e.event, ObservationCompleted))
+        await env.store.append(cycle_stream("other"), [ObservationCompleted(
+            cycle_id="other", scope=scope, count=1, digest="", observed_after=began)])
+        state = (await _state(env))["old-0"]
+        assert not state.exists and state.from_action
