@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from ovi._text import escaped
 from ovi.engine import CycleResult
 from ovi.model import Action, Decision, Outcome
 
@@ -68,7 +69,10 @@ Cell = tuple[str, str | None]  # text, colour
 
 
 def _table(rows: Sequence[Sequence[Cell]], paint: _Paint) -> str:
-    """Align columns on the plain text, then colour."""
+    """Align columns on the plain text, then colour. Every cell is escaped: a
+    reason or an error can carry a cloud tag's value, which anyone who may tag
+    a resource chose."""
+    rows = [[(escaped(text), colour) for text, colour in row] for row in rows]
     widths = [max(len(row[i][0]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
@@ -99,10 +103,11 @@ def result_text(result: CycleResult, *, executions: bool, colour: bool) -> str:
     out = [paint(f"cycle {result.cycle_id}", "bold")
            + f" · {result.resources_found} resources observed · {len(result.diffs)} diffs"
            + f" · {result.duration:.2f}s"]
-    out.extend(paint(f"  observation failed: {scope}: {error} (no decision taken there)", "red")
+    out.extend(paint(escaped(f"  observation failed: {scope}: {error}")
+                     + " (no decision taken there)", "red")
                for scope, error in result.scope_errors)
-    out.extend(paint(f"  unreadable: {cloud_id} in {scope}: {error} (nothing decided about it)",
-                     "yellow")
+    out.extend(paint(escaped(f"  unreadable: {cloud_id} in {scope}: {error}")
+                     + " (nothing decided about it)", "yellow")
                for scope, cloud_id, error in result.unreadable)
     if result.paused:
         out.append("\npaused (ovi resume lifts it)")

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from eventstore import UnknownEvent
+from ovi._text import escaped
 from ovi.events import (
     PAUSE_ALL,
     ActionExecuted,
@@ -37,7 +38,7 @@ from ovi.events import (
 from ovi.model import Resource
 from ovi.replay._render import fmt_time
 
-__all__ = ["cycle_of", "describe", "describe_resource", "escaped", "resource_of", "resource_of_raw",
+__all__ = ["cycle_of", "describe", "describe_resource", "resource_of", "resource_of_raw",
            "who"]
 
 _STREAM_PREFIXES = ("resource/", "claim/", "pause/")
@@ -62,16 +63,6 @@ class _Probe(msgspec.Struct):
 
 
 _decode_probe = msgspec.json.Decoder(_Probe).decode
-
-
-def escaped(text: str) -> str:
-    """Free text recorded in the log as it prints on one line: a character
-    that would not print as itself (a newline, an escape sequence, a bidi
-    override) is shown escaped, so recorded text cannot fake a line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
 
 
 def who(by: str, actor: Actor | None) -> str:
@@ -161,7 +152,13 @@ def _attempts(n: int) -> str:
 
 
 def describe(event: Any) -> str:
-    """What an event says, in one line a newcomer can read."""
+    """What an event says, in one line a newcomer can read; escaped
+    (:func:`escaped`): a reason or an error can carry what a cloud tag or a
+    log row says."""
+    return escaped(_says(event))
+
+
+def _says(event: Any) -> str:
     match event:
         case CycleStarted():
             return f"cycle started ({event.mode}), config {event.config_hash[:12]}"

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from eventstore import EventStore, RawRow, RecordedEvent, UnknownEvent, format_timestamp
+from ovi._text import escaped
 from ovi.events import claim_stream, cycle_stream, pause_stream, resource_stream
 from ovi.replay._describe import cycle_of, describe, probe, resource_of, resource_of_raw
 from ovi.replay._errors import ReplayError
@@ -121,9 +122,9 @@ def raw_record(row: RawRow, resource_id: str | None) -> dict[str, Any]:
 def text_line(out: Output, recorded: RecordedEvent, resource_id: str | None,
               width: int) -> str:
     """``position  time  type  resource  what it says``, in fixed columns."""
-    kind = out.paint(recorded.type.ljust(20), _TYPE_COLOURS.get(recorded.type))
+    kind = out.paint(escaped(recorded.type).ljust(20), _TYPE_COLOURS.get(recorded.type))
     return (f"{recorded.position:>{width}}  {fmt_time(recorded.recorded_at)}  {kind}  "
-            f"{(resource_id or '-'):<16}  {describe(recorded.event)}")
+            f"{escaped(resource_id or '-'):<16}  {describe(recorded.event)}")
 
 
 async def list_events(store: EventStore, f: Filters, out: Output) -> int:

@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 import msgspec
 
+from ovi._text import escaped
+
 __all__ = ["Output", "Progress", "fmt_count", "fmt_time", "is_tty", "note"]
 
 _COLOURS = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "dim": "2", "bold": "1"}
@@ -72,7 +74,8 @@ class Output:
         not padded. ``header`` is printed dim above the rows."""
         every: list[list[tuple[str, str | None]]] = (
             [[(h, "dim") for h in header]] if header else [])
-        every.extend([list(row) for row in rows])
+        # Escaped: a cell can hold what a cloud tag or a log row says.
+        every.extend([[(escaped(text), colour) for text, colour in row] for row in rows])
         if not every:
             return
         width = [max(len(row[i][0]) for row in every) for i in range(len(every[0]))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ovi._text import escaped
 from ovi.events import (
     ActionExecuted,
     ActionExecuting,
@@ -19,7 +20,7 @@ from ovi.events import (
     ResourceObserved,
 )
 from ovi.model import DecisionStatus, DiffType, Provenance
-from ovi.replay._describe import describe_resource, escaped, who
+from ovi.replay._describe import describe_resource, who
 from ovi.replay._render import Output, fmt_time
 from ovi.replay._why import Chain, Step
 
