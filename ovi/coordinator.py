@@ -460,8 +460,16 @@ class Coordinator:
             if not outcome:
                 # Before the append: one cut short by a cancellation may still commit.
                 claim.in_doubt = True
+            async def settled(_: Appended) -> None:
+                claim.in_doubt = False
+
+            appending = self.store.append_streams([*batches, self.fence(claim)])
             try:
-                appended = await self.store.append_streams([*batches, self.fence(claim)])
+                # An outcome, shielded for a while: one cut short by a
+                # cancellation still commits, and the claim, no longer in
+                # doubt, can then be given back instead of held to its TTL.
+                appended = await (finish_shielded(appending, settled) if outcome
+                                  else appending)
             except WrongExpectedVersion as exc:
                 # Another fence among ``batches`` (a pause stream) may be what moved.
                 if exc.stream == claim_stream(claim.resource_id):
