@@ -34,10 +34,15 @@ GRACE = 0.5
 US = "test"
 
 
+def shorten_stop_grace(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """The grace of :mod:`ovi._shielded` (and the executor's give-back) at ``seconds``."""
+    monkeypatch.setattr(_shielded, "STOP_GRACE_SECONDS", seconds)
+    monkeypatch.setattr(executor, "STOP_GRACE_SECONDS", seconds)
+
+
 @pytest.fixture(autouse=True)
 def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_shielded, "STOP_GRACE_SECONDS", GRACE)
-    monkeypatch.setattr(executor, "STOP_GRACE_SECONDS", GRACE)
+    shorten_stop_grace(monkeypatch, GRACE)
 
 
 def acts(env: Env) -> list[tuple[str, str]]:

@@ -23,11 +23,10 @@ import pytest
 
 from eventstore import BackendError
 from eventstore._store_types import EncodedBatch
-from ovi import _shielded, executor
 from ovi._shielded import finish_shielded
 from ovi.events import ActionExecuted, ClaimAcquired, ClaimRenewed
 from tests.ovi.harness import Env, config_text, environment
-from tests.ovi.test_bounded_stop import acts, claiming, slow_append
+from tests.ovi.test_bounded_stop import acts, claiming, shorten_stop_grace, slow_append
 from tests.ovi.test_review_shares import (
     WEB,
     assert_verifies,
@@ -44,8 +43,7 @@ US = "test"
 
 @pytest.fixture(autouse=True)
 def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_shielded, "STOP_GRACE_SECONDS", GRACE)
-    monkeypatch.setattr(executor, "STOP_GRACE_SECONDS", GRACE)
+    shorten_stop_grace(monkeypatch, GRACE)
 
 
 def creates(env: Env) -> Counter[str]:

@@ -27,20 +27,18 @@ import msgspec
 import pytest
 
 from eventstore import StreamBatch
-from ovi import _shielded, executor
 from ovi.coordinator import Coordinator
 from ovi.engine import Engine
 from ovi.events import (
-    ActionExecuted,
     ActionExecuting,
-    ActionFailed,
     ClaimAcquired,
-    ClaimReleased,
     ClaimRenewed,
     claim_stream,
 )
 from ovi.model import ID_TAG
 from tests.ovi.harness import Env, config_text, environment, managed
+from tests.ovi.test_bounded_stop import shorten_stop_grace
+from tests.ovi.test_review_exec3 import released_with_open_action
 from tests.ovi.test_review_shares import (
     WEB_TAGGED,
     _twice_on,
@@ -56,23 +54,7 @@ MODES = ("before", "during", "after")
 
 @pytest.fixture(autouse=True)
 def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_shielded, "STOP_GRACE_SECONDS", GRACE)
-    monkeypatch.setattr(executor, "STOP_GRACE_SECONDS", GRACE)
-
-
-def released_with_open_action(events: list[Any]) -> list[str]:
-    """Resources whose claim was released while a write-ahead under its token had no outcome."""
-    opened: dict[tuple[str, int], set[str]] = {}
-    bad = []
-    for e in events:
-        ev = e.event
-        if isinstance(ev, ActionExecuting):
-            opened.setdefault((ev.resource_id, ev.token), set()).add(ev.decision_id)
-        elif isinstance(ev, ActionExecuted | ActionFailed):
-            opened.get((ev.resource_id, ev.token), set()).discard(ev.decision_id)
-        elif isinstance(ev, ClaimReleased) and opened.get((ev.resource_id, ev.token)):
-            bad.append(ev.resource_id)
-    return bad
+    shorten_stop_grace(monkeypatch, GRACE)
 
 
 def _label(batches: list[StreamBatch]) -> str:
