@@ -26,15 +26,17 @@ STOP_GRACE_SECONDS = 5.0
 
 
 async def finish_shielded(append: Awaitable[T],
-                          tidy: Callable[[T], Awaitable[None]] | None = None) -> T:
+                          tidy: Callable[[T], Awaitable[None]] | None = None, *,
+                          refused: Callable[[BaseException], None] | None = None) -> T:
     """Await ``append``; if the caller is cancelled meanwhile, go on waiting
     for it for at most :data:`STOP_GRACE_SECONDS`, then raise the
     cancellation, never the append's error: a stop is a stop.
 
     Answered in time, what it returned goes to ``tidy`` (bounded by the same
-    grace) before the cancellation is raised: the caller never sees it, and
-    must treat the append's effect as unknown. The cancellation is never
-    swallowed: asyncio's own (Ctrl-C, ``asyncio.timeout``) comes only once.
+    grace), or the error it raised to ``refused``, before the cancellation
+    is raised: the caller never sees either, and must treat the append's
+    effect as unknown. The cancellation is never swallowed: asyncio's own
+    (Ctrl-C, ``asyncio.timeout``) comes only once.
     """
     task = asyncio.ensure_future(append)
     try:
@@ -49,10 +51,14 @@ async def finish_shielded(append: Awaitable[T],
             if not task.done():
                 task.cancel()
                 task.add_done_callback(_forget)  # what it raises later has no one to go to
-        answered = task.done() and not task.cancelled() and task.exception() is None
-        if answered and tidy is not None:
-            with anyio.move_on_after(STOP_GRACE_SECONDS, shield=True):
-                await tidy(task.result())
+        if task.done() and not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                if refused is not None:
+                    refused(error)
+            elif tidy is not None:
+                with anyio.move_on_after(STOP_GRACE_SECONDS, shield=True):
+                    await tidy(task.result())
         raise
 
 

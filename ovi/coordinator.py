@@ -460,6 +460,12 @@ class Coordinator:
             if not outcome:
                 # Before the append: one cut short by a cancellation may still commit.
                 claim.in_doubt = True
+            def refused(exc: BaseException) -> None:
+                # Another fence among ``batches`` (a pause stream) may be what moved.
+                if (isinstance(exc, WrongExpectedVersion)
+                        and exc.stream == claim_stream(claim.resource_id)):
+                    claim._taken()
+
             async def settled(_: Appended) -> None:
                 claim.in_doubt = False
 
@@ -467,13 +473,12 @@ class Coordinator:
             try:
                 # An outcome, shielded for a while: one cut short by a
                 # cancellation still commits, and the claim, no longer in
-                # doubt, can then be given back instead of held to its TTL.
-                appended = await (finish_shielded(appending, settled) if outcome
-                                  else appending)
+                # doubt, can then be given back instead of held to its TTL
+                # (or, taken over meanwhile, is known to be).
+                appended = await (finish_shielded(appending, settled, refused=refused)
+                                  if outcome else appending)
             except WrongExpectedVersion as exc:
-                # Another fence among ``batches`` (a pause stream) may be what moved.
-                if exc.stream == claim_stream(claim.resource_id):
-                    claim._taken()
+                refused(exc)
                 raise
             if outcome:
                 claim.in_doubt = False

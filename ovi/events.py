@@ -134,7 +134,9 @@ class ObservationCompleted(Event, frozen=True):
     digest: str
     # The log's last position when the provider call started: an action on one
     # of these resources recorded after it is news this observation may miss.
-    observed_after: int = 0
+    # None in an older log's observations, which did not record it (an empty
+    # log's is 0: the call started before anything was recorded).
+    observed_after: int | None = None
     # Listed but not readable (AccessDenied on their tags): neither counted nor
     # in the digest, and nothing is decided about them.
     unreadable: tuple[Unreadable, ...] = ()

@@ -226,10 +226,10 @@ class ResourcesProjection(Projection):
                 # what was observed stands again. Not for an action recorded
                 # after the listing began: the listing could not show it, and
                 # the action stays what is known until a later one (an older
-                # log's observations say nothing of when they began: 0).
+                # log's observations say nothing of when they began: None).
                 began = recorded.event.observed_after
                 for resource_id in [r for r, (s, _, acted) in pending.items()
-                                    if s == scope and (not began or acted <= began)]:
+                                    if s == scope and (began is None or acted <= began)]:
                     _, data_rev, _ = pending.pop(resource_id)
                     row = rows.get(resource_id) or _load_rows(db, {resource_id}).get(
                         resource_id)

@@ -89,7 +89,7 @@ async def test_an_observation_that_missed_two_creates_of_its_scope_folds(
     tmp_path: Path
 ) -> None:
     # An observation of an older log, which says nothing of when its listing
-    # began (observed_after 0), completed after this host created web-0 and
+    # began (no observed_after), completed after this host created web-0 and
     # web-1: both pending versions end at its one revision.
     async with environment(tmp_path) as env:
         await env.apply(config_text(WEB % 2))
@@ -103,7 +103,7 @@ async def test_an_observation_that_missed_two_creates_of_its_scope_folds(
         assert {(s.rev, s.from_action) for s in known.values()} == {(head, False)}
 
 
-async def _observation_of_their_scope(env: Env, *, began: int) -> None:
+async def _observation_of_their_scope(env: Env, *, began: int | None) -> None:
     """Another host's complete observation of the creates' scope that saw
     nothing of them, its listing begun when the log's head was ``began``."""
     executed = [e.event for e in await env.events() if isinstance(e.event, ActionExecuted)]
@@ -148,3 +148,17 @@ async def test_a_listing_begun_before_a_delete_does_not_bring_the_resource_back(
             cycle_id="other", scope=scope, count=1, digest="", observed_after=began)])
         state = (await _state(env))["old-0"]
         assert not state.exists and state.from_action
+
+
+async def test_a_listing_begun_on_an_empty_log_leaves_the_creates_known_from_the_actions(
+    tmp_path: Path
+) -> None:
+    """Another host's first listing, begun before anything was recorded
+    (observed_after 0, not an older log's missing value), completed after
+    this host's creates: it could not show them."""
+    async with environment(tmp_path) as env:
+        await env.apply(config_text(WEB % 2))
+        await _observation_of_their_scope(env, began=0)
+        known = await _state(env)
+        assert sorted(known) == ["web-0", "web-1"]
+        assert all(s.exists and s.from_action for s in known.values())
