@@ -460,6 +460,7 @@ class Coordinator:
             if not outcome:
                 # Before the append: one cut short by a cancellation may still commit.
                 claim.in_doubt = True
+
             def refused(exc: BaseException) -> None:
                 # Another fence among ``batches`` (a pause stream) may be what moved.
                 if (isinstance(exc, WrongExpectedVersion)

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -24,6 +23,7 @@ from tests.ovi.harness import Env, config_text, environment
 from tests.ovi.test_review_shares import (
     WEB,
     assert_verifies,
+    on_append,
     renewing,
     unreleased_claims,
 )
@@ -58,22 +58,17 @@ def slow_append(store: EventStore, which: Callable[[list[StreamBatch]], bool],
                 answer: Callable[[], Awaitable[None]], asked: anyio.Event) -> Iterator[None]:
     """The first append ``which`` picks sets ``asked``, then waits for
     ``answer`` (which may raise) before it is appended."""
-    real = store.append_streams
     done = [False]
 
-    async def append_streams(batches: Any, *args: Any, **kw: Any) -> Any:
-        batches = list(batches)
-        if not done[0] and which(batches):
-            done[0] = True
-            asked.set()
-            await answer()
-        return await real(batches, *args, **kw)
+    def act(batches: list[StreamBatch]) -> Awaitable[None] | None:
+        if done[0] or not which(batches):
+            return None
+        done[0] = True
+        asked.set()
+        return answer()
 
-    store.append_streams = append_streams  # type: ignore[method-assign]
-    try:
+    with on_append(store, act):
         yield
-    finally:
-        store.append_streams = real  # type: ignore[method-assign]
 
 
 async def apply_cancelled_when(env: Env, asked: anyio.Event, count: int) -> tuple[bool, float]:

@@ -6,7 +6,7 @@ fails proves a bug (see the report of review-shares)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -132,14 +132,17 @@ def clock_reading_fails(coordinator: Coordinator, at: int) -> Iterator[list[int]
 
 @contextmanager
 def on_append(store: EventStore,
-              act: Callable[[list[StreamBatch]], None]) -> Iterator[None]:
+              act: Callable[[list[StreamBatch]], Awaitable[None] | None]) -> Iterator[None]:
     """``act`` sees every list of batches ``store`` is asked to append, before
-    it is appended (it may cancel a scope, or raise)."""
+    it is appended (it may cancel a scope, or raise; what it returns to
+    await is awaited first)."""
     real = store.append_streams
 
     async def append_streams(batches: Any, *args: Any, **kw: Any) -> Any:
         batches = list(batches)
-        act(batches)
+        waiting = act(batches)
+        if waiting is not None:
+            await waiting
         return await real(batches, *args, **kw)
 
     store.append_streams = append_streams  # type: ignore[method-assign]
